@@ -1,0 +1,3 @@
+"""The pytest plugin: ``pytest --migrate-plan NAME`` (filled in by the plans issue)."""
+
+from __future__ import annotations
