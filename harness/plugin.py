@@ -1,3 +1,234 @@
-"""The pytest plugin: ``pytest --migrate-plan NAME`` (filled in by the plans issue)."""
+"""The pytest plugin: ``pytest --migrate-plan NAME`` rehearses a plan as test items.
+
+Each plan file becomes a collector, each migration a collector under it, and
+each assertion an item, so node ids read
+``plans/staging.yaml::20261101120000_add_users::rollback`` and ``-k``, ``-x``,
+``--junitxml``, ``-v`` and pytest-xdist behave as usual.  The engine behind the
+items is :class:`harness.rehearsal.Rehearsal`, the same one ``harness
+rehearse`` uses.
+
+Without positional arguments, ``pytest --migrate-plan NAME`` collects the
+plan alone (not the project's own tests); with them, both.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .errors import HarnessError
+from .redact import scrub
+
+# The plugin is loaded by every pytest run where the package is installed;
+# the engine is imported only when a plan is actually rehearsed.
+if TYPE_CHECKING:
+    from .plan import Plan
+    from .postgres import Server
+    from .rehearsal import Item, Rehearsal
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+__all__ = ["PlanFile", "MigrationNode", "AssertionItem", "RehearsalFailed"]
+
+log = logging.getLogger(__name__)
+
+_plans_key = pytest.StashKey[dict[Path, str]]()
+_servers_key = pytest.StashKey["_Servers"]()
+
+_HELP = {
+    "plan": "rehearse the migration plan NAME (plans/NAME.yaml) or PATH; may be given more than once",
+    "provider": "rehearsal server provider: auto, local, embedded, docker or dsn (overrides the plan)",
+    "dsn": "server for the dsn provider: scratch databases are created there and dropped afterwards",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register ``--migrate-*`` options and their ``harness_*`` ini twins."""
+    group = parser.getgroup("migration-harness", "rehearse PostgreSQL migrations (migration-harness)")
+    group.addoption("--migrate-plan", action="append", default=[], metavar="NAME", help=_HELP["plan"])
+    group.addoption("--migrate-provider", default=None, metavar="PROVIDER", help=_HELP["provider"])
+    group.addoption("--migrate-rehearsal-dsn", default=None, metavar="DSN", help=_HELP["dsn"])
+    parser.addini("harness_plans", type="args", default=[], help=_HELP["plan"])
+    parser.addini("harness_provider", default="", help=_HELP["provider"])
+    parser.addini("harness_rehearsal_dsn", default="", help=_HELP["dsn"])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Resolve the plans and make them collection arguments."""
+    config.addinivalue_line("markers", "harness_plan(name): an item generated from a migration plan")
+    names = list(config.getoption("migrate_plan") or []) or list(config.getini("harness_plans"))
+    if not names:
+        return
+    cwd = config.invocation_params.dir
+    plans: dict[Path, str] = {}
+    for name in names:
+        try:
+            from .plan import resolve_plan_path
+
+            path = resolve_plan_path(name, cwd=cwd).resolve()
+        except HarnessError as exc:
+            pytest.exit(scrub(str(exc)), returncode=exc.exit_code)
+        plans[path] = name
+    config.stash[_plans_key] = plans
+    config.stash[_servers_key] = _Servers(config)
+    # Positional arguments given: rehearse the plans alongside them; otherwise the plans alone.
+    explicit = config.args_source == pytest.Config.ArgsSource.ARGS
+    plan_args = [str(p) for p in plans]
+    config.args = [*config.args, *plan_args] if explicit else plan_args
+    # All items of a plan share one working database: keep them on one xdist worker.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> PlanFile | None:
+    """Collect the plan files given with ``--migrate-plan``."""
+    plans = parent.config.stash.get(_plans_key, {})
+    if file_path.resolve() in plans:
+        return PlanFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Write receipts of fully green plans, drop rehearsal databases, stop servers."""
+    servers = session.config.stash.get(_servers_key, None)
+    if servers is not None:
+        servers.close()
+
+
+class _Servers:
+    """Rehearsal servers of this session, one per (provider, major, dsn), started on first use."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._servers: dict[tuple[str, int | None, str | None], Server] = {}
+        self.files: list[PlanFile] = []
+
+    def provider_for(self, plan: Plan) -> tuple[str, str | None]:
+        provider = self.config.getoption("migrate_provider") or self.config.getini("harness_provider") or None
+        dsn = self.config.getoption("migrate_rehearsal_dsn") or self.config.getini("harness_rehearsal_dsn") or None
+        return provider or plan.rehearsal.provider, dsn or plan.rehearsal.dsn
+
+    def get(self, plan: Plan) -> Server:
+        provider, dsn = self.provider_for(plan)
+        key = (provider, plan.rehearsal.postgres, dsn)
+        if key not in self._servers:
+            from .postgres import start_server
+
+            self._servers[key] = start_server(provider, plan.rehearsal.postgres, dsn)
+        return self._servers[key]
+
+    def close(self) -> None:
+        for plan_file in self.files:
+            plan_file.finish()
+        for server in self._servers.values():
+            with contextlib.suppress(Exception):
+                server.stop()
+        self._servers.clear()
+
+
+class RehearsalFailed(Exception):
+    """An assertion about a migration failed; the message is the whole report."""
+
+
+class PlanFile(pytest.File):
+    """A plan file: collects one node per migration."""
+
+    plan: Plan
+    rehearsal: Rehearsal
+
+    def collect(self) -> Iterator[MigrationNode]:
+        from .plan import load_plan
+        from .rehearsal import Rehearsal
+
+        servers: _Servers = self.config.stash[_servers_key]
+        try:
+            self.plan = load_plan(self.path, cwd=self.config.invocation_params.dir)
+            self.rehearsal = Rehearsal(self.plan, lambda: servers.get(self.plan))
+        except HarnessError as exc:
+            raise self.CollectError(scrub(str(exc))) from None
+        servers.files.append(self)
+        self.results: dict[str, str] = {}
+        self.expected = [item.id for item in self.rehearsal.items()]
+        by_migration: dict[str, list[Item]] = {}
+        for item in self.rehearsal.items():
+            by_migration.setdefault(item.migration.id, []).append(item)
+        for migration in self.rehearsal.migrations:
+            node = MigrationNode.from_parent(self, name=migration.id)
+            node.specs = by_migration.get(migration.id, [])
+            yield node
+
+    def record(self, item: Item, status: str) -> None:
+        self.results[item.id] = status
+
+    def finish(self) -> None:
+        """Write the receipt if every item of the plan ran and passed; drop the database."""
+        try:
+            complete = bool(self.expected) and all(self.results.get(i) == PASSED for i in self.expected)
+            if complete and self.rehearsal.final_snapshot() is not None:
+                migrations = self.rehearsal.migrations
+                digests = {m.id: snap.digest for m, snap in zip(migrations, self._snaps()) if snap is not None}
+                final = self.rehearsal.final_snapshot()
+                assert final is not None
+                from .receipt import write_receipt
+
+                path = write_receipt(self.plan, migrations, digests, final, self.rehearsal.server.version)
+                log.info("wrote rehearsal receipt %s", path)
+        finally:
+            self.rehearsal.close()
+
+    def _snaps(self) -> list[Any]:
+        return [self.rehearsal.snapshot_at(i) for i in range(len(self.rehearsal.migrations))]
+
+
+class MigrationNode(pytest.Collector):
+    """One migration of a plan: collects its assertion items."""
+
+    specs: list[Item]
+
+    def collect(self) -> Iterator[AssertionItem]:
+        for spec in self.specs:
+            item = AssertionItem.from_parent(self, name=spec.name)
+            item.spec = spec
+            item.add_marker(pytest.mark.harness_plan(self.parent.name))  # type: ignore[union-attr]
+            item.add_marker(pytest.mark.xdist_group(self.parent.nodeid))  # type: ignore[union-attr]
+            yield item
+
+
+class AssertionItem(pytest.Item):
+    """One assertion about one migration."""
+
+    spec: Item
+
+    @property
+    def plan_file(self) -> PlanFile:
+        node = self.parent.parent  # type: ignore[union-attr]
+        assert isinstance(node, PlanFile)
+        return node
+
+    def runtest(self) -> None:
+        plan_file = self.plan_file
+        try:
+            outcome = plan_file.rehearsal.run(self.spec)
+        except HarnessError as exc:
+            plan_file.record(self.spec, FAILED)
+            raise RehearsalFailed(scrub(str(exc))) from None
+        plan_file.record(self.spec, outcome.status)
+        if outcome.status == SKIPPED:
+            pytest.skip(outcome.message)
+        if outcome.status == FAILED:
+            raise RehearsalFailed(outcome.message)
+        if outcome.message:
+            self.user_properties.append(("harness", outcome.message))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, RehearsalFailed):
+            return str(excinfo.value)
+        return scrub(str(super().repr_failure(excinfo, style)))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.plan_file.path, None, f"{self.spec.migration.id}::{self.spec.name}"

@@ -1,0 +1,558 @@
+"""Migration folders in the native layout, split into statements by PostgreSQL's own parser.
+
+A migrations folder holds ``<version>_<name>.sql`` (an up migration) and,
+optionally, ``<version>_<name>.down.sql`` (its down migration).
+``<version>`` is digits and orders migrations as an integer (``9`` before
+``10``; timestamps such as ``20261101120000`` work the same way); ``<name>``
+is letters, digits, ``_`` and ``-``.  Hidden files, sub-folders and files
+not ending in ``.sql`` (a README, say) are ignored.
+
+SQL is split with pglast, which embeds the PostgreSQL parser (libpg_query),
+never with regular expressions: dollar-quoted bodies, ``BEGIN ATOMIC``
+bodies, comments and string literals that contain semicolons are split
+exactly as the server would split them.  Each :class:`Statement` records
+where it starts, its parse tree, and whether PostgreSQL refuses to run it
+inside a transaction block.
+
+The harness runs every migration in its own transaction, so a file either
+wraps itself in exactly one top-level ``BEGIN; ... COMMIT;`` (recognised and
+removed from :attr:`Migration.statements`) or does not manage transactions at
+all; any other transaction control is refused when the folder is loaded.
+
+Nothing here opens a connection or executes SQL.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pglast import ast, enums, parser
+
+from .errors import SourceError
+
+__all__ = [
+    "Statement",
+    "Migration",
+    "parse_sql",
+    "load_migrations",
+    "checksum",
+]
+
+log = logging.getLogger(__name__)
+
+# File names are matched with regular expressions; SQL never is.
+_UP_RE = re.compile(r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9_-]+)\.sql")
+_DOWN_RE = re.compile(r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9_-]+)\.down\.sql")
+_PATTERN_HELP = (
+    "<version>_<name>.sql for an up migration or <version>_<name>.down.sql for its down migration, "
+    "where <version> is digits and <name> is letters, digits, '_' or '-' "
+    "(for example 20261101120000_add_users.sql and 20261101120000_add_users.down.sql)"
+)
+
+_COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+
+# TransactionStmtKind -> Statement.control.  START TRANSACTION is reported as
+# "begin" for the same reason the parser already reports END as COMMIT and
+# ABORT as ROLLBACK: they are spellings of one command.
+_CONTROL: dict[Any, str] = {
+    enums.TransactionStmtKind.TRANS_STMT_BEGIN: "begin",
+    enums.TransactionStmtKind.TRANS_STMT_START: "begin",
+    enums.TransactionStmtKind.TRANS_STMT_COMMIT: "commit",
+    enums.TransactionStmtKind.TRANS_STMT_ROLLBACK: "rollback",
+    enums.TransactionStmtKind.TRANS_STMT_SAVEPOINT: "savepoint",
+    enums.TransactionStmtKind.TRANS_STMT_RELEASE: "release",
+    enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_TO: "rollback_to",
+    enums.TransactionStmtKind.TRANS_STMT_PREPARE: "prepare",
+    enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED: "commit_prepared",
+    enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED: "rollback_prepared",
+}
+
+_SINGLE_TRANSACTION_RULE = (
+    "the harness runs each migration in its own transaction, so a migration file must either wrap itself "
+    "in exactly one BEGIN; ... COMMIT; (its first and last statements) or not manage transactions at all"
+)
+
+
+# --------------------------------------------------------------------------
+# Public objects
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement of a migration file, as PostgreSQL's parser split it."""
+
+    sql: str  # the statement's text as written, without the trailing semicolon
+    line: int  # 1-based line of the statement's first character in its file
+    column: int  # 1-based column, counted in characters
+    kind: str  # pglast node class name, e.g. "IndexStmt"
+    transactional: bool  # False when PostgreSQL refuses to run it inside a transaction block
+    control: str | None  # for a TransactionStmt: "begin", "commit", "rollback", "savepoint", ...
+    node: Any = field(compare=False, repr=False, hash=False)  # the pglast AST node, for lint rules
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration: its up file, optional down file, and their statements."""
+
+    version: str  # as written in the file name, e.g. "20261101120000" or "0001"
+    name: str  # e.g. "add_users"
+    path: Path  # the up file
+    sql: str  # the up file's text
+    checksum: str  # sha256 hex digest of the up file's bytes
+    statements: tuple[Statement, ...]  # the up statements, file-level BEGIN/COMMIT removed
+    wrapped: bool  # the up file wraps itself in a top-level BEGIN; ... COMMIT;
+    down_path: Path | None = None
+    down_sql: str | None = None
+    down_statements: tuple[Statement, ...] | None = None  # wrapper removed likewise
+    down_wrapped: bool = False
+
+    @property
+    def id(self) -> str:
+        """The migration's identity, ``<version>_<name>``."""
+        return f"{self.version}_{self.name}"
+
+    @property
+    def order(self) -> int:
+        """The numeric version migrations are sorted by."""
+        return int(self.version)
+
+    @property
+    def transactional(self) -> bool:
+        """True when every up statement may run inside a transaction block."""
+        return all(s.transactional for s in self.statements)
+
+    @property
+    def down_transactional(self) -> bool:
+        """True when every down statement may run inside a transaction block (True without a down)."""
+        return all(s.transactional for s in self.down_statements or ())
+
+
+def checksum(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    try:
+        return _sha256(Path(path).read_bytes())
+    except OSError as exc:
+        raise SourceError(
+            f"{path}: cannot be read ({exc.strerror or exc}); check that it exists and is readable"
+        ) from None
+
+
+def parse_sql(text: str, path: Path | str, *, target_major: int | None = None) -> list[Statement]:
+    """Split *text* into statements with PostgreSQL's parser.
+
+    *path* is used only in error messages.  *target_major* is the major
+    version of the server the SQL is meant for; it matters for commands that
+    became allowed in a transaction block in some version (``ALTER TYPE ...
+    ADD VALUE`` before 12).  Transaction control statements are returned
+    like any other (with :attr:`Statement.control` set); deciding whether
+    they are acceptable is :func:`load_migrations`'s job.
+
+    Raises :class:`~harness.errors.SourceError` naming ``file:line:column``
+    when the SQL does not parse.
+    """
+    lines = _LineIndex(text)
+    nul = text.find("\x00")
+    if nul >= 0:
+        # libpg_query reads a C string: everything after a NUL would be
+        # silently dropped, so refuse the file instead.
+        raise SourceError(
+            f"{path}:{lines.where(nul)}: the file contains a NUL character, which PostgreSQL does not accept "
+            "in SQL text; remove it (is this really a SQL file?)"
+        )
+    try:
+        raw = parser.parse_sql(text)
+    except parser.ParseError as exc:
+        raise SourceError(_parse_error_message(exc, text, path, lines)) from None
+    if not raw:
+        return []
+    # pglast reports positions as character indexes (it converts
+    # libpg_query's UTF-8 byte offsets); the scanner's tokens use the same
+    # unit.  Tokens give each statement's exact extent without the comments
+    # and blanks around it, whatever the pglast/PostgreSQL version puts into
+    # stmt_location.
+    tokens = [t for t in parser.scan(text) if t.name not in _COMMENT_TOKENS]
+    starts = [t.start for t in tokens]
+    statements: list[Statement] = []
+    for item in raw:
+        begin = item.stmt_location or 0
+        end = begin + item.stmt_len if item.stmt_len else len(text)
+        first = bisect.bisect_left(starts, begin)
+        last = bisect.bisect_left(starts, end) - 1
+        if first <= last:
+            begin, end = tokens[first].start, tokens[last].end + 1
+        sql = text[begin:end].strip()
+        node = item.stmt
+        line, column = lines.position(begin)
+        control = _CONTROL.get(node.kind) if isinstance(node, ast.TransactionStmt) else None
+        refusal = _refused_in_transaction(node, target_major)
+        statements.append(
+            Statement(
+                sql=sql,
+                line=line,
+                column=column,
+                kind=type(node).__name__,
+                transactional=refusal is None,
+                control=control,
+                node=node,
+            )
+        )
+    return statements
+
+
+def load_migrations(directory: Path | str, *, target_major: int | None = None) -> list[Migration]:
+    """Read every migration in *directory*, sorted by numeric version.
+
+    Raises :class:`~harness.errors.SourceError` (exit code 2) for a missing
+    folder, a ``.sql`` file whose name fits no pattern, a down file without
+    its up file, two files with the same version, a file that is not UTF-8,
+    is empty or holds only comments, does not parse, or manages transactions
+    other than with one file-level ``BEGIN; ... COMMIT;``.
+    """
+    folder = Path(directory)
+    if not folder.exists():
+        raise SourceError(
+            f"migrations folder {folder} does not exist; create it, or point the harness at the folder "
+            "that holds your <version>_<name>.sql files"
+        )
+    if not folder.is_dir():
+        raise SourceError(f"{folder} is not a folder; point the harness at the folder that holds the migration files")
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise SourceError(
+            f"migrations folder {folder} cannot be listed ({exc.strerror or exc}); check its permissions"
+        ) from None
+
+    ups: dict[tuple[str, str], Path] = {}
+    downs: dict[tuple[str, str], Path] = {}
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.lower().endswith(".sql"):
+            continue
+        if entry.is_dir() or not (entry.is_file() or entry.is_symlink()):
+            continue  # sub-folders, and sockets or pipes that happen to end in .sql
+        down = _DOWN_RE.fullmatch(entry.name)
+        up = None if down else _UP_RE.fullmatch(entry.name)
+        if down:
+            downs[(down["version"], down["name"])] = entry
+        elif up:
+            ups[(up["version"], up["name"])] = entry
+        else:
+            raise SourceError(
+                f"{entry}: the file name {entry.name!r} does not fit the pattern {_PATTERN_HELP}; rename the file, "
+                f"or move it out of {folder} if it is not a migration"
+            )
+
+    for key, orphan in downs.items():
+        if key not in ups:
+            expected = f"{key[0]}_{key[1]}.sql"
+            same_version = [p.name for (v, _), p in ups.items() if int(v) == int(key[0])]
+            hint = f" (the up migration with that version is {same_version[0]})" if same_version else ""
+            raise SourceError(
+                f"{orphan}: down migration without its up migration {expected}{hint}; rename the down file "
+                "to <up file name without .sql>.down.sql, or delete it"
+            )
+
+    by_order: dict[int, Path] = {}
+    for (version, _), up_path in sorted(ups.items(), key=lambda kv: kv[1].name):
+        other = by_order.setdefault(int(version), up_path)
+        if other is not up_path:
+            raise SourceError(
+                f"{other} and {up_path} have the same version number ({int(version)}); every migration needs "
+                "its own version: renumber one of them"
+            )
+
+    migrations: list[Migration] = []
+    # Parse in migration order so that the first error reported is the earliest migration's.
+    for (version, name), up_path in sorted(ups.items(), key=lambda kv: (int(kv[0][0]), kv[0][0])):
+        data, text = _read(up_path)
+        statements, wrapped = _file_statements(text, up_path, target_major, down=False)
+        down_path = downs.get((version, name))
+        down_text: str | None = None
+        down_statements: tuple[Statement, ...] | None = None
+        down_wrapped = False
+        if down_path is not None:
+            _, down_text = _read(down_path)
+            down_statements, down_wrapped = _file_statements(down_text, down_path, target_major, down=True)
+        migrations.append(
+            Migration(
+                version=version,
+                name=name,
+                path=up_path,
+                sql=text,
+                checksum=_sha256(data),
+                statements=statements,
+                wrapped=wrapped,
+                down_path=down_path,
+                down_sql=down_text,
+                down_statements=down_statements,
+                down_wrapped=down_wrapped,
+            )
+        )
+    migrations.sort(key=lambda m: (m.order, m.version))
+    log.debug("loaded %d migrations from %s", len(migrations), folder)
+    return migrations
+
+
+# --------------------------------------------------------------------------
+# Files
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    """The file's bytes and its text (UTF-8, a leading byte-order mark dropped)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(
+            f"{path}: cannot be read ({exc.strerror or exc}); check that it exists and is readable"
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        good = data[: exc.start].decode("utf-8").removeprefix("\ufeff")
+        where = _LineIndex(good).where(len(good))
+        raise SourceError(
+            f"{path}:{where}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
+    # Editors on Windows like to start files with a BOM; PostgreSQL would
+    # read it as part of the first word.
+    return data, text.removeprefix("\ufeff")
+
+
+def _file_statements(
+    text: str, path: Path, target_major: int | None, *, down: bool
+) -> tuple[tuple[Statement, ...], bool]:
+    """The file's statements with any file-level BEGIN/COMMIT removed, and whether there was one."""
+    statements = parse_sql(text, path, target_major=target_major)
+    wrapped = len(statements) >= 2 and statements[0].control == "begin" and statements[-1].control == "commit"
+    if wrapped:
+        begin, commit = statements[0], statements[-1]
+        if begin.node.options:
+            raise SourceError(
+                f"{path}:{begin.line}:{begin.column}: {_excerpt(begin.sql)!r} sets transaction options, but "
+                f"{_SINGLE_TRANSACTION_RULE} and opens that transaction itself, so the options would be ignored; "
+                "write a plain BEGIN; (set what you need with SET LOCAL inside the transaction)"
+            )
+        if commit.node.chain:
+            raise SourceError(
+                f"{path}:{commit.line}:{commit.column}: COMMIT AND CHAIN would start a second transaction; "
+                f"{_SINGLE_TRANSACTION_RULE}. End the file with a plain COMMIT;"
+            )
+        statements = statements[1:-1]
+    for index, statement in enumerate(statements):
+        if statement.control is None:
+            continue
+        where = f"{path}:{statement.line}:{statement.column}"
+        if statement.control == "begin" and index == 0 and not wrapped:
+            raise SourceError(
+                f"{where}: BEGIN is not closed by a COMMIT as the file's last statement; {_SINGLE_TRANSACTION_RULE}. "
+                "End the file with COMMIT; or remove the BEGIN"
+            )
+        if statement.control == "commit" and index == len(statements) - 1 and not wrapped:
+            raise SourceError(
+                f"{where}: COMMIT does not close a BEGIN at the start of the file; {_SINGLE_TRANSACTION_RULE}. "
+                "Start the file with BEGIN; or remove the COMMIT"
+            )
+        raise SourceError(
+            f"{where}: {_excerpt(statement.sql)!r} is not allowed here: {_SINGLE_TRANSACTION_RULE}. Remove it, "
+            "or split the file into separate migrations"
+        )
+    if not statements:
+        what = "down migration" if down else "migration"
+        inside = " between its BEGIN and COMMIT" if wrapped else ""
+        if down:
+            fix = "write its SQL, or delete the down file if the migration cannot be undone"
+        else:
+            fix = "write its SQL, or delete the file"
+        raise SourceError(f"{path}: the {what} has no SQL statements{inside} (empty or only comments); {fix}")
+    return tuple(statements), wrapped
+
+
+def _excerpt(sql: str, limit: int = 60) -> str:
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------
+# Positions
+
+
+class _LineIndex:
+    """Maps a character index in a text to its 1-based line and column."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.starts = [0]
+        at = text.find("\n")
+        while at >= 0:
+            self.starts.append(at + 1)
+            at = text.find("\n", at + 1)
+
+    def position(self, index: int) -> tuple[int, int]:
+        line = bisect.bisect_right(self.starts, index)
+        return line, index - self.starts[line - 1] + 1
+
+    def where(self, index: int) -> str:
+        line, column = self.position(index)
+        return f"{line}:{column}"
+
+    def line_text(self, line: int) -> str:
+        start = self.starts[line - 1]
+        end = self.starts[line] - 1 if line < len(self.starts) else len(self.text)
+        return self.text[start:end].rstrip("\r")
+
+
+def _parse_error_message(exc: parser.ParseError, text: str, path: Path | str, lines: _LineIndex) -> str:
+    message = str(exc.args[0]) if exc.args else "syntax error"
+    index = exc.args[1] if len(exc.args) > 1 else None
+    # pglast gives a character index, or None when the error is at the end
+    # of the input ("syntax error at end of input").
+    if index is None or not 0 <= index <= len(text):
+        index = len(text.rstrip())
+    line, column = lines.position(index)
+    source = lines.line_text(line)
+    caret = "".join(c if c == "\t" else " " for c in source[: column - 1]) + "^"
+    hint = "fix the SQL so that PostgreSQL's parser accepts it"
+    if source.lstrip().startswith("\\"):
+        hint = "psql meta-commands (lines starting with a backslash) are not SQL; remove them"
+    return f"{path}:{line}:{column}: {message}; {hint}\n    {source}\n    {caret}"
+
+
+# --------------------------------------------------------------------------
+# Statements PostgreSQL refuses inside a transaction block
+
+
+def _refused_in_transaction(node: Any, target_major: int | None) -> str | None:
+    """The command PostgreSQL names when it refuses *node* in a transaction block, else None.
+
+    Mirrors the server's PreventInTransactionBlock() calls that can be
+    decided from the statement alone.  Where the answer depends on the
+    database (DROP SUBSCRIPTION of a subscription with a slot), the
+    statement is treated as refused.  Not detectable here: REINDEX and
+    CLUSTER of a partitioned table, which are refused too.
+    """
+    if isinstance(node, ast.IndexStmt):
+        return "CREATE INDEX CONCURRENTLY" if node.concurrent else None
+    if isinstance(node, ast.DropStmt):
+        return "DROP INDEX CONCURRENTLY" if node.concurrent else None
+    if isinstance(node, ast.ReindexStmt):
+        if _option_true(node.params, "concurrently", default=False):
+            return "REINDEX CONCURRENTLY"
+        kinds: dict[Any, str] = {
+            enums.ReindexObjectType.REINDEX_OBJECT_SCHEMA: "REINDEX SCHEMA",
+            enums.ReindexObjectType.REINDEX_OBJECT_SYSTEM: "REINDEX SYSTEM",
+            enums.ReindexObjectType.REINDEX_OBJECT_DATABASE: "REINDEX DATABASE",
+        }
+        return kinds.get(node.kind)
+    if isinstance(node, ast.VacuumStmt):
+        # The parser builds ANALYZE as a VacuumStmt too; ANALYZE alone is
+        # allowed in a transaction block.
+        return "VACUUM" if node.is_vacuumcmd else None
+    if isinstance(node, ast.ClusterStmt):
+        return "CLUSTER" if node.relation is None else None
+    if isinstance(node, ast.CreatedbStmt):
+        return "CREATE DATABASE"
+    if isinstance(node, ast.DropdbStmt):
+        return "DROP DATABASE"
+    if isinstance(node, ast.AlterDatabaseStmt):
+        names = {d.defname for d in node.options or ()}
+        return "ALTER DATABASE SET TABLESPACE" if "tablespace" in names else None
+    if isinstance(node, ast.AlterSystemStmt):
+        return "ALTER SYSTEM"
+    if isinstance(node, ast.CreateTableSpaceStmt):
+        return "CREATE TABLESPACE"
+    if isinstance(node, ast.DropTableSpaceStmt):
+        return "DROP TABLESPACE"
+    if isinstance(node, ast.AlterTableStmt):
+        for cmd in node.cmds or ():
+            if cmd.subtype == enums.AlterTableType.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
+                return "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY"
+        return None
+    if isinstance(node, ast.CreateSubscriptionStmt):
+        # connect = false implies create_slot = false.
+        if not _option_true(node.options, "connect") or not _option_true(node.options, "create_slot"):
+            return None
+        return "CREATE SUBSCRIPTION ... WITH (create_slot = true)"
+    if isinstance(node, ast.DropSubscriptionStmt):
+        # Refused only when the subscription has a replication slot, which
+        # only the database knows; it usually has one.
+        return "DROP SUBSCRIPTION"
+    if isinstance(node, ast.AlterSubscriptionStmt):
+        return _alter_subscription_refusal(node)
+    if isinstance(node, ast.DiscardStmt):
+        return "DISCARD ALL" if node.target == enums.DiscardMode.DISCARD_ALL else None
+    if isinstance(node, ast.TransactionStmt):
+        if node.kind == enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED:
+            return "COMMIT PREPARED"
+        if node.kind == enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED:
+            return "ROLLBACK PREPARED"
+        return None
+    if isinstance(node, ast.AlterEnumStmt):
+        # ADD VALUE (not RENAME VALUE) became allowed in a transaction in 12.
+        if node.oldVal is None and target_major is not None and target_major < 12:
+            return "ALTER TYPE ... ADD VALUE"
+        return None
+    return None
+
+
+def _alter_subscription_refusal(node: Any) -> str | None:
+    kind = node.kind
+    types = enums.AlterSubscriptionType
+    if kind == types.ALTER_SUBSCRIPTION_REFRESH:
+        return "ALTER SUBSCRIPTION ... REFRESH PUBLICATION"
+    publication = {
+        types.ALTER_SUBSCRIPTION_SET_PUBLICATION: "SET",
+        types.ALTER_SUBSCRIPTION_ADD_PUBLICATION: "ADD",
+        types.ALTER_SUBSCRIPTION_DROP_PUBLICATION: "DROP",
+    }
+    if kind in publication:
+        # refresh defaults to true.
+        if _option_true(node.options, "refresh"):
+            return f"ALTER SUBSCRIPTION ... {publication[kind]} PUBLICATION ... WITH (refresh = true)"
+        return None
+    if kind == types.ALTER_SUBSCRIPTION_OPTIONS:
+        names = {d.defname for d in node.options or ()}
+        # Both change the publisher's replication slot, which cannot be
+        # rolled back (failover since 17, two_phase = false since 18).
+        if "failover" in names:
+            return "ALTER SUBSCRIPTION ... SET (failover)"
+        if "two_phase" in names and not _option_true(node.options, "two_phase"):
+            return "ALTER SUBSCRIPTION ... SET (two_phase = false)"
+    return None
+
+
+def _option_true(options: Any, name: str, *, default: bool = True) -> bool:
+    """The boolean value of option *name* in a list of DefElem, as PostgreSQL's defGetBoolean reads it.
+
+    A value the server would reject counts as true, the cautious answer.
+    """
+    for elem in options or ():
+        if getattr(elem, "defname", None) != name:
+            continue
+        arg = elem.arg
+        if isinstance(arg, ast.A_Const):
+            arg = arg.val
+        if arg is None:
+            return True
+        if isinstance(arg, ast.Boolean):
+            return bool(arg.boolval)
+        if isinstance(arg, ast.Integer):
+            return arg.ival != 0
+        if isinstance(arg, ast.String):
+            word = arg.sval
+        elif isinstance(arg, ast.TypeName) and arg.names and len(arg.names) == 1:
+            word = arg.names[0].sval  # a bare word such as off parses as a type name
+        else:
+            return True
+        return (word or "").lower() not in ("false", "off", "0")
+    return default

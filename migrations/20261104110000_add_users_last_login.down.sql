@@ -1,0 +1,2 @@
+DROP FUNCTION IF EXISTS touch_last_login(bigint);
+ALTER TABLE users DROP COLUMN IF EXISTS last_login_at;

@@ -1,0 +1,2 @@
+DROP FUNCTION accounts_touch();
+DROP TABLE accounts;

@@ -1,0 +1,2 @@
+-- Built without blocking writes: cannot run inside a transaction block.
+CREATE INDEX CONCURRENTLY accounts_email_idx ON accounts (lower(email));

@@ -1,0 +1,5 @@
+DO $$
+BEGIN
+    UPDATE users SET name = 'unknown' WHERE name IS NULL;
+END
+$$;
