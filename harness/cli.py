@@ -113,8 +113,8 @@ def _setup_logging(verbose: int) -> None:
     root.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
 
 
-def _emit(data: Any, out: TextIO = sys.stdout) -> None:
-    out.write(scrub(json.dumps(data, indent=2, default=str)) + "\n")
+def _emit(data: Any, out: TextIO | None = None) -> None:
+    (out or sys.stdout).write(scrub(json.dumps(data, indent=2, default=str)) + "\n")
 
 
 # ---------------------------------------------------------------------- status
