@@ -1,0 +1,138 @@
+"""Receipts: the record a fully green rehearsal leaves for apply to check.
+
+A receipt names the plan, the hash of the plan file, the checksum of every
+migration, the schema digest after each migration and the full expected
+final schema, the PostgreSQL version rehearsed on, and when.  Production
+apply refuses to run unless a receipt matches the plan and migrations it is
+about to apply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import GuardError
+from .plan import Plan
+from .snapshot import Snapshot
+from .sources import Migration
+
+__all__ = ["Receipt", "receipt_path", "write_receipt", "read_receipt", "verify_receipt"]
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof that a plan rehearsed green with these exact migrations."""
+
+    plan: str
+    plan_sha256: str
+    migrations: dict[str, str]  # migration id -> checksum, in order
+    digests: dict[str, str]  # migration id -> schema digest after it
+    final_snapshot: Snapshot
+    server_version: str
+    created_at: str
+
+    def to_json(self) -> str:
+        """The receipt as JSON text."""
+        data: dict[str, Any] = {
+            "format": _FORMAT,
+            "plan": self.plan,
+            "plan_sha256": self.plan_sha256,
+            "migrations": self.migrations,
+            "digests": self.digests,
+            "server_version": self.server_version,
+            "created_at": self.created_at,
+            "final_snapshot": json.loads(self.final_snapshot.to_json()),
+        }
+        return json.dumps(data, indent=1, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Receipt:
+        """Parse a receipt written by :meth:`to_json`."""
+        data = json.loads(text)
+        return cls(
+            plan=data["plan"],
+            plan_sha256=data["plan_sha256"],
+            migrations=dict(data["migrations"]),
+            digests=dict(data.get("digests", {})),
+            final_snapshot=Snapshot.from_json(json.dumps(data["final_snapshot"])),
+            server_version=data["server_version"],
+            created_at=data["created_at"],
+        )
+
+
+def receipt_path(plan: Plan) -> Path:
+    """Where the receipt of *plan* lives: ``<root>/.harness/receipts/<plan>.json``."""
+    return plan.root / ".harness" / "receipts" / f"{plan.name}.json"
+
+
+def write_receipt(
+    plan: Plan,
+    migrations: list[Migration],
+    digests: dict[str, str],
+    final_snapshot: Snapshot,
+    server_version: str,
+) -> Path:
+    """Write the receipt atomically and return its path."""
+    receipt = Receipt(
+        plan=plan.name,
+        plan_sha256=plan.sha256,
+        migrations={m.id: m.checksum for m in migrations},
+        digests=digests,
+        final_snapshot=final_snapshot,
+        server_version=server_version,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    path = receipt_path(plan)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".receipt-")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(receipt.to_json())
+    os.replace(tmp, path)
+    return path
+
+
+def read_receipt(plan: Plan) -> Receipt | None:
+    """The plan's receipt, or ``None`` when there is none."""
+    path = receipt_path(plan)
+    try:
+        return Receipt.from_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError) as exc:
+        raise GuardError(f"{path}: unreadable receipt ({exc}); run the rehearsal again") from None
+
+
+def verify_receipt(plan: Plan, migrations: list[Migration]) -> Receipt:
+    """The receipt if it matches *plan* and *migrations* exactly; else :class:`GuardError`."""
+    receipt = read_receipt(plan)
+    if receipt is None:
+        raise GuardError(
+            f"no green rehearsal receipt for plan {plan.name!r} ({receipt_path(plan)}); run "
+            f"`harness rehearse {plan.name}` (or pytest --migrate-plan {plan.name}) first"
+        )
+    problems = []
+    if receipt.plan_sha256 != plan.sha256:
+        problems.append("the plan file changed since the rehearsal")
+    current = {m.id: m.checksum for m in migrations}
+    for mid in sorted(set(current) | set(receipt.migrations)):
+        if mid not in receipt.migrations:
+            problems.append(f"{mid} was not rehearsed")
+        elif mid not in current:
+            problems.append(f"{mid} was rehearsed but its file is gone")
+        elif current[mid] != receipt.migrations[mid]:
+            problems.append(f"{mid} changed since the rehearsal (checksum differs)")
+    if problems:
+        raise GuardError(
+            f"the rehearsal receipt of plan {plan.name!r} ({receipt.created_at}) does not match: "
+            + "; ".join(problems)
+            + f". Rehearse again: `harness rehearse {plan.name}`"
+        )
+    return receipt

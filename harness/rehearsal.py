@@ -1,0 +1,713 @@
+"""The rehearsal engine: prove every migration of a plan on a throwaway database.
+
+A :class:`Rehearsal` turns a plan into an ordered list of :class:`Item`
+objects (one per migration and assertion) and runs them one at a time,
+keeping a single working database that moves forward through the history.
+Items may be run in any subset (``-k``): the engine applies whatever earlier
+migrations are missing first.  When a migration fails to apply, every later
+item is skipped with the reason.
+
+Cost grows linearly with the number of migrations: the history is never
+replayed.  Assertions on transactional migrations run inside a transaction
+that is rolled back (second apply for idempotency; down then up for
+rollback), so the working database returns to the post-migration state for
+free.  Only migrations that cannot run in a transaction use a copy of the
+working database, made with ``CREATE DATABASE ... TEMPLATE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import lint as lint_mod
+from .compat import breaking_changes
+from .errors import HarnessError
+from .execute import StatementFailed, describe_pg_error, relpath, run_statements
+from .plan import Check, Plan, StepConfig
+from .postgres import Server
+from .redact import scrub
+from .snapshot import Snapshot, diff_snapshots, format_changes, table_fingerprints, take_snapshot
+from .sources import Migration, Statement, load_migrations, parse_sql
+
+__all__ = ["Item", "Outcome", "Rehearsal", "ASSERTIONS", "PASSED", "FAILED", "SKIPPED"]
+
+log = logging.getLogger(__name__)
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+#: Assertions in the order they run for each migration.
+ASSERTIONS = ("lint", "apply", "idempotent", "rollback", "backward_compatible", "preserve_rows", "check")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One assertion about one migration: the unit a test report shows."""
+
+    migration: Migration
+    assertion: str
+    index: int  # position of the migration in the plan's history
+    check: Check | None = None
+
+    @property
+    def name(self) -> str:
+        """The item's name within its migration, e.g. ``rollback`` or ``check[no null emails]``."""
+        if self.check is not None:
+            return f"check[{self.check.name}]"
+        return self.assertion
+
+    @property
+    def id(self) -> str:
+        """``<migration id>::<name>``."""
+        return f"{self.migration.id}::{self.name}"
+
+
+@dataclass
+class Outcome:
+    """What running an item found."""
+
+    status: str
+    message: str = ""
+    duration: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True unless the item failed."""
+        return self.status != FAILED
+
+
+class _Fail(Exception):
+    """Internal: an assertion failed with a message for the reviewer."""
+
+
+@dataclass
+class _Step:
+    """What the engine knows about one migration of the working history."""
+
+    before: Snapshot | None = None
+    before_data: dict[str, tuple[int, str]] | None = None
+    before_nodes: dict[str, int] | None = None
+    touched: frozenset[str] = frozenset()  # tables whose data or storage the up migration changed
+    after: Snapshot | None = None
+    after_data: dict[str, tuple[int, str]] | None = None
+    applied: bool = False
+    apply_error: str | None = None
+    failure_rehearsal: str | None = None  # None = ok or not run; text = what remained
+    failure_rehearsal_run: bool = False
+    apply_seconds: float = 0.0
+
+
+class Rehearsal:
+    """Rehearse one plan on one server.  Use as a context manager."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        server: Server | Callable[[], Server],
+        *,
+        migrations: Sequence[Migration] | None = None,
+    ) -> None:
+        self.plan = plan
+        self._server = server
+        self.migrations = list(migrations) if migrations is not None else load_migrations(
+            plan.migrations_dir, target_major=plan.rehearsal.postgres
+        )
+        plan.bind([(m.id, m.version) for m in self.migrations])
+        self.configs = {m.id: plan.step_for(m.id, m.version) for m in self.migrations}
+        self.dbname = f"mh_rehearsal_{uuid.uuid4().hex[:10]}"
+        self._conn: psycopg.Connection | None = None
+        self._steps = [_Step() for _ in self.migrations]
+        self._position = -1  # index of the last migration applied to the working database
+        self._broken: tuple[int, str] | None = None  # (index, reason) of the first migration that failed
+        self._seeded = bool(plan.rehearsal.seed)
+        self._results: dict[str, Outcome] = {}
+        self._started = False
+        self._final: Snapshot | None = None
+        # Data of every user table at the current position, kept up to date
+        # incrementally: a migration can only change the tables PostgreSQL
+        # reports as written (pg_stat_xact_user_tables) or rewritten (new
+        # relfilenode) inside its transaction, so only those are re-read.
+        self._data: dict[str, tuple[int, str]] = {}
+        self._nodes: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def __enter__(self) -> Rehearsal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def server(self) -> Server:
+        """The rehearsal server, started on first use when a factory was given."""
+        if not isinstance(self._server, Server):
+            self._server = self._server()
+        return self._server
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.server.create_database(self.dbname)
+        self._connect()
+        for seed in self.plan.rehearsal.seed:
+            text = seed.read_text(encoding="utf-8")
+            statements = parse_sql(text, seed, target_major=self.server.major)
+            try:
+                run_statements(self.conn, statements, seed)
+            except StatementFailed as exc:
+                raise HarnessError(f"the rehearsal seed failed to load: {exc}") from None
+        self._refresh_data()
+
+    def _refresh_data(self) -> None:
+        """Read the data of every table (after the seed, or a non-transactional migration)."""
+        self._nodes = _counters(self.conn).nodes
+        self._data = table_fingerprints(self.conn, self._nodes) if self._nodes else {}
+
+    def _connect(self) -> None:
+        self._conn = self.server.connect(self.dbname, autocommit=True)
+        # psycopg drops every prepared statement of a connection after a
+        # ROLLBACK once it prepared any of its own; the snapshot query stays
+        # prepared only if psycopg prepares nothing itself.
+        self._conn.prepare_threshold = None
+        self._conn.execute("SET client_min_messages = warning")
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        """The autocommit connection to the working database."""
+        assert self._conn is not None
+        return self._conn
+
+    def close(self) -> None:
+        """Drop the working database (best effort; never hides an earlier error)."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        if self._started:
+            try:
+                self.server.drop_database(self.dbname)
+            except Exception as exc:  # noqa: BLE001 - cleanup is best effort
+                log.warning("could not drop rehearsal database %s: %s", self.dbname, exc)
+            self._started = False
+
+    # ------------------------------------------------------------------ items
+
+    def items(self) -> list[Item]:
+        """Every item of the plan, in migration order then assertion order."""
+        items: list[Item] = []
+        for index, migration in enumerate(self.migrations):
+            cfg = self.configs[migration.id]
+            if cfg.lint:
+                items.append(Item(migration, "lint", index))
+            items.append(Item(migration, "apply", index))
+            if cfg.idempotent:
+                items.append(Item(migration, "idempotent", index))
+            if cfg.rollback:
+                items.append(Item(migration, "rollback", index))
+            if cfg.backward_compatible.enabled:
+                items.append(Item(migration, "backward_compatible", index))
+            if self._seeded and cfg.preserve_rows:
+                items.append(Item(migration, "preserve_rows", index))
+            for check in cfg.checks:
+                items.append(Item(migration, "check", index, check))
+        return items
+
+    def run(self, item: Item) -> Outcome:
+        """Run *item* and return its outcome (never raises for a failed assertion)."""
+        t0 = time.perf_counter()
+        try:
+            outcome = self._run(item)
+        except _Fail as exc:
+            outcome = Outcome(FAILED, scrub(str(exc)))
+        except StatementFailed as exc:
+            outcome = Outcome(FAILED, scrub(str(exc)))
+        outcome.duration = time.perf_counter() - t0
+        self._results[item.id] = outcome
+        return outcome
+
+    def _run(self, item: Item) -> Outcome:
+        self._start()
+        if self._broken and self._broken[0] < item.index:
+            index, _reason = self._broken
+            return Outcome(SKIPPED, f"depends on {self.migrations[index].id}, which failed to apply")
+        if item.assertion == "lint":
+            return self._lint(item)
+        self._advance(item.index)
+        step = self._steps[item.index]
+        if step.apply_error is not None:
+            if item.assertion == "apply":
+                return Outcome(FAILED, step.apply_error)
+            return Outcome(SKIPPED, f"{item.migration.id} failed to apply")
+        handler = {
+            "apply": self._apply_item,
+            "idempotent": self._idempotent,
+            "rollback": self._rollback,
+            "backward_compatible": self._compat,
+            "preserve_rows": self._preserve_rows,
+            "check": self._check,
+        }[item.assertion]
+        return handler(item)
+
+    # ------------------------------------------------------------------ state
+
+    def _snapshot(self) -> Snapshot:
+        return take_snapshot(self.conn)
+
+    def _before(self, index: int) -> None:
+        """Make sure the before-state of migration *index* is recorded."""
+        step = self._steps[index]
+        if step.before is None:
+            prev = self._steps[index - 1] if index > 0 else None
+            if prev is not None and prev.after is not None and self._position == index - 1:
+                step.before = prev.after
+            else:
+                step.before = self._snapshot()
+            step.before_data, step.before_nodes = self._data, self._nodes
+
+    def _advance(self, index: int) -> None:
+        """Apply migrations up to and including *index* (each at most once)."""
+        while self._position < index:
+            nxt = self._position + 1
+            self._apply(nxt)
+            if self._steps[nxt].apply_error is not None:
+                self._broken = (nxt, self._steps[nxt].apply_error)
+                return
+            self._position = nxt
+
+    def _apply(self, index: int) -> None:
+        migration = self.migrations[index]
+        cfg = self.configs[migration.id]
+        step = self._steps[index]
+        self._before(index)
+        if cfg.rollback and migration.down_statements is None and migration.transactional:
+            step.failure_rehearsal = self._failure_rehearsal(migration, step)
+            step.failure_rehearsal_run = True
+        t0 = time.perf_counter()
+        if migration.transactional:
+            self.conn.execute("BEGIN")
+            start = _counters(self.conn)
+            try:
+                run_statements(self.conn, migration.statements, migration.path)
+            except StatementFailed as exc:
+                self.conn.execute("ROLLBACK")
+                step.apply_error = scrub(str(exc))
+                return
+            step.apply_seconds = time.perf_counter() - t0
+            now, touched = _touched(self.conn, start, self._nodes)
+            data = {t: v for t, v in self._data.items() if t in now.nodes}
+            if touched:
+                data.update(table_fingerprints(self.conn, touched))
+            step.after = self._snapshot()
+            self.conn.execute("COMMIT")
+            self._data, self._nodes = data, now.nodes
+            step.touched = frozenset(touched)
+        else:
+            try:
+                run_statements(self.conn, migration.statements, migration.path)
+            except StatementFailed as exc:
+                step.apply_error = scrub(str(exc))
+                return
+            step.apply_seconds = time.perf_counter() - t0
+            step.after = self._snapshot()
+            self._refresh_data()
+            step.touched = frozenset(self._nodes)
+        step.applied = True
+        step.after_data = self._data
+
+    @contextlib.contextmanager
+    def _scratch(self, transactional: bool) -> Iterator[tuple[psycopg.Connection, _Counters | None]]:
+        """A place to try things on the current state that leaves the working database untouched.
+
+        Transactional work runs in a transaction that is rolled back; other work
+        runs on a copy of the working database.
+        """
+        if transactional:
+            self.conn.execute("BEGIN")
+            try:
+                yield self.conn, _counters(self.conn)
+            finally:
+                self.conn.execute("ROLLBACK")
+            return
+        copy = f"{self.dbname}_copy"
+        self.conn.close()
+        try:
+            self.server.create_database(copy, template=self.dbname)
+        finally:
+            self._connect()
+        try:
+            with self.server.connect(copy, autocommit=True) as conn:
+                conn.prepare_threshold = None
+                conn.execute("SET client_min_messages = warning")
+                yield conn, None
+        finally:
+            self.server.drop_database(copy)
+
+    # ------------------------------------------------------------------ assertions
+
+    def _lint(self, item: Item) -> Outcome:
+        migration = item.migration
+        cfg = self.configs[migration.id]
+        step = self._steps[item.index]
+        if step.before is None and self._position < item.index:
+            self._advance(item.index - 1)
+            if self._broken and self._broken[0] < item.index:
+                return Outcome(SKIPPED, f"depends on {self.migrations[self._broken[0]].id}, which failed to apply")
+            self._before(item.index)
+        # "Existed before" comes from the rehearsal's own snapshot, not from guesswork.
+        existing = set(step.before.tables()) if step.before is not None else None
+        findings = lint_mod.lint_sql(
+            migration.sql,
+            relpath(migration.path),
+            existing_tables=existing,
+            allow=cfg.allow,
+            allow_reason=cfg.reason,
+            in_transaction=migration.transactional,
+        )
+        errors = [f for f in findings if f.severity == "error" and not f.allowed]
+        shown = lint_mod.format_findings(findings)
+        if errors:
+            return Outcome(FAILED, shown, details={"findings": len(findings)})
+        return Outcome(PASSED, shown)
+
+    def _apply_item(self, item: Item) -> Outcome:
+        step = self._steps[item.index]
+        return Outcome(PASSED, f"applied in {step.apply_seconds * 1000:.1f} ms")
+
+    def _idempotent(self, item: Item) -> Outcome:
+        migration = item.migration
+        step = self._steps[item.index]
+        assert step.after is not None
+        self._require_position(item)
+        with self._scratch(migration.transactional) as (conn, start):
+            try:
+                run_statements(conn, migration.statements, migration.path)
+            except StatementFailed as exc:
+                raise _Fail(f"applying {migration.id} a second time fails:\n{exc}") from None
+            data, catalog_written = _changed_data(conn, start, self._nodes)
+            # No catalog row written means the schema cannot have changed: skip the snapshot.
+            again = take_snapshot(conn) if catalog_written else step.after
+        changes = diff_snapshots(step.after, again)
+        if changes:
+            raise _Fail(
+                f"applying {migration.id} a second time changes the schema:\n{format_changes(changes)}"
+            )
+        changed = _data_changes({t: v for t, v in (step.after_data or {}).items() if t in data}, data)
+        if changed:
+            raise _Fail(f"applying {migration.id} a second time changes data:\n{changed}")
+        return Outcome(PASSED, "second apply succeeded and changed nothing")
+
+    def _failure_rehearsal(self, migration: Migration, step: _Step) -> str | None:
+        """Run the up migration in a transaction that is rolled back; report what survived."""
+        assert step.before is not None
+        self.conn.execute("BEGIN")
+        try:
+            run_statements(self.conn, migration.statements, migration.path)
+        except StatementFailed:
+            # The real apply reports this error; nothing to learn here.
+            self.conn.execute("ROLLBACK")
+            return None
+        self.conn.execute("ROLLBACK")
+        remaining = diff_snapshots(step.before, self._snapshot())
+        if remaining:
+            return "changes survived a rolled-back transaction:\n" + format_changes(remaining)
+        return None
+
+    def _rollback(self, item: Item) -> Outcome:
+        migration = item.migration
+        step = self._steps[item.index]
+        assert step.before is not None and step.after is not None
+        if migration.down_statements is None:
+            if not migration.transactional:
+                raise _Fail(
+                    f"{migration.id} has no down migration and cannot run inside a transaction, so a failure "
+                    f"cannot be rolled back. Add {migration.path.with_suffix('').name}.down.sql, or declare "
+                    "`rollback: none` for this step in the plan."
+                )
+            if step.failure_rehearsal:
+                raise _Fail(f"{migration.id} has no down migration and {step.failure_rehearsal}")
+            return Outcome(
+                PASSED,
+                "no down migration: a failure rehearsal (up inside a rolled-back transaction) left nothing behind",
+            )
+        assert migration.down_path is not None
+        self._require_position(item)
+        transactional = migration.transactional and migration.down_transactional
+        with self._scratch(transactional) as (conn, start):
+            try:
+                run_statements(conn, migration.down_statements, migration.down_path)
+            except StatementFailed as exc:
+                raise _Fail(f"the down migration of {migration.id} fails:\n{exc}") from None
+            down = take_snapshot(conn)
+            data, _ = _changed_data(conn, start, self._nodes)
+            changes = diff_snapshots(step.before, down)
+            if changes:
+                raise _Fail(
+                    f"after down, the schema differs from before {migration.id} (before → after down):\n"
+                    f"{format_changes(changes)}"
+                )
+            # Tables the up or the down wrote must hold exactly the data they had before the up.
+            before_data = step.before_data or {}
+            suspects = (set(data) | step.touched) & set(before_data)
+            missing = suspects - set(data)
+            if missing:
+                data.update(table_fingerprints(conn, missing & set(_counters(conn).nodes)))
+            lost = _data_changes({t: before_data[t] for t in suspects}, {t: data[t] for t in suspects if t in data})
+            if lost:
+                raise _Fail(f"after down, data of tables that existed before {migration.id} differs:\n{lost}")
+            try:
+                run_statements(conn, migration.statements, migration.path)
+            except StatementFailed as exc:
+                raise _Fail(f"re-applying {migration.id} after its down migration fails:\n{exc}") from None
+            changes = diff_snapshots(step.after, take_snapshot(conn))
+            if changes:
+                raise _Fail(
+                    f"up → down → up does not reproduce the schema after the first up (first → second):\n"
+                    f"{format_changes(changes)}"
+                )
+        return Outcome(PASSED, "up → down → up: down restores the previous schema and data, up reproduces it")
+
+    def _require_position(self, item: Item) -> None:
+        if self._position != item.index:
+            raise _Fail(
+                f"{item.id} ran after a later migration was applied; run the plan's items in order "
+                "(pytest keeps them in order unless a plugin reorders them)"
+            )
+
+    def _compat(self, item: Item) -> Outcome:
+        migration = item.migration
+        cfg = self.configs[migration.id]
+        step = self._steps[item.index]
+        assert step.before is not None and step.after is not None
+        problems: list[str] = []
+        acknowledged: list[str] = []
+        for breaking in breaking_changes(step.before, step.after):
+            if breaking.code in cfg.backward_compatible.allow:
+                acknowledged.append(f"{breaking.code} {breaking.object} (allowed)")
+            else:
+                problems.append(f"{breaking.code}: {breaking.message}")
+        for number, query in enumerate(cfg.backward_compatible.queries, 1):
+            error = self._prepare(query.sql, number)
+            if error:
+                problems.append(f"old query from {query.origin} no longer works: {error}\n      {query.sql.strip()}")
+        if problems:
+            raise _Fail(
+                f"{migration.id} breaks the previous application version:\n  - " + "\n  - ".join(problems)
+            )
+        message = "no breaking change for old readers and writers"
+        if acknowledged:
+            message += "; acknowledged: " + ", ".join(acknowledged)
+        return Outcome(PASSED, message)
+
+    def _prepare(self, query: str, number: int) -> str | None:
+        """Parse and plan *query* against the current schema without running it."""
+        name = sql.Identifier(f"mh_compat_{number}")
+        self.conn.execute("BEGIN")
+        try:
+            self.conn.execute(sql.SQL("PREPARE {} AS ").format(name) + sql.SQL(query))  # type: ignore[arg-type]
+            self.conn.execute(sql.SQL("DEALLOCATE {}").format(name))
+        except psycopg.Error as exc:
+            return describe_pg_error(exc)
+        finally:
+            self.conn.execute("ROLLBACK")
+            with contextlib.suppress(psycopg.Error):
+                self.conn.execute(sql.SQL("DEALLOCATE {}").format(name))
+        return None
+
+    def _preserve_rows(self, item: Item) -> Outcome:
+        step = self._steps[item.index]
+        assert step.before is not None
+        before = step.before_data or {}
+        after = step.after_data or {}
+        lost = []
+        for table, (count, _hash) in sorted(before.items()):
+            if table not in after:
+                lost.append(f"{table}: table is gone ({count} rows before)")
+            elif after[table][0] != count:
+                lost.append(f"{table}: {count} rows before, {after[table][0]} after")
+        if lost:
+            raise _Fail(
+                "row counts of pre-existing tables changed (declare `preserve_rows: false` for this step if "
+                "that is intended):\n  " + "\n  ".join(lost)
+            )
+        return Outcome(PASSED, f"row counts of {len(before)} pre-existing tables unchanged")
+
+    def _check(self, item: Item) -> Outcome:
+        check = item.check
+        assert check is not None
+        self.conn.execute("BEGIN")
+        try:
+            cur = self.conn.execute(check.sql)  # type: ignore[arg-type] - plan SQL is trusted
+            rows = cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise _Fail(f"check {check.name!r} failed to run: {describe_pg_error(exc)}\n    {check.sql}") from None
+        finally:
+            self.conn.execute("ROLLBACK")
+        return Outcome(PASSED, _compare_check(check, rows))
+
+    # ------------------------------------------------------------------ results
+
+    def run_all(self, items: Sequence[Item] | None = None) -> list[tuple[Item, Outcome]]:
+        """Run *items* (default: all) in order and return their outcomes."""
+        return [(item, self.run(item)) for item in (items if items is not None else self.items())]
+
+    def final_snapshot(self) -> Snapshot | None:
+        """The schema after the last migration, if the whole history applied."""
+        if self._position == len(self.migrations) - 1 and self.migrations:
+            return self._steps[-1].after
+        if not self.migrations and self._started:
+            return self._snapshot()
+        return None
+
+    def schema_after(self, index: int) -> Snapshot:
+        """Apply the history up to migration *index* (``-1``: none) and return the schema there.
+
+        Used by apply's drift check to show what the target should look like
+        at its current version.
+        """
+        self._start()
+        if index < 0:
+            if self._steps:
+                self._before(0)
+                assert self._steps[0].before is not None
+                return self._steps[0].before
+            return self._snapshot()
+        self._advance(index)
+        if self._broken and self._broken[0] <= index:
+            raise HarnessError(f"the rehearsal could not apply {self.migrations[self._broken[0]].id}: {self._broken[1]}")
+        after = self._steps[index].after
+        assert after is not None
+        return after
+
+    def snapshot_at(self, index: int) -> Snapshot | None:
+        """The schema after migration *index* (``-1``: before the first), when known."""
+        if index < 0:
+            return self._steps[0].before if self._steps else None
+        return self._steps[index].after
+
+
+# Write counters are read twice, at the start of a transaction and after the
+# statements: since PostgreSQL 15 the pg_stat_xact_* views also include
+# counts of earlier transactions not yet flushed, so only the difference says
+# what this transaction did.
+# The pg_stat_get_xact_* functions are called directly rather than through the
+# pg_stat_xact_* views, which compute a dozen counters per relation.
+_COUNTERS = """
+SELECT CASE WHEN c.relnamespace = 'pg_catalog'::regnamespace THEN NULL
+            ELSE quote_ident(n.nspname) || '.' || quote_ident(c.relname) END,
+       c.relfilenode,
+       pg_stat_get_xact_tuples_inserted(c.oid) + pg_stat_get_xact_tuples_updated(c.oid)
+       + pg_stat_get_xact_tuples_deleted(c.oid)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('information_schema', 'harness')
+  AND n.nspname !~ '^pg_(toast|temp)'
+"""
+
+
+@dataclass(frozen=True)
+class _Counters:
+    """Storage files and write counters of user tables, and catalog writes, at one moment."""
+
+    nodes: dict[str, int]
+    writes: dict[str, int]
+    catalog: int
+
+
+def _counters(conn: psycopg.Connection) -> _Counters:
+    nodes: dict[str, int] = {}
+    writes: dict[str, int] = {}
+    catalog = 0
+    for name, node, count in conn.execute(_COUNTERS).fetchall():
+        if name is None:
+            catalog += int(count)
+        else:
+            nodes[name], writes[name] = node, int(count)
+    return _Counters(nodes, writes, catalog)
+
+
+def _touched(conn: psycopg.Connection, start: _Counters, nodes_before: dict[str, int]) -> tuple[_Counters, set[str]]:
+    """Tables written, rewritten (TRUNCATE, ALTER TYPE) or created since *start*."""
+    now = _counters(conn)
+    touched = {
+        t for t, node in now.nodes.items()
+        if nodes_before.get(t) != node or now.writes[t] > start.writes.get(t, 0)
+    }
+    return now, touched
+
+
+def _changed_data(
+    conn: psycopg.Connection, start: _Counters | None, nodes_before: dict[str, int]
+) -> tuple[dict[str, tuple[int, str]], bool]:
+    """Fingerprints of the tables changed since *start*, and whether any catalog row was written.
+
+    Without *start* (work outside a transaction) every table is read and the
+    catalogs count as written.
+    """
+    if start is None:
+        now = _counters(conn)
+        return (table_fingerprints(conn, now.nodes) if now.nodes else {}), True
+    now, touched = _touched(conn, start, nodes_before)
+    return (table_fingerprints(conn, touched) if touched else {}), now.catalog > start.catalog
+
+
+def _data_changes(before: dict[str, tuple[int, str]], after: dict[str, tuple[int, str]]) -> str:
+    lines = []
+    for table in sorted(set(before) | set(after)):
+        b, a = before.get(table), after.get(table)
+        if b == a:
+            continue
+        if b is None or a is None:
+            continue  # a table added or removed shows up in the schema diff
+        if b[0] != a[0]:
+            lines.append(f"  {table}: {b[0]} rows → {a[0]} rows")
+        else:
+            lines.append(f"  {table}: same row count ({a[0]}) but row contents changed")
+    return "\n".join(lines)
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+def _compare_check(check: Check, rows: list[tuple[Any, ...]]) -> str:
+    got_rows = [_normalise(list(r)) for r in rows]
+    if check.rows is not None:
+        want = [_normalise(list(r)) for r in check.rows]
+        if got_rows != want and [[str(v) for v in r] for r in got_rows] != [[str(v) for v in r] for r in want]:
+            raise _Fail(
+                f"check {check.name!r}: rows differ\n    expected: {json.dumps(want, default=str)}\n"
+                f"    got:      {json.dumps(got_rows, default=str)}\n    sql: {check.sql}"
+            )
+        return f"{len(got_rows)} rows as expected"
+    if check.expect is not None:
+        if len(got_rows) != 1 or len(got_rows[0]) != 1:
+            raise _Fail(
+                f"check {check.name!r}: expected one value {check.expect!r}, got {len(got_rows)} rows: "
+                f"{json.dumps(got_rows[:5], default=str)}\n    sql: {check.sql}"
+            )
+        value = got_rows[0][0]
+        if value != check.expect and str(value) != str(check.expect):
+            raise _Fail(f"check {check.name!r}: expected {check.expect!r}, got {value!r}\n    sql: {check.sql}")
+        return f"value {value!r} as expected"
+    if len(got_rows) == 1 and len(got_rows[0]) == 1 and not got_rows[0][0]:
+        raise _Fail(f"check {check.name!r}: returned {got_rows[0][0]!r}, expected a true value\n    sql: {check.sql}")
+    return "ran without error"
+

@@ -1,0 +1,144 @@
+"""The pytest plugin, driven through pytester on throwaway projects."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+USERS = "CREATE TABLE IF NOT EXISTS users (id bigint PRIMARY KEY, email text NOT NULL);\n"
+
+
+def _project(pytester: pytest.Pytester, migrations: dict[str, str], plan: str) -> None:
+    for name, text in migrations.items():
+        path = pytester.path / "migrations" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    (pytester.path / "plans").mkdir(exist_ok=True)
+    (pytester.path / "plans" / "staging.yaml").write_text(textwrap.dedent(plan))
+
+
+GOOD = {
+    "1_users.sql": USERS,
+    "1_users.down.sql": "DROP TABLE IF EXISTS users;",
+    "2_nick.sql": "ALTER TABLE users ADD COLUMN IF NOT EXISTS nick text;",
+    "2_nick.down.sql": "ALTER TABLE users DROP COLUMN IF EXISTS nick;",
+}
+PLAN = """\
+migrations: migrations/
+rehearsal: {provider: embedded}
+defaults: {idempotent: true, rollback: true, backward_compatible: true, lint: false}
+"""
+
+
+def test_items_have_readable_ids_in_migration_order(pytester: pytest.Pytester) -> None:
+    _project(pytester, GOOD, PLAN)
+    result = pytester.runpytest("--migrate-plan", "staging", "-v")
+    result.stdout.fnmatch_lines(
+        [
+            "plans/staging.yaml::1_users::apply PASSED*",
+            "plans/staging.yaml::1_users::idempotent PASSED*",
+            "plans/staging.yaml::1_users::rollback PASSED*",
+            "plans/staging.yaml::1_users::backward_compatible PASSED*",
+            "plans/staging.yaml::2_nick::apply PASSED*",
+            "*8 passed*",
+        ]
+    )
+    assert result.ret == 0
+    assert (pytester.path / ".harness" / "receipts" / "staging.json").exists()
+
+
+def test_failure_shows_statement_and_error_and_dependents_skip(pytester: pytest.Pytester) -> None:
+    broken = {**GOOD, "2_nick.sql": "ALTER TABLE users ADD COLUMN nick text;\nALTER TABLE nope ADD COLUMN x int;"}
+    broken["3_more.sql"] = "CREATE TABLE IF NOT EXISTS more ();"
+    _project(pytester, broken, PLAN)
+    result = pytester.runpytest("--migrate-plan", "staging", "-rs")
+    result.stdout.fnmatch_lines(
+        [
+            "*2_nick.sql:2:1: UndefinedTable: relation \"nope\" does not exist*",
+            "*statement: ALTER TABLE nope ADD COLUMN x int*",
+            "*depends on 2_nick, which failed to apply*",
+        ]
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 1
+    assert outcomes["skipped"] >= 4
+    assert "error" not in outcomes
+    assert "Traceback" not in result.stdout.str()
+    assert not (pytester.path / ".harness" / "receipts" / "staging.json").exists()
+
+
+def test_k_selection_and_exitfirst(pytester: pytest.Pytester) -> None:
+    _project(pytester, GOOD, PLAN)
+    result = pytester.runpytest("--migrate-plan", "staging", "-k", "2_nick and rollback")
+    result.assert_outcomes(passed=1, deselected=7)
+    not_idempotent = {**GOOD, "1_users.sql": "CREATE TABLE users (id int);"}
+    _project(pytester, not_idempotent, PLAN)
+    result = pytester.runpytest("--migrate-plan", "staging", "-x")
+    result.assert_outcomes(passed=1, failed=1)
+
+
+def test_junitxml_has_no_secret(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAGING_PASSWORD", "pw-Do-Not-Leak-42")
+    plan = PLAN + textwrap.dedent(
+        """\
+        target: {dsn: "postgresql://app:${STAGING_PASSWORD}@db.example:5432/app"}
+        steps:
+          - migration: 1_users
+            checks:
+              - {name: leak, sql: "SELECT 'pw-Do-Not-Leak-42' = 'x'", expect: true}
+        """
+    )
+    _project(pytester, GOOD, plan)
+    result = pytester.runpytest("--migrate-plan", "staging", "--junitxml=report.xml")
+    assert result.ret == 1
+    xml = (pytester.path / "report.xml").read_text()
+    assert "check[leak]" in xml
+    assert "pw-Do-Not-Leak-42" not in xml
+    assert "pw-Do-Not-Leak-42" not in result.stdout.str()
+
+
+def test_bad_plan_is_a_clear_error_naming_file_and_line(pytester: pytest.Pytester) -> None:
+    _project(pytester, GOOD, PLAN + "defaults: {idempotnet: true}\n")
+    result = pytester.runpytest("--migrate-plan", "staging")
+    assert result.ret != 0
+    out = result.stdout.str() + result.stderr.str()
+    assert "staging.yaml:4" in out
+    assert "idempotnet" in out
+    assert "Traceback" not in out
+
+
+def test_missing_plan_exits_2_listing_plans(pytester: pytest.Pytester) -> None:
+    _project(pytester, GOOD, PLAN)
+    result = pytester.runpytest_subprocess("--migrate-plan", "prod")
+    assert result.ret == 2
+    assert "staging" in result.stdout.str() + result.stderr.str()
+
+
+def test_plan_alone_unless_paths_are_given(pytester: pytest.Pytester) -> None:
+    _project(pytester, GOOD, PLAN)
+    pytester.makepyfile(test_app="def test_app():\n    pass\n")
+    pytester.runpytest("--migrate-plan", "staging").assert_outcomes(passed=8)
+    pytester.runpytest("--migrate-plan", "staging", "test_app.py").assert_outcomes(passed=9)
+
+
+def test_xdist_keeps_a_plan_on_one_worker(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed")
+    _project(pytester, GOOD, PLAN)
+    result = pytester.runpytest("--migrate-plan", "staging", "-n", "2")
+    result.assert_outcomes(passed=8)
+
+
+def test_harness_rehearse_cli_json(pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from harness.cli import main
+
+    _project(pytester, GOOD, PLAN)
+    code = main(["rehearse", str(pytester.path / "plans" / "staging.yaml"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["passed"] == 8 and report["failed"] == 0
+    assert report["items"][0]["id"] == "staging::1_users::apply"
+    assert report["receipt"]

@@ -1,0 +1,291 @@
+"""The rehearsal engine on a corpus of migrations broken in one way each, and correct ones.
+
+Every broken case must be caught by the matching assertion with a message a
+reviewer can act on; every correct case must pass with no false alarm.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.plan import load_plan
+from harness.postgres import Server
+from harness.rehearsal import FAILED, PASSED, SKIPPED, Rehearsal
+
+USERS = "CREATE TABLE IF NOT EXISTS users (id bigint PRIMARY KEY, email text NOT NULL);"
+USERS_DOWN = "DROP TABLE IF EXISTS users;"
+
+
+def make_project(tmp_path: Path, migrations: dict[str, str], plan: str = "", seed: str | None = None) -> Path:
+    """Write migrations and a plan into *tmp_path*; return the plan path."""
+    mdir = tmp_path / "migrations"
+    mdir.mkdir()
+    for name, text in migrations.items():
+        (mdir / name).write_text(textwrap.dedent(text))
+    (tmp_path / "plans").mkdir()
+    head = "migrations: migrations/\nrehearsal: {provider: embedded" + (", seed: seed.sql" if seed else "") + "}\n"
+    if seed:
+        (tmp_path / "seed.sql").write_text(textwrap.dedent(seed))
+    path = tmp_path / "plans" / "p.yaml"
+    path.write_text(head + textwrap.dedent(plan))
+    return path
+
+
+def rehearse(pg_server: Server, plan_path: Path) -> dict[str, tuple[str, str]]:
+    plan = load_plan(plan_path)
+    with Rehearsal(plan, pg_server) as rehearsal:
+        return {item.id: (o.status, o.message) for item, o in rehearsal.run_all()}
+
+
+DEFAULTS = "defaults: {idempotent: true, rollback: true, backward_compatible: true, lint: false}\n"
+
+BROKEN = {
+    "not idempotent (schema)": (
+        {"1_t.sql": "CREATE TABLE t (id int);", "1_t.down.sql": "DROP TABLE t;"},
+        DEFAULTS,
+        "1_t::idempotent",
+        ["second time fails", 'relation "t" already exists', "1_t.sql:1:1"],
+    ),
+    "not idempotent (data)": (
+        {
+            "1_t.sql": "CREATE TABLE IF NOT EXISTS t (id int);",
+            "1_t.down.sql": "DROP TABLE t;",
+            "2_fill.sql": "INSERT INTO t VALUES (1);",
+            "2_fill.down.sql": "DELETE FROM t WHERE id = 1;",
+        },
+        DEFAULTS,
+        "2_fill::idempotent",
+        ["changes data", "public.t: 1 rows → 2 rows"],
+    ),
+    "down leaves a type behind": (
+        {
+            "1_mood.sql": "CREATE TYPE mood AS ENUM ('ok', 'meh');\nCREATE TABLE feelings (m mood);",
+            "1_mood.down.sql": "DROP TABLE feelings;",
+        },
+        "defaults: {idempotent: false, rollback: true, backward_compatible: false, lint: false}\n",
+        "1_mood::rollback",
+        ["after down", "mood"],
+    ),
+    "down leaves an index behind": (
+        {
+            "1_users.sql": USERS,
+            "1_users.down.sql": USERS_DOWN,
+            "2_idx.sql": "CREATE INDEX IF NOT EXISTS users_email_idx ON users (email);",
+            "2_idx.down.sql": "SELECT 1;",
+        },
+        DEFAULTS,
+        "2_idx::rollback",
+        ["after down", "users_email_idx"],
+    ),
+    "down leaves a sequence behind": (
+        {
+            "1_seq.sql": "CREATE SEQUENCE IF NOT EXISTS invoice_no;",
+            "1_seq.down.sql": "SELECT 1;",
+        },
+        DEFAULTS,
+        "1_seq::rollback",
+        ["after down", "invoice_no"],
+    ),
+    "down deletes pre-existing data": (
+        {
+            "1_users.sql": USERS + "\nINSERT INTO users VALUES (1, 'a@example.com') ON CONFLICT DO NOTHING;",
+            "1_users.down.sql": USERS_DOWN,
+            "2_col.sql": "ALTER TABLE users ADD COLUMN IF NOT EXISTS nick text;",
+            "2_col.down.sql": "ALTER TABLE users DROP COLUMN IF EXISTS nick;\nDELETE FROM users;",
+        },
+        DEFAULTS,
+        "2_col::rollback",
+        ["data of tables that existed before", "public.users: 1 rows → 0 rows"],
+    ),
+    "rename breaks an old query": (
+        {
+            "1_users.sql": USERS,
+            "1_users.down.sql": USERS_DOWN,
+            "2_rename.sql": "ALTER TABLE users RENAME COLUMN email TO mail;",
+            "2_rename.down.sql": "ALTER TABLE users RENAME COLUMN mail TO email;",
+        },
+        DEFAULTS.replace("idempotent: true", "idempotent: false")
+        + "steps:\n  - migration: '2'\n    backward_compatible:\n      queries: ['SELECT email FROM users WHERE id = $1']\n",
+        "2_rename::backward_compatible",
+        ["breaks the previous application version", "no longer works", 'column "email" does not exist', "p.yaml"],
+    ),
+    "NOT NULL without default": (
+        {
+            "1_users.sql": USERS,
+            "1_users.down.sql": USERS_DOWN,
+            "2_nn.sql": "ALTER TABLE users ADD COLUMN IF NOT EXISTS tenant int NOT NULL;",
+            "2_nn.down.sql": "ALTER TABLE users DROP COLUMN IF EXISTS tenant;",
+        },
+        DEFAULTS,
+        "2_nn::backward_compatible",
+        ["not-null-without-default", "tenant"],
+    ),
+    "statement escapes the transaction (no down)": (
+        {
+            "1_users.sql": USERS,
+            "1_users.down.sql": USERS_DOWN,
+            "2_idx.sql": "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);",
+        },
+        DEFAULTS,
+        "2_idx::rollback",
+        ["cannot run inside a transaction", "2_idx.down.sql", "rollback: none"],
+    ),
+    "lint: index built without CONCURRENTLY on an existing table": (
+        {
+            "1_users.sql": USERS,
+            "1_users.down.sql": USERS_DOWN,
+            "2_idx.sql": "CREATE INDEX IF NOT EXISTS users_email_idx ON users (email);",
+            "2_idx.down.sql": "DROP INDEX IF EXISTS users_email_idx;",
+        },
+        "defaults: {idempotent: true, rollback: true, lint: true}\n",
+        "2_idx::lint",
+        ["CONCURRENTLY", "2_idx.sql:1:"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN), ids=list(BROKEN))
+def test_broken_migration_is_caught(pg_server: Server, tmp_path: Path, case: str) -> None:
+    migrations, plan, item_id, needles = BROKEN[case]
+    results = rehearse(pg_server, make_project(tmp_path, migrations, plan))
+    status, message = results[item_id]
+    assert status == FAILED, f"{item_id} should fail: {results}"
+    for needle in needles:
+        assert needle in message, f"{needle!r} missing from:\n{message}"
+
+
+def test_apply_failure_skips_dependent_items_with_reason(pg_server: Server, tmp_path: Path) -> None:
+    path = make_project(
+        tmp_path,
+        {
+            "1_users.sql": USERS,
+            "1_users.down.sql": USERS_DOWN,
+            "2_bad.sql": "ALTER TABLE users ADD COLUMN IF NOT EXISTS a int;\n"
+            "ALTER TABLE users ADD COLUMN IF NOT EXISTS b int;\nALTER TABLE nope ADD COLUMN c int;",
+            "3_more.sql": "CREATE TABLE IF NOT EXISTS more ();",
+        },
+        DEFAULTS,
+    )
+    results = rehearse(pg_server, path)
+    assert results["1_users::apply"][0] == PASSED
+    status, message = results["2_bad::apply"]
+    assert status == FAILED
+    assert "2_bad.sql:3:1" in message and 'relation "nope" does not exist' in message
+    assert "ALTER TABLE nope ADD COLUMN c int" in message
+    assert results["2_bad::idempotent"] == (SKIPPED, "2_bad failed to apply")
+    assert results["3_more::apply"] == (SKIPPED, "depends on 2_bad, which failed to apply")
+
+
+def test_seed_row_counts_are_preserved_unless_declared(pg_server: Server, tmp_path: Path) -> None:
+    seed = "CREATE TABLE accounts (id int PRIMARY KEY);\nINSERT INTO accounts SELECT generate_series(1, 50);"
+    migrations = {
+        "1_purge.sql": "DELETE FROM accounts WHERE id > 40;",
+        "1_purge.down.sql": "SELECT 1;",
+    }
+    plan = "defaults: {idempotent: true, rollback: false, backward_compatible: false, lint: false}\n"
+    results = rehearse(pg_server, make_project(tmp_path, migrations, plan, seed=seed))
+    status, message = results["1_purge::preserve_rows"]
+    assert status == FAILED
+    assert "public.accounts: 50 rows before, 40 after" in message
+
+    other = tmp_path / "declared"
+    other.mkdir()
+    declared = plan + "steps:\n  - migration: 1_purge\n    preserve_rows: false\n"
+    results = rehearse(pg_server, make_project(other, migrations, declared, seed=seed))
+    assert "1_purge::preserve_rows" not in results
+    assert all(status == PASSED for status, _ in results.values()), results
+
+
+def test_checks_compare_values_and_rows(pg_server: Server, tmp_path: Path) -> None:
+    plan = DEFAULTS + textwrap.dedent(
+        """
+        steps:
+          - migration: 1_users
+            checks:
+              - {name: count, sql: "SELECT count(*) FROM users", expect: 2}
+              - {name: rows, sql: "SELECT id, email FROM users ORDER BY id", rows: [[1, a@x], [2, b@x]]}
+              - {name: wrong, sql: "SELECT count(*) FROM users", expect: 3}
+              - {name: broken sql, sql: "SELECT nope FROM users"}
+        """
+    )
+    migrations = {
+        "1_users.sql": USERS + "\nINSERT INTO users VALUES (1, 'a@x'), (2, 'b@x') ON CONFLICT DO NOTHING;",
+        "1_users.down.sql": USERS_DOWN,
+    }
+    results = rehearse(pg_server, make_project(tmp_path, migrations, plan))
+    assert results["1_users::check[count]"][0] == PASSED
+    assert results["1_users::check[rows]"][0] == PASSED
+    status, message = results["1_users::check[wrong]"]
+    assert status == FAILED and "expected 3, got 2" in message
+    status, message = results["1_users::check[broken sql]"]
+    assert status == FAILED and 'column "nope" does not exist' in message
+
+
+CORRECT = {
+    "expand: nullable column, concurrent index, enum, function, view": {
+        "1_users.sql": USERS,
+        "1_users.down.sql": USERS_DOWN,
+        "2_col.sql": "ALTER TABLE users ADD COLUMN IF NOT EXISTS nick text;",
+        "2_col.down.sql": "ALTER TABLE users DROP COLUMN IF EXISTS nick;",
+        "3_idx.sql": "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_nick_idx ON users (nick);",
+        "3_idx.down.sql": "DROP INDEX CONCURRENTLY IF EXISTS users_nick_idx;",
+        "4_enum.sql": """
+            DO $$ BEGIN
+                CREATE TYPE plan_kind AS ENUM ('free', 'pro');
+            EXCEPTION WHEN duplicate_object THEN NULL;
+            END $$;
+            ALTER TABLE users ADD COLUMN IF NOT EXISTS kind plan_kind DEFAULT 'free';
+        """,
+        "4_enum.down.sql": "ALTER TABLE users DROP COLUMN IF EXISTS kind;\nDROP TYPE IF EXISTS plan_kind;",
+        "5_view.sql": """
+            CREATE OR REPLACE FUNCTION user_count() RETURNS bigint LANGUAGE sql STABLE AS $$
+                SELECT count(*) FROM users;  -- a semicolon inside the body
+            $$;
+            CREATE OR REPLACE VIEW active_users AS SELECT id, email FROM users WHERE nick IS NOT NULL;
+        """,
+        "5_view.down.sql": "DROP VIEW IF EXISTS active_users;\nDROP FUNCTION IF EXISTS user_count();",
+    },
+    "file wrapped in BEGIN/COMMIT, no down file": {
+        "1_users.sql": "BEGIN;\n" + USERS + "\nCOMMIT;\n",
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(CORRECT), ids=list(CORRECT))
+def test_correct_migrations_raise_no_false_alarm(pg_server: Server, tmp_path: Path, case: str) -> None:
+    results = rehearse(pg_server, make_project(tmp_path, CORRECT[case], DEFAULTS))
+    failures = {k: v for k, v in results.items() if v[0] != PASSED}
+    assert not failures, failures
+    assert any(k.endswith("::rollback") for k in results)
+
+
+def test_the_shipped_example_plan_is_green(pg_server: Server) -> None:
+    root = Path(__file__).resolve().parent.parent
+    plan = load_plan(root / "plans" / "example.yaml")
+    with Rehearsal(plan, pg_server) as rehearsal:
+        results = rehearsal.run_all()
+        final = rehearsal.final_snapshot()
+    failures = {i.id: o.message for i, o in results if o.status != PASSED}
+    assert not failures, failures
+    assert final is not None and "public.orders" in final.tables()
+
+
+def test_selected_items_apply_their_predecessors_first(pg_server: Server, tmp_path: Path) -> None:
+    path = make_project(
+        tmp_path,
+        {
+            "1_users.sql": USERS,
+            "1_users.down.sql": USERS_DOWN,
+            "2_col.sql": "ALTER TABLE users ADD COLUMN IF NOT EXISTS nick text;",
+            "2_col.down.sql": "ALTER TABLE users DROP COLUMN IF EXISTS nick;",
+        },
+        DEFAULTS,
+    )
+    plan = load_plan(path)
+    with Rehearsal(plan, pg_server) as rehearsal:
+        only = [i for i in rehearsal.items() if i.id == "2_col::rollback"]
+        [(item, outcome)] = rehearsal.run_all(only)
+    assert outcome.status == PASSED, outcome.message
