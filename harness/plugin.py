@@ -155,12 +155,18 @@ class PlanFile(pytest.File):
         self.results: dict[str, str] = {}
         self.expected = [item.id for item in self.rehearsal.items()]
         by_migration: dict[str, list[Item]] = {}
+        plan_level: list[Item] = []
         for item in self.rehearsal.items():
-            by_migration.setdefault(item.migration.id, []).append(item)
+            if item.plan_level:
+                plan_level.append(item)
+            else:
+                by_migration.setdefault(item.migration.id, []).append(item)
         for migration in self.rehearsal.migrations:
             node = MigrationNode.from_parent(self, name=migration.id)
             node.specs = by_migration.get(migration.id, [])
             yield node
+        for spec in plan_level:
+            yield _make_item(self, spec, self)
 
     def record(self, item: Item, status: str) -> None:
         self.results[item.id] = status
@@ -191,12 +197,19 @@ class MigrationNode(pytest.Collector):
     specs: list[Item]
 
     def collect(self) -> Iterator[AssertionItem]:
+        plan_file = self.parent
+        assert isinstance(plan_file, PlanFile)
         for spec in self.specs:
-            item = AssertionItem.from_parent(self, name=spec.name)
-            item.spec = spec
-            item.add_marker(pytest.mark.harness_plan(self.parent.name))  # type: ignore[union-attr]
-            item.add_marker(pytest.mark.xdist_group(self.parent.nodeid))  # type: ignore[union-attr]
-            yield item
+            yield _make_item(self, spec, plan_file)
+
+
+def _make_item(parent: pytest.Collector, spec: Item, plan_file: PlanFile) -> AssertionItem:
+    item = AssertionItem.from_parent(parent, name=spec.name)
+    item.spec = spec
+    item.add_marker(pytest.mark.harness_plan(plan_file.name))
+    # All items of a plan share one working database: keep them on one xdist worker.
+    item.add_marker(pytest.mark.xdist_group(plan_file.nodeid))
+    return item
 
 
 class AssertionItem(pytest.Item):
@@ -206,8 +219,10 @@ class AssertionItem(pytest.Item):
 
     @property
     def plan_file(self) -> PlanFile:
-        node = self.parent.parent  # type: ignore[union-attr]
-        assert isinstance(node, PlanFile)
+        node = self.parent
+        while not isinstance(node, PlanFile):
+            assert node is not None
+            node = node.parent
         return node
 
     def runtest(self) -> None:
@@ -231,4 +246,4 @@ class AssertionItem(pytest.Item):
         return scrub(str(super().repr_failure(excinfo, style)))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.plan_file.path, None, f"{self.spec.migration.id}::{self.spec.name}"
+        return self.plan_file.path, None, self.spec.id

@@ -58,6 +58,7 @@ class Item:
     assertion: str
     index: int  # position of the migration in the plan's history
     check: Check | None = None
+    plan_level: bool = False  # about the whole history (chain_rollback), not one migration
 
     @property
     def name(self) -> str:
@@ -68,8 +69,8 @@ class Item:
 
     @property
     def id(self) -> str:
-        """``<migration id>::<name>``."""
-        return f"{self.migration.id}::{self.name}"
+        """``<migration id>::<name>``, or just the name for a plan-level item."""
+        return self.name if self.plan_level else f"{self.migration.id}::{self.name}"
 
 
 @dataclass
@@ -223,7 +224,17 @@ class Rehearsal:
                 items.append(Item(migration, "preserve_rows", index))
             for check in cfg.checks:
                 items.append(Item(migration, "check", index, check))
+        if self.migrations and self.migrations[-1].down_statements is not None and self._chain_enabled():
+            last = len(self.migrations) - 1
+            items.append(Item(self.migrations[last], "chain_rollback", last, plan_level=True))
         return items
+
+    def _chain_enabled(self) -> bool:
+        setting = getattr(self.plan, "chain_rollback", None)
+        if setting is None:
+            # On by default when the plan asks for rollbacks at all.
+            return any(self.configs[m.id].rollback for m in self.migrations)
+        return bool(setting)
 
     def run(self, item: Item) -> Outcome:
         """Run *item* and return its outcome (never raises for a failed assertion)."""
@@ -258,6 +269,7 @@ class Rehearsal:
             "backward_compatible": self._compat,
             "preserve_rows": self._preserve_rows,
             "check": self._check,
+            "chain_rollback": self._chain_rollback,
         }[item.assertion]
         return handler(item)
 
@@ -478,6 +490,59 @@ class Rehearsal:
                     f"{format_changes(changes)}"
                 )
         return Outcome(PASSED, "up → down → up: down restores the previous schema and data, up reproduces it")
+
+    def _chain_rollback(self, item: Item) -> Outcome:
+        """Every down from head back to the base, each compared with the state it must restore.
+
+        Downs that only work in isolation (they rely on state a later down
+        removed) and downs that only work in a chain are both caught; column
+        order differences are reported as their own class.
+        """
+        self._require_position(item)
+        stop = -1
+        for index in range(len(self.migrations) - 1, -1, -1):
+            if self.migrations[index].down_statements is None:
+                stop = index
+                break
+        chain = list(range(len(self.migrations) - 1, stop, -1))
+        if not chain:
+            return Outcome(SKIPPED, f"{self.migrations[-1].id} has no down migration: there is no chain to roll back")
+        transactional = all(
+            self.migrations[i].transactional and self.migrations[i].down_transactional for i in chain
+        )
+        column_order_only: list[str] = []
+        with self._scratch(transactional) as (conn, _start):
+            for index in chain:
+                migration = self.migrations[index]
+                assert migration.down_statements is not None and migration.down_path is not None
+                try:
+                    run_statements(conn, migration.down_statements, migration.down_path)
+                except StatementFailed as exc:
+                    raise _Fail(
+                        f"rolling the chain back from head, the down migration of {migration.id} fails "
+                        f"(it may rely on state that a later down removed):\n{exc}"
+                    ) from None
+                expected = self.snapshot_at(index - 1)
+                if expected is None:
+                    continue
+                changes = diff_snapshots(expected, take_snapshot(conn))
+                order = [c for c in changes if c.attribute == "column_order"]
+                other = [c for c in changes if c.attribute != "column_order"]
+                if other:
+                    raise _Fail(
+                        f"rolling the chain back from head, after the down of {migration.id} the schema differs "
+                        f"from the state before it (expected → got):\n{format_changes(other)}"
+                    )
+                column_order_only.extend(f"after the down of {migration.id}: {c.describe()}" for c in order)
+        where = "the base" if stop < 0 else f"{self.migrations[stop].id} (it has no down migration)"
+        if column_order_only:
+            message = (
+                "column order differs after down (visible to SELECT * and COPY):\n  " + "\n  ".join(column_order_only)
+            )
+            if getattr(self.plan, "column_order", "error") == "warn":
+                return Outcome(PASSED, f"chain rolled back to {where}; warning: {message}")
+            raise _Fail(message)
+        return Outcome(PASSED, f"{len(chain)} downs rolled the chain back from head to {where}, each restoring its state")
 
     def _require_position(self, item: Item) -> None:
         if self._position != item.index:

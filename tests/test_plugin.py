@@ -42,7 +42,8 @@ def test_items_have_readable_ids_in_migration_order(pytester: pytest.Pytester) -
             "plans/staging.yaml::1_users::rollback PASSED*",
             "plans/staging.yaml::1_users::backward_compatible PASSED*",
             "plans/staging.yaml::2_nick::apply PASSED*",
-            "*8 passed*",
+            "plans/staging.yaml::chain_rollback PASSED*",
+            "*9 passed*",
         ]
     )
     assert result.ret == 0
@@ -72,7 +73,7 @@ def test_failure_shows_statement_and_error_and_dependents_skip(pytester: pytest.
 def test_k_selection_and_exitfirst(pytester: pytest.Pytester) -> None:
     _project(pytester, GOOD, PLAN)
     result = pytester.runpytest("--migrate-plan", "staging", "-k", "2_nick and rollback")
-    result.assert_outcomes(passed=1, deselected=7)
+    result.assert_outcomes(passed=1, deselected=8)
     not_idempotent = {**GOOD, "1_users.sql": "CREATE TABLE users (id int);"}
     _project(pytester, not_idempotent, PLAN)
     result = pytester.runpytest("--migrate-plan", "staging", "-x")
@@ -119,15 +120,15 @@ def test_missing_plan_exits_2_listing_plans(pytester: pytest.Pytester) -> None:
 def test_plan_alone_unless_paths_are_given(pytester: pytest.Pytester) -> None:
     _project(pytester, GOOD, PLAN)
     pytester.makepyfile(test_app="def test_app():\n    pass\n")
-    pytester.runpytest("--migrate-plan", "staging").assert_outcomes(passed=8)
-    pytester.runpytest("--migrate-plan", "staging", "test_app.py").assert_outcomes(passed=9)
+    pytester.runpytest("--migrate-plan", "staging").assert_outcomes(passed=9)
+    pytester.runpytest("--migrate-plan", "staging", "test_app.py").assert_outcomes(passed=10)
 
 
 def test_xdist_keeps_a_plan_on_one_worker(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist", reason="pytest-xdist is not installed")
     _project(pytester, GOOD, PLAN)
     result = pytester.runpytest("--migrate-plan", "staging", "-n", "2")
-    result.assert_outcomes(passed=8)
+    result.assert_outcomes(passed=9)
 
 
 def test_harness_rehearse_cli_json(pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,6 +140,6 @@ def test_harness_rehearse_cli_json(pytester: pytest.Pytester, capsys: pytest.Cap
     code = main(["rehearse", str(pytester.path / "plans" / "staging.yaml"), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert report["passed"] == 8 and report["failed"] == 0
+    assert report["passed"] == 9 and report["failed"] == 0
     assert report["items"][0]["id"] == "staging::1_users::apply"
     assert report["receipt"]

@@ -289,3 +289,38 @@ def test_selected_items_apply_their_predecessors_first(pg_server: Server, tmp_pa
         only = [i for i in rehearsal.items() if i.id == "2_col::rollback"]
         [(item, outcome)] = rehearsal.run_all(only)
     assert outcome.status == PASSED, outcome.message
+
+
+def test_chain_rollback_catches_a_down_that_breaks_in_a_chain(pg_server: Server, tmp_path: Path) -> None:
+    migrations = {
+        "1_t.sql": "CREATE TABLE IF NOT EXISTS t (id int);\n"
+        "CREATE OR REPLACE FUNCTION cleanup() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+        "1_t.down.sql": "DROP FUNCTION IF EXISTS cleanup();\nDROP TABLE IF EXISTS t;",
+        "2_c.sql": "ALTER TABLE t ADD COLUMN IF NOT EXISTS c int;",
+        "2_c.down.sql": "SELECT cleanup();\nALTER TABLE t DROP COLUMN IF EXISTS c;",
+        "3_idx.sql": "CREATE INDEX IF NOT EXISTS t_c ON t (c);",
+        # Wrong: also drops a function that belongs to 1_t, which 2_c's down needs.
+        "3_idx.down.sql": "DROP INDEX IF EXISTS t_c;\nDROP FUNCTION IF EXISTS cleanup();",
+    }
+    results = rehearse(pg_server, make_project(tmp_path, migrations, DEFAULTS))
+    status, message = results["chain_rollback"]
+    assert status == FAILED
+    assert "after the down of 3_idx the schema differs" in message
+    assert "function public.cleanup(): removed" in message
+
+
+def test_chain_rollback_passes_and_reports_column_order(pg_server: Server, tmp_path: Path) -> None:
+    migrations = {
+        "1_t.sql": "CREATE TABLE IF NOT EXISTS t (a int, b int);",
+        "1_t.down.sql": "DROP TABLE IF EXISTS t;",
+        "2_drop.sql": "ALTER TABLE t DROP COLUMN IF EXISTS a;",
+        "2_drop.down.sql": "ALTER TABLE t ADD COLUMN IF NOT EXISTS a int;",
+        "3_c.sql": "ALTER TABLE t ADD COLUMN IF NOT EXISTS c int;",
+        "3_c.down.sql": "ALTER TABLE t DROP COLUMN IF EXISTS c;",
+    }
+    plan = DEFAULTS.replace("backward_compatible: true", "backward_compatible: false")
+    results = rehearse(pg_server, make_project(tmp_path, migrations, plan))
+    status, message = results["chain_rollback"]
+    assert status == FAILED
+    assert "column order differs" in message and "2_drop" in message
+    assert results["3_c::rollback"][0] == PASSED
