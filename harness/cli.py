@@ -58,13 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json", "github"), default="text")
 
     p = sub.add_parser("schema", help="print the JSON Schema of the plan format")
+
+    p = sub.add_parser("adopt", help="record what another tool's history table says is applied (once)")
+    p.add_argument("plan", help="plan name (plans/NAME.yaml) or path; its migrations, layout and baseline are used")
+    p.add_argument("--dsn", help="database to adopt (default: the plan's target, else $DATABASE_URL)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be recorded, record nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _authoring_parsers(sub)
     return parser
 
 
 def _handlers(sub: Any) -> dict[str, Any]:
     from . import cli_apply
 
-    return {"status": _status, "rehearse": _rehearse, "lint": _lint, "schema": _schema, **cli_apply.add_commands(sub)}
+    return {"status": _status, "rehearse": _rehearse, "lint": _lint, "schema": _schema, **cli_apply.add_commands(sub),
+            **_layout_handlers(), **_authoring_handlers()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +173,6 @@ def _load_plan(name: str) -> Any:
 
 def _rehearse(args: argparse.Namespace) -> int:
     from .postgres import start_server
-    from .receipt import write_receipt
     from .rehearsal import FAILED, PASSED, SKIPPED, Rehearsal
 
     plan = _load_plan(args.plan)
@@ -199,14 +206,8 @@ def _rehearse(args: argparse.Namespace) -> int:
                 if args.exitfirst and outcome.status == FAILED:
                     break
             complete = not args.select and counts[FAILED] == 0 and counts[SKIPPED] == 0 and len(report) == len(items)
-            final = rehearsal.final_snapshot()
-            if complete and final is not None:
-                digests = {
-                    m.id: s.digest
-                    for i, m in enumerate(rehearsal.migrations)
-                    if (s := rehearsal.snapshot_at(i)) is not None
-                }
-                receipt = write_receipt(plan, rehearsal.migrations, digests, final, rehearsal.server.version)
+            if complete:
+                receipt = rehearsal.write_receipt()
     finally:
         for server in servers:
             server.stop()
@@ -271,6 +272,227 @@ def _schema(args: argparse.Namespace) -> int:
 
     print(json.dumps(plan_json_schema(), indent=2))
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------- layouts and adoption (issue 6)
+
+
+def _layout_handlers() -> dict[str, Any]:
+    """``adopt``, and ``status``/``lint`` extended for foreign layouts and history tables."""
+    return {"adopt": _adopt, "status": _status_with_foreign, "lint": _lint_with_layouts}
+
+
+def _status_with_foreign(args: argparse.Namespace) -> int:
+    """``status``, plus a section per foreign history table (Flyway, golang-migrate, ...) the database has."""
+    import contextlib
+    import io
+
+    import psycopg
+
+    from . import adopt
+    from .sources import load_migrations
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = _status(args)  # validates the arguments and reports the harness's own history
+    plan = _load_plan(args.plan) if args.plan else None
+    dsn = args.dsn or (plan.target_dsn if plan else None) or os.environ.get("DATABASE_URL")
+    assert dsn is not None  # _status refused to run without one
+    if args.migrations or plan is None:
+        directory = Path(args.migrations) if args.migrations else Path("migrations")
+        migrations = load_migrations(directory)
+    else:
+        migrations = load_migrations(plan.migrations_dir, layout=plan.layout, substitutions=plan.substitutions)
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        matches = [adopt.match_history(h, migrations) for h in adopt.read_foreign_histories(conn)]
+    if any(m.problems for m in matches):
+        code = EXIT_FAILED
+    if args.json:
+        data = json.loads(buffer.getvalue())
+        data["foreign"] = [m.to_dict() for m in matches]
+        _emit(data)
+    else:
+        sys.stdout.write(buffer.getvalue())
+        if matches:
+            print()
+            print(scrub(adopt.format_foreign(matches)))
+    return code
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    """``harness adopt PLAN``: copy a foreign history's state into harness.schema_migrations, once."""
+    from . import adopt
+    from .sources import load_plan_migrations
+
+    plan = _load_plan(args.plan)
+    dsn = args.dsn or plan.target_dsn or os.environ.get("DATABASE_URL")
+    if not dsn:
+        raise ConfigError("no database to adopt: give --dsn, set DATABASE_URL, or give the plan a target")
+    register_dsn(dsn)
+    migrations = load_plan_migrations(plan)
+    layout = migrations[0].layout if migrations else plan.layout
+    result = adopt.adopt(
+        dsn, migrations, layout=layout, baseline=plan.baseline, dry_run=args.dry_run, lock_timeout=plan.guards.lock_wait
+    )
+    source = result.source.history if result.source is not None else None
+    if args.json:
+        _emit({
+            "database": describe_dsn(dsn),
+            "dry_run": args.dry_run,
+            "source": source.to_dict() if source else None,
+            "recorded" if not args.dry_run else "would_record": [m.id for m in result.to_record],
+            "already": [m.id for m in result.already],
+            "baseline": [m.id for m in result.baseline],
+        })
+        return EXIT_OK
+    where = describe_dsn(dsn)
+    print(f"foreign history: {source.table} ({source.tool})" if source else "foreign history: none found")
+    if result.baseline:
+        print(f"baseline: {len(result.baseline)} migrations up to {result.baseline[-1].id}")
+    verb = "would record" if args.dry_run else "recorded"
+    print(f"{verb} {len(result.to_record)} migrations as adopted on {where}" + (":" if result.to_record else ""))
+    for migration in result.to_record:
+        print(f"  {migration.id}")
+    if result.already:
+        print(f"{len(result.already)} already recorded in harness.schema_migrations")
+    return EXIT_OK
+
+
+def _lint_with_layouts(args: argparse.Namespace) -> int:
+    """``lint``, reading foreign layouts as their tool does and adding their quirks as findings."""
+    from . import layouts, lint
+
+    plan = _load_plan(args.plan) if args.plan else None
+    inputs = [Path(p) for p in args.paths] or [plan.migrations_dir if plan else Path("migrations")]
+
+    def layout_of(directory: Path) -> str:
+        if plan is not None and plan.layout != "auto" and directory.resolve() == plan.migrations_dir.resolve():
+            return str(plan.layout)
+        return layouts.detect_layout(directory)
+
+    kinds = {path: layout_of(path) for path in inputs if path.is_dir()}
+    if all(kind in ("native", "supabase") for kind in kinds.values()):
+        return _lint(args)
+    findings: list[Any] = []
+    files = 0
+    substitutions = plan.substitutions if plan is not None else ()
+    for path in inputs:
+        if path.is_dir() and kinds[path] not in ("native", "supabase"):
+            migrations, quirks = layouts.read_folder(path, kinds[path], substitutions=substitutions)
+            for migration in migrations:
+                findings += lint.lint_sql(migration.sql, str(migration.path), in_transaction=migration.transactional)
+            files += len(migrations)
+            findings += [
+                lint.Finding(rule=q.rule, severity=q.severity, message=q.message, advice=q.advice, path=str(q.path),
+                             line=q.line, column=q.column, statement="")
+                for q in quirks
+            ]
+        elif path.is_dir():
+            paths = sorted(p for p in path.glob("*.sql") if not p.name.endswith(".down.sql"))
+            findings += lint.lint_files(paths)
+            files += len(paths)
+        elif path.exists():
+            findings += lint.lint_files([path])
+            files += 1
+        else:
+            raise ConfigError(f"{path}: no such file or directory")
+    text = lint.format_findings(findings, args.format)
+    if text:
+        print(text)
+    errors = [f for f in findings if f.severity == "error" and not f.allowed]
+    if args.format == "text":
+        print(f"{files} files, {len(findings)} findings, {len(errors)} errors", file=sys.stderr)
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+
+# ---------------------------------------------------------------------- new, generate, check-schema
+
+
+def _authoring_parsers(sub: Any) -> None:
+    """``new``, ``generate`` and ``check-schema`` (docs/authoring.md)."""
+    p = sub.add_parser("new", help="create an empty migration and its down file, named <UTC timestamp>_<name>")
+    p.add_argument("name", help="what the migration does: lower-case letters, digits and _ (add_orders)")
+    p.add_argument("--plan", help="plan whose migrations folder and layout to use (default: the only plan in "
+                   "plans/, else ./migrations)")
+
+    p = sub.add_parser("generate", help="write the migration that turns the migrated schema into the plan's "
+                       "desired schema, and prove it")
+    p.add_argument("name", help="name of the new migration: lower-case letters, digits and _")
+    p.add_argument("--plan", help="plan with a `schema:` (default: the only plan in plans/)")
+    p.add_argument("--provider", help="rehearsal server provider: auto, local, embedded, docker or dsn")
+    p.add_argument("--rehearsal-dsn", help="server for the dsn provider")
+    p.add_argument("--discard-on-failure", action="store_true", help="remove the files when the proof fails")
+
+    p = sub.add_parser("check-schema", help="fail when the migrations do not produce the plan's desired schema")
+    p.add_argument("--plan", help="plan with a `schema:` (default: the only plan in plans/)")
+    p.add_argument("--provider", help="rehearsal server provider: auto, local, embedded, docker or dsn")
+    p.add_argument("--rehearsal-dsn", help="server for the dsn provider")
+
+
+def _authoring_handlers() -> dict[str, Any]:
+    return {"new": _new, "generate": _generate, "check-schema": _check_schema}
+
+
+def _only_plan(given: str | None, *, required: bool) -> Any:
+    """The plan named by --plan, else the only plan in plans/ (None when there is none and none is required)."""
+    if given:
+        return _load_plan(given)
+    plans = sorted(p for p in Path("plans").glob("*.y*ml") if p.suffix in (".yaml", ".yml")) if Path("plans").is_dir() else []
+    if len(plans) == 1:
+        return _load_plan(str(plans[0]))
+    if not plans and not required:
+        return None
+    listing = f": {', '.join(p.stem for p in plans)}" if plans else " (there is no plans/ directory here)"
+    raise ConfigError(f"pass --plan NAME; {'several plans' if plans else 'no plan'} found{listing}")
+
+
+def _new(args: argparse.Namespace) -> int:
+    from .authoring import create_migration, layout_for
+
+    plan = _only_plan(args.plan, required=False)
+    directory = plan.migrations_dir if plan else Path("migrations")
+    layout = layout_for(plan.layout, directory) if plan else None
+    from .execute import relpath
+
+    created = create_migration(directory, args.name, layout=layout)
+    print(f"created {relpath(created.up)}")
+    print(f"created {relpath(created.down)}")
+    print("write the SQL: the harness refuses a migration without statements (patterns: docs/authoring.md)")
+    return EXIT_OK
+
+
+def _rehearsal_server(plan: Any, args: argparse.Namespace) -> Any:
+    from .postgres import start_server
+
+    provider = args.provider or plan.rehearsal.provider
+    return start_server(provider, plan.rehearsal.postgres, args.rehearsal_dsn or plan.rehearsal.dsn)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    plan = _only_plan(args.plan, required=True)
+    server = _rehearsal_server(plan, args)
+    try:
+        result = generate(plan, server, args.name, discard_on_failure=args.discard_on_failure)
+    finally:
+        server.stop()
+    print(scrub(result.format()))
+    return result.exit_code
+
+
+def _check_schema(args: argparse.Namespace) -> int:
+    from .generate import check_schema
+
+    plan = _only_plan(args.plan, required=True)
+    server = _rehearsal_server(plan, args)
+    try:
+        comparison = check_schema(plan, server)
+    finally:
+        server.stop()
+    print(scrub(comparison.format()))
+    return EXIT_OK if comparison.ok else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,6 +40,7 @@ __all__ = [
     "Check",
     "Query",
     "Compat",
+    "LockPolicy",
     "StepConfig",
     "Rehearsal",
     "Guards",
@@ -47,6 +48,7 @@ __all__ = [
     "Hooks",
     "Health",
     "Backup",
+    "Substitution",
     "Plan",
     "LAYOUTS",
     "PLANNED_LAYOUTS",
@@ -58,10 +60,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Migration folder layouts understood today.
-LAYOUTS = ("native", "auto")
+#: Migration folder layouts understood today (the same as harness.sources.LAYOUTS; a test keeps them equal).
+LAYOUTS = ("auto", "native", "supabase", "golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch")
 #: Layouts announced but not implemented yet: named in the error so nobody hunts for a typo.
-PLANNED_LAYOUTS = ("golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch")
+PLANNED_LAYOUTS: tuple[str, ...] = ()
 #: Where the generated JSON Schema is committed.
 SCHEMA_PATH = Path(__file__).with_name("plan.schema.json")
 
@@ -105,6 +107,20 @@ class Compat:
 
 
 @dataclass(frozen=True)
+class LockPolicy:
+    """The ``locks`` assertion: how long a pre-existing table may be write-blocked, and whether it may be rewritten.
+
+    ``budget`` is in seconds; ``allow_modes`` holds lock modes in SQL
+    spelling (``ACCESS EXCLUSIVE``) exempt from the budget.
+    """
+
+    enabled: bool = True
+    budget: float = 2.0
+    allow_rewrite: bool = False
+    allow_modes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StepConfig:
     """The assertions for one migration (or, as ``Plan.defaults``, for every migration).
 
@@ -124,6 +140,7 @@ class StepConfig:
     reason: str | None
     line: int
     explicit: frozenset[str] = frozenset()
+    locks: LockPolicy = LockPolicy()
 
 
 @dataclass(frozen=True)
@@ -193,6 +210,20 @@ class Backup:
 
 
 @dataclass(frozen=True)
+class Substitution:
+    """A text replacement applied to migration SQL before it is parsed: a ``literal`` string or a ``regex``.
+
+    ``value`` is inserted as written (``${VAR}`` already interpolated; no
+    regex group references).
+    """
+
+    value: str
+    literal: str | None = None
+    regex: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
 class Plan:
     """A validated plan.  Paths are absolute; ``sha256`` is of the plan file's bytes."""
 
@@ -213,6 +244,14 @@ class Plan:
     hooks: Hooks
     #: The plan path as shown in messages (relative to the working directory at load time).
     display_path: str = ""
+    #: Replacements applied, in order, to the migrations' SQL before it is parsed.
+    substitutions: tuple[Substitution, ...] = ()
+    #: Migrations up to and including this version (or id) count as applied: rehearsed as one ``baseline`` item.
+    baseline: str | None = None
+    #: The desired schema (a SQL file or a directory of .sql files) ``harness generate`` and ``check-schema`` use.
+    schema: Path | None = None
+    #: Rehearse a plan-level ``schema_matches`` item: the migrations must produce exactly ``schema``.
+    schema_matches: bool = False
 
     def _matches(self, migration_id: str, version: str) -> list[StepConfig]:
         return [s for s in self.steps if s.migration in (migration_id, version)]
@@ -1019,6 +1058,55 @@ _INTERPOLATION = _Interpolation(
     def_name="interpolation",
 )
 
+
+class _SubstitutionText(_Str):
+    """Text of a substitution: ``literal`` and ``regex`` are verbatim (``${name}`` is what they look for), ``value`` is interpolated and may be empty."""
+
+    def __init__(self, description: str, *, interpolate: bool, allow_empty: bool = False, regex: bool = False) -> None:
+        super().__init__(description)
+        self.interpolate = interpolate
+        self.allow_empty = allow_empty
+        self.regex = regex
+
+    def _schema(self, defs: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "string"} if self.allow_empty else {"type": "string", "minLength": 1}
+
+    def check(self, value: Any, where: str, line: int, ctx: _Ctx, raw: str | None = None) -> Any:
+        if not isinstance(value, str):
+            return ctx.error(line, where, f"expected a string (quote it), got {_describe(value)}")
+        text = value
+        if self.interpolate:
+            done = ctx.interpolate(value, where, line)
+            if done is _BAD:
+                return _BAD
+            text = done[0]
+        if not text and not self.allow_empty:
+            return ctx.error(line, where, "must not be empty (it would match everywhere)")
+        if self.regex:
+            try:
+                re.compile(text, re.MULTILINE)
+            except re.error as exc:
+                return ctx.error(line, where, f"the regular expression {text!r} does not compile: {exc}")
+        return text
+
+
+_SUBSTITUTION = _Obj(
+    {
+        "literal": _SubstitutionText("Text replaced wherever it occurs (verbatim: ${...} is not interpolated).",
+                                     interpolate=False),
+        "regex": _SubstitutionText("A Python regular expression (multi-line mode) whose matches are replaced.",
+                                   interpolate=False, regex=True),
+        "value": _SubstitutionText("The replacement, inserted as written; ${VAR} is interpolated.",
+                                   interpolate=True, allow_empty=True),
+    },
+    "One replacement in the migrations' SQL: exactly one of literal and regex, and a value.",
+    required=("value",),
+    rules=(_ExactlyOne("literal", "regex"),),
+    nullable=False,
+    def_name="substitution",
+    example='{literal: "${schema}", value: app}',
+)
+
 _CHECK = _Obj(
     {
         "name": _Str("Shown in reports; defaults to the start of the SQL."),
@@ -1046,6 +1134,21 @@ _COMPAT = _Obj(
     nullable=False,
 )
 
+# The modes of PostgreSQL's conflict table that block writes (harness.locks.WRITE_BLOCKING_MODES; a test
+# keeps the two equal).
+_WRITE_BLOCKING_MODES = ("SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE")
+
+_LOCKS = _Obj(
+    {
+        "budget": _Duration("How long a pre-existing table may be held in a write-blocking lock mode."),
+        "allow_rewrite": _Bool("Acknowledge rewrites of pre-existing tables and indexes."),
+        "allow_modes": _List(
+            _Str(enum=_WRITE_BLOCKING_MODES), "Write-blocking lock modes acknowledged (exempt from the budget)."
+        ),
+    },
+    nullable=False,
+)
+
 _STEP_FIELDS: dict[str, _Node] = {
     "idempotent": _Bool("Applying the migration twice must succeed and change nothing the second time."),
     "rollback": _Literal(
@@ -1063,6 +1166,13 @@ _STEP_FIELDS: dict[str, _Node] = {
     "preserve_rows": _Bool("Row counts of pre-existing tables must not change (needs seed data)."),
     "allow": _List(_Str(), "Lint rule ids acknowledged."),
     "reason": _Str("Why the acknowledged findings are fine; printed with them."),
+    "locks": _Union(
+        _Bool(),
+        _LOCKS,
+        description="Measure the locks and rewrites of pre-existing tables during the rehearsal: true, false, "
+        "or a mapping.",
+        expected="true, false or a mapping with budget, allow_rewrite, allow_modes",
+    ),
 }
 
 _DEFAULTS = _Obj(_STEP_FIELDS, "Assertion defaults for every migration.", def_name="defaults")
@@ -1108,7 +1218,24 @@ _PLAN = _Obj(
         ),
         "root": _Str("The project root, relative to the plan file's directory."),
         "migrations": _Str("The migrations directory, relative to the root."),
-        "layout": _Str("The migrations folder layout.", enum=LAYOUTS, planned=PLANNED_LAYOUTS),
+        "layout": _Str("The migrations folder layout; auto detects it.", enum=LAYOUTS, planned=PLANNED_LAYOUTS),
+        "substitutions": _List(
+            _SUBSTITUTION,
+            "Replacements applied, in order, to the migrations' SQL before it is parsed; checksums stay those of "
+            "the files as written.",
+        ),
+        "baseline": _MigrationKey(
+            "Migrations up to and including this version or id count as applied: rehearsed as one baseline item, "
+            "out of scope for assertions."
+        ),
+        "schema": _Str(
+            "The desired schema: a SQL file, or a directory of .sql files read in name order (relative to the "
+            "root). harness generate writes migrations towards it; check-schema compares the migrations with it."
+        ),
+        "schema_matches": _Bool(
+            "Rehearse a plan-level schema_matches item: the migrations must produce exactly the desired schema "
+            "(needs schema)."
+        ),
         "target": _Obj(
             {"dsn": _Str("Connection string of the database apply migrates.", dsn=True)},
             "The database apply migrates; absent: a local development database managed by the harness.",
@@ -1454,6 +1581,8 @@ class _Builder:
                     queries=base.backward_compatible.queries + queries,
                     allow=_unique(base.backward_compatible.allow + allow),
                 )
+        if "locks" in m:
+            values["locks"] = _lock_policy(m["locks"], base.locks)
         return dataclasses.replace(
             base,
             migration=migration,
@@ -1489,6 +1618,20 @@ def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def _lock_policy(given: bool | _Map, base: LockPolicy) -> LockPolicy:
+    """``locks:`` over the defaults' policy: false turns it off, true keeps the defaults, a mapping overrides."""
+    if given is False:
+        return dataclasses.replace(base, enabled=False)
+    if given is True:
+        return dataclasses.replace(base, enabled=True)
+    return LockPolicy(
+        enabled=True,
+        budget=given.get("budget", base.budget),
+        allow_rewrite=given.get("allow_rewrite", base.allow_rewrite),
+        allow_modes=_unique(base.allow_modes + tuple(given.get("allow_modes", ()))),
+    )
+
+
 _BASE_STEP = StepConfig(
     migration="*",
     idempotent=True,
@@ -1514,6 +1657,21 @@ def _root_of(doc: _Map, path: Path, ctx: _Ctx, cwd: Path) -> Path:
             )
         return root
     return path.parent.parent if path.parent.name == "plans" else path.parent
+
+
+def _desired_schema(doc: _Map, b: _Builder) -> Path | None:
+    """The ``schema:`` path (a file or a directory); ``schema_matches`` needs one."""
+    if "schema" not in doc:
+        if doc.get("schema_matches"):
+            b.ctx.error(doc.key_lines["schema_matches"], "schema_matches",
+                        "needs `schema:` (the desired schema the migrations must produce)")
+        return None
+    path = b.resolve(doc["schema"])
+    if not path.exists():
+        b.ctx.error(doc.key_lines["schema"], "schema",
+                    f"{_display(path, b.cwd)} does not exist (a SQL file or a directory of .sql files); paths in a "
+                    f"plan are relative to its root, here {b.root}")
+    return path
 
 
 def _build(doc: _Map, *, path: Path, display: str, cwd: Path, sha: str, ctx: _Ctx) -> Plan:
@@ -1557,7 +1715,7 @@ def _build(doc: _Map, *, path: Path, display: str, cwd: Path, sha: str, ctx: _Ct
         root=root,
         sha256=sha,
         migrations_dir=migrations_dir,
-        layout=doc.get("layout", "native"),
+        layout=doc.get("layout", "auto"),
         target_dsn=target["dsn"] if target else None,
         mode=doc.get("mode", "development"),
         rehearsal=rehearsal,
@@ -1573,6 +1731,13 @@ def _build(doc: _Map, *, path: Path, display: str, cwd: Path, sha: str, ctx: _Ct
         ),
         backup=Backup(mode=k.get("mode", "full"), dir=b.resolve(k.get("dir", "backups")), keep=k.get("keep", 10)),
         hooks=b.hooks(doc.get("hooks", _Map())),
+        substitutions=tuple(
+            Substitution(value=m["value"], literal=m.get("literal"), regex=m.get("regex"), line=line)
+            for m, line in zip(doc.get("substitutions", _Seq()), getattr(doc.get("substitutions"), "item_lines", ()))
+        ),
+        baseline=doc.get("baseline"),
+        schema=_desired_schema(doc, b),
+        schema_matches=bool(doc.get("schema_matches", False)),
         display_path=display,
     )
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .rehearsal import Item, Rehearsal
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+_APPLY = "apply_target"
 
 __all__ = ["PlanFile", "MigrationNode", "AssertionItem", "RehearsalFailed"]
 
@@ -44,6 +45,7 @@ _HELP = {
     "plan": "rehearse the migration plan NAME (plans/NAME.yaml) or PATH; may be given more than once",
     "provider": "rehearsal server provider: auto, local, embedded, docker or dsn (overrides the plan)",
     "dsn": "server for the dsn provider: scratch databases are created there and dropped afterwards",
+    "apply": "after a fully green rehearsal, apply each plan to its target as the last item (harness apply)",
 }
 
 
@@ -53,9 +55,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--migrate-plan", action="append", default=[], metavar="NAME", help=_HELP["plan"])
     group.addoption("--migrate-provider", default=None, metavar="PROVIDER", help=_HELP["provider"])
     group.addoption("--migrate-rehearsal-dsn", default=None, metavar="DSN", help=_HELP["dsn"])
+    group.addoption("--migrate-apply", action="store_true", default=None, help=_HELP["apply"])
     parser.addini("harness_plans", type="args", default=[], help=_HELP["plan"])
     parser.addini("harness_provider", default="", help=_HELP["provider"])
     parser.addini("harness_rehearsal_dsn", default="", help=_HELP["dsn"])
+    parser.addini("harness_apply", type="bool", default=False, help=_HELP["apply"])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -153,6 +157,7 @@ class PlanFile(pytest.File):
             raise self.CollectError(scrub(str(exc))) from None
         servers.files.append(self)
         self.results: dict[str, str] = {}
+        self._receipt: Path | None = None
         self.expected = [item.id for item in self.rehearsal.items()]
         by_migration: dict[str, list[Item]] = {}
         plan_level: list[Item] = []
@@ -167,28 +172,35 @@ class PlanFile(pytest.File):
             yield node
         for spec in plan_level:
             yield _make_item(self, spec, self)
+        apply = self.config.getoption("migrate_apply")
+        if (apply if apply is not None else self.config.getini("harness_apply")) and self.rehearsal.migrations:
+            last = len(self.rehearsal.migrations) - 1
+            from .rehearsal import Item
+
+            spec = Item(self.rehearsal.migrations[last], _APPLY, last, plan_level=True)
+            yield _make_item(self, spec, self)
 
     def record(self, item: Item, status: str) -> None:
         self.results[item.id] = status
 
+    def green(self) -> bool:
+        """Whether every rehearsal item of the plan ran and passed."""
+        return bool(self.expected) and all(self.results.get(i) == PASSED for i in self.expected)
+
+    def write_receipt(self) -> Path | None:
+        """Write the receipt once, if the plan is green."""
+        if self._receipt is None and self.green():
+            self._receipt = self.rehearsal.write_receipt()
+            if self._receipt:
+                log.info("wrote rehearsal receipt %s", self._receipt)
+        return self._receipt
+
     def finish(self) -> None:
         """Write the receipt if every item of the plan ran and passed; drop the database."""
         try:
-            complete = bool(self.expected) and all(self.results.get(i) == PASSED for i in self.expected)
-            if complete and self.rehearsal.final_snapshot() is not None:
-                migrations = self.rehearsal.migrations
-                digests = {m.id: snap.digest for m, snap in zip(migrations, self._snaps()) if snap is not None}
-                final = self.rehearsal.final_snapshot()
-                assert final is not None
-                from .receipt import write_receipt
-
-                path = write_receipt(self.plan, migrations, digests, final, self.rehearsal.server.version)
-                log.info("wrote rehearsal receipt %s", path)
+            self.write_receipt()
         finally:
             self.rehearsal.close()
-
-    def _snaps(self) -> list[Any]:
-        return [self.rehearsal.snapshot_at(i) for i in range(len(self.rehearsal.migrations))]
 
 
 class MigrationNode(pytest.Collector):
@@ -227,6 +239,9 @@ class AssertionItem(pytest.Item):
 
     def runtest(self) -> None:
         plan_file = self.plan_file
+        if self.spec.assertion == _APPLY:
+            self._apply(plan_file)
+            return
         try:
             outcome = plan_file.rehearsal.run(self.spec)
         except HarnessError as exc:
@@ -239,6 +254,29 @@ class AssertionItem(pytest.Item):
             raise RehearsalFailed(outcome.message)
         if outcome.message:
             self.user_properties.append(("harness", outcome.message))
+
+    def _apply(self, plan_file: PlanFile) -> None:
+        """Apply the plan to its target, only after every rehearsal item passed."""
+        import io
+
+        from .apply import ApplyOptions, apply_plan
+
+        if not plan_file.green():
+            failed = [i for i in plan_file.expected if plan_file.results.get(i) != PASSED]
+            pytest.skip(
+                f"not applying: {len(failed)} rehearsal item(s) did not pass or did not run "
+                f"(first: {failed[0]})"
+            )
+        plan_file.write_receipt()
+        out = io.StringIO()
+        try:
+            # --migrate-apply is the explicit consent a terminal prompt would ask for.
+            result = apply_plan(plan_file.plan, ApplyOptions(yes=True), out=out)
+        except HarnessError as exc:
+            raise RehearsalFailed(scrub(f"{out.getvalue()}\n{exc}".strip())) from None
+        if not result.ok:
+            raise RehearsalFailed(scrub(f"{out.getvalue()}\n{result.error or 'apply failed'}".strip()))
+        self.user_properties.append(("harness", scrub(out.getvalue())))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, RehearsalFailed):

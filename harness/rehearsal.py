@@ -34,11 +34,12 @@ from . import lint as lint_mod
 from .compat import breaking_changes
 from .errors import HarnessError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
+from .locks import LockReport, judge, pre_existing_relations, run_measured  # locks (issue 5)
 from .plan import Check, Plan, StepConfig
 from .postgres import Server
 from .redact import scrub
 from .snapshot import Snapshot, diff_snapshots, format_changes, table_fingerprints, take_snapshot
-from .sources import Migration, Statement, load_migrations, parse_sql
+from .sources import Migration, Statement, baseline_index, load_plan_migrations, parse_sql
 
 __all__ = ["Item", "Outcome", "Rehearsal", "ASSERTIONS", "PASSED", "FAILED", "SKIPPED"]
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
 #: Assertions in the order they run for each migration.
-ASSERTIONS = ("lint", "apply", "idempotent", "rollback", "backward_compatible", "preserve_rows", "check")
+ASSERTIONS = ("baseline", "lint", "apply", "locks", "idempotent", "rollback", "backward_compatible", "preserve_rows", "check")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class _Step:
     failure_rehearsal: str | None = None  # None = ok or not run; text = what remained
     failure_rehearsal_run: bool = False
     apply_seconds: float = 0.0
+    locks: LockReport | None = None  # locks (issue 5): measured while the up migration ran
 
 
 class Rehearsal:
@@ -121,10 +123,11 @@ class Rehearsal:
     ) -> None:
         self.plan = plan
         self._server = server
-        self.migrations = list(migrations) if migrations is not None else load_migrations(
-            plan.migrations_dir, target_major=plan.rehearsal.postgres
-        )
+        # Layouts and substitutions (issue 6): the plan says how to read its folder.
+        self.migrations = list(migrations) if migrations is not None else load_plan_migrations(plan)
         plan.bind([(m.id, m.version) for m in self.migrations])
+        # baseline (issue 6): index of the last migration the plan's baseline covers (-1: none).
+        self._baseline = baseline_index(self.migrations, getattr(plan, "baseline", None))
         self.configs = {m.id: plan.step_for(m.id, m.version) for m in self.migrations}
         self.dbname = f"mh_rehearsal_{uuid.uuid4().hex[:10]}"
         self._conn: psycopg.Connection | None = None
@@ -209,11 +212,18 @@ class Rehearsal:
     def items(self) -> list[Item]:
         """Every item of the plan, in migration order then assertion order."""
         items: list[Item] = []
+        # baseline (issue 6): one item applies every migration up to the baseline; they get no other item.
+        if self._baseline >= 0:
+            items.append(Item(self.migrations[self._baseline], "baseline", self._baseline))
         for index, migration in enumerate(self.migrations):
+            if index <= self._baseline:
+                continue
             cfg = self.configs[migration.id]
             if cfg.lint:
                 items.append(Item(migration, "lint", index))
             items.append(Item(migration, "apply", index))
+            if cfg.locks.enabled:  # locks (issue 5)
+                items.append(Item(migration, "locks", index))
             if cfg.idempotent:
                 items.append(Item(migration, "idempotent", index))
             if cfg.rollback:
@@ -224,7 +234,18 @@ class Rehearsal:
                 items.append(Item(migration, "preserve_rows", index))
             for check in cfg.checks:
                 items.append(Item(migration, "check", index, check))
-        if self.migrations and self.migrations[-1].down_statements is not None and self._chain_enabled():
+            if migration.verify_sql is not None:  # sqitch verify (issue 6): passes when the script runs without error
+                verify = Check(name="sqitch verify", sql=f"{migration.verify_sql}\n;\nSELECT true")
+                items.append(Item(migration, "check", index, verify))
+        if self.migrations and getattr(self.plan, "schema_matches", False):
+            last = len(self.migrations) - 1
+            items.append(Item(self.migrations[last], "schema_matches", last, plan_level=True))
+        if (
+            self.migrations
+            and len(self.migrations) - 1 > self._baseline
+            and self.migrations[-1].down_statements is not None
+            and self._chain_enabled()
+        ):
             last = len(self.migrations) - 1
             items.append(Item(self.migrations[last], "chain_rollback", last, plan_level=True))
         return items
@@ -254,6 +275,12 @@ class Rehearsal:
         if self._broken and self._broken[0] < item.index:
             index, _reason = self._broken
             return Outcome(SKIPPED, f"depends on {self.migrations[index].id}, which failed to apply")
+        if item.assertion == "baseline":  # baseline (issue 6): apply the baseline migrations, assert nothing else
+            self._advance(item.index)
+            if self._broken and self._broken[0] <= item.index:
+                failed = self.migrations[self._broken[0]].id
+                return Outcome(FAILED, f"baseline migration {failed} failed to apply:\n{self._broken[1]}")
+            return Outcome(PASSED, f"applied {item.index + 1} baseline migrations, up to {item.migration.id}")
         if item.assertion == "lint":
             return self._lint(item)
         self._advance(item.index)
@@ -264,12 +291,14 @@ class Rehearsal:
             return Outcome(SKIPPED, f"{item.migration.id} failed to apply")
         handler = {
             "apply": self._apply_item,
+            "locks": self._locks,  # locks (issue 5)
             "idempotent": self._idempotent,
             "rollback": self._rollback,
             "backward_compatible": self._compat,
             "preserve_rows": self._preserve_rows,
             "check": self._check,
             "chain_rollback": self._chain_rollback,
+            "schema_matches": self._schema_matches,
         }[item.assertion]
         return handler(item)
 
@@ -312,7 +341,7 @@ class Rehearsal:
             self.conn.execute("BEGIN")
             start = _counters(self.conn)
             try:
-                run_statements(self.conn, migration.statements, migration.path)
+                self._run_up(index)  # locks (issue 5): measured when the locks item is on
             except StatementFailed as exc:
                 self.conn.execute("ROLLBACK")
                 step.apply_error = scrub(str(exc))
@@ -328,7 +357,7 @@ class Rehearsal:
             step.touched = frozenset(touched)
         else:
             try:
-                run_statements(self.conn, migration.statements, migration.path)
+                self._run_up(index)  # locks (issue 5): measured when the locks item is on
             except StatementFailed as exc:
                 step.apply_error = scrub(str(exc))
                 return
@@ -397,6 +426,36 @@ class Rehearsal:
     def _apply_item(self, item: Item) -> Outcome:
         step = self._steps[item.index]
         return Outcome(PASSED, f"applied in {step.apply_seconds * 1000:.1f} ms")
+
+    # ---------------------------------------------------------------- locks (issue 5: measured safety)
+
+    def _run_up(self, index: int) -> None:
+        """Run migration *index*'s up statements; measure its locks when its ``locks`` item is on."""
+        migration = self.migrations[index]
+        if not self.configs[migration.id].locks.enabled:
+            run_statements(self.conn, migration.statements, migration.path)
+            return
+        step = self._steps[index]
+        assert step.before is not None
+        step.locks = run_measured(
+            self.conn,
+            migration.statements,
+            migration.path,
+            pre_existing=pre_existing_relations(step.before),
+            monitor=lambda: self.server.connect(self.dbname, autocommit=True),
+        )
+
+    def _locks(self, item: Item) -> Outcome:
+        cfg = self.configs[item.migration.id]
+        report = self._steps[item.index].locks
+        if report is None:
+            return Outcome(SKIPPED, f"the locks of {item.migration.id} were not measured")
+        verdict = judge(report, cfg.locks, reason=cfg.reason)
+        if not verdict.ok:
+            raise _Fail(f"{item.migration.id} locks or rewrites tables that existed before it:\n{verdict.message()}")
+        return Outcome(PASSED, verdict.message())
+
+    # ---------------------------------------------------------------- end locks
 
     def _idempotent(self, item: Item) -> Outcome:
         migration = item.migration
@@ -504,6 +563,8 @@ class Rehearsal:
             if self.migrations[index].down_statements is None:
                 stop = index
                 break
+        baseline = self._baseline >= 0 and self._baseline > stop
+        stop = max(stop, self._baseline)  # migrations up to the baseline are out of scope
         chain = list(range(len(self.migrations) - 1, stop, -1))
         if not chain:
             return Outcome(SKIPPED, f"{self.migrations[-1].id} has no down migration: there is no chain to roll back")
@@ -534,7 +595,12 @@ class Rehearsal:
                         f"from the state before it (expected → got):\n{format_changes(other)}"
                     )
                 column_order_only.extend(f"after the down of {migration.id}: {c.describe()}" for c in order)
-        where = "the base" if stop < 0 else f"{self.migrations[stop].id} (it has no down migration)"
+        if stop < 0:
+            where = "the base"
+        elif baseline:
+            where = f"the baseline {self.migrations[stop].id}"
+        else:
+            where = f"{self.migrations[stop].id} (it has no down migration)"
         if column_order_only:
             message = (
                 "column order differs after down (visible to SELECT * and COPY):\n  " + "\n  ".join(column_order_only)
@@ -543,6 +609,15 @@ class Rehearsal:
                 return Outcome(PASSED, f"chain rolled back to {where}; warning: {message}")
             raise _Fail(message)
         return Outcome(PASSED, f"{len(chain)} downs rolled the chain back from head to {where}, each restoring its state")
+
+    def _schema_matches(self, item: Item) -> Outcome:
+        """The migrations produce exactly the plan's desired schema (``schema:``)."""
+        from .generate import schema_matches
+
+        ok, message = schema_matches(self.plan, self.server, self._steps[item.index].after)
+        if not ok:
+            raise _Fail(message)
+        return Outcome(PASSED, message)
 
     def _require_position(self, item: Item) -> None:
         if self._position != item.index:
@@ -655,6 +730,19 @@ class Rehearsal:
         after = self._steps[index].after
         assert after is not None
         return after
+
+    def write_receipt(self) -> Path | None:
+        """Write the plan's receipt from this (green) rehearsal; ``None`` if the history is incomplete.
+
+        The caller decides that every item passed; this records what was proved.
+        """
+        final = self.final_snapshot()
+        if final is None:
+            return None
+        from .receipt import write_receipt
+
+        digests = {m.id: snap.digest for i, m in enumerate(self.migrations) if (snap := self.snapshot_at(i))}
+        return write_receipt(self.plan, self.migrations, digests, final, self.server.version)
 
     def snapshot_at(self, index: int) -> Snapshot | None:
         """The schema after migration *index* (``-1``: before the first), when known."""

@@ -1,6 +1,13 @@
-"""Migration folders in the native layout, split into statements by PostgreSQL's own parser.
+"""Migration folders, split into statements by PostgreSQL's own parser.
 
-A migrations folder holds ``<version>_<name>.sql`` (an up migration) and,
+:func:`load_migrations` reads a folder in any supported layout (the native
+one below, or a foreign tool's: see :mod:`harness.layouts` and
+``docs/layouts.md``) into the same :class:`Migration` objects, so every
+assertion, lint rule and apply guard works the same whatever wrote the files.
+
+
+In the native layout (also Supabase's), a migrations folder holds
+``<version>_<name>.sql`` (an up migration) and,
 optionally, ``<version>_<name>.down.sql`` (its down migration).
 ``<version>`` is digits and orders migrations as an integer (``9`` before
 ``10``; timestamps such as ``20261101120000`` work the same way); ``<name>``
@@ -25,9 +32,11 @@ Nothing here opens a connection or executes SQL.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +46,20 @@ from pglast import ast, enums, parser
 from .errors import SourceError
 
 __all__ = [
+    "LAYOUTS",
     "Statement",
     "Migration",
+    "Order",
     "parse_sql",
     "load_migrations",
+    "load_plan_migrations",
+    "apply_substitutions",
+    "baseline_index",
     "checksum",
 ]
+
+#: Every layout :func:`load_migrations` reads; ``auto`` detects one of the others.
+LAYOUTS = ("auto", "native", "supabase", "golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch")
 
 log = logging.getLogger(__name__)
 
@@ -96,41 +113,135 @@ class Statement:
     node: Any = field(compare=False, repr=False, hash=False)  # the pglast AST node, for lint rules
 
 
+@functools.total_ordering
+class Order:
+    """Where a migration sits in its folder's sequence: a total order over every layout's versions.
+
+    Versioned migrations compare by the numeric parts of their version
+    (``9`` < ``10``; Flyway's ``1`` < ``1.1`` < ``2.0.3``; trailing zero parts
+    are dropped, so ``1.0`` equals ``1``, as Flyway compares them); repeatable
+    migrations (Flyway's ``R__``) come after every versioned one, by name.
+    A one-part order also compares with a plain ``int``, which is what
+    :attr:`Migration.order` was before other layouts existed (``order == 1``).
+    """
+
+    __slots__ = ("parts", "repeatable", "tiebreak")
+
+    def __init__(self, parts: Sequence[int] = (), *, repeatable: bool = False, tiebreak: str = "") -> None:
+        trimmed = tuple(int(p) for p in parts)
+        while len(trimmed) > 1 and trimmed[-1] == 0:
+            trimmed = trimmed[:-1]
+        self.parts: tuple[int, ...] = trimmed
+        self.repeatable = repeatable
+        self.tiebreak = tiebreak
+
+    @property
+    def key(self) -> tuple[int, tuple[int, ...], str]:
+        """The order as a plain sortable tuple."""
+        return (1 if self.repeatable else 0, self.parts, self.tiebreak)
+
+    def _other(self, other: object) -> Order | None:
+        if isinstance(other, Order):
+            return other
+        if isinstance(other, int) and not isinstance(other, bool):
+            return Order((other,))
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        theirs = self._other(other)
+        if theirs is None:
+            return NotImplemented
+        return self.key == theirs.key
+
+    def __lt__(self, other: object) -> bool:
+        theirs = self._other(other)
+        if theirs is None:
+            return NotImplemented
+        return self.key < theirs.key
+
+    def __hash__(self) -> int:
+        if not self.repeatable and len(self.parts) == 1:
+            return hash(self.parts[0])  # equal to the int it equals
+        return hash(self.key)
+
+    def __int__(self) -> int:
+        if self.repeatable or len(self.parts) != 1:
+            raise TypeError(f"order {self} is not a single number")
+        return self.parts[0]
+
+    def __str__(self) -> str:
+        if self.repeatable:
+            return f"repeatable {self.tiebreak}"
+        return ".".join(str(p) for p in self.parts)
+
+    def __repr__(self) -> str:
+        return f"Order({self})"
+
+
 @dataclass(frozen=True)
 class Migration:
-    """One migration: its up file, optional down file, and their statements."""
+    """One migration: its up file, optional down file, and their statements.
 
-    version: str  # as written in the file name, e.g. "20261101120000" or "0001"
-    name: str  # e.g. "add_users"
+    Every layout maps to this one model.  Files that hold both directions
+    (dbmate, goose) have ``path == down_path``; their ``sql`` and
+    ``down_sql`` keep the other section's lines blank, so statement lines
+    are the file's lines.
+    """
+
+    version: str  # as written in the file name, e.g. "20261101120000" or "0001" (Flyway: "1.1")
+    name: str  # e.g. "add_users" ("" when the version alone names it: Sqitch changes, Flyway R__ scripts)
     path: Path  # the up file
-    sql: str  # the up file's text
-    checksum: str  # sha256 hex digest of the up file's bytes
+    sql: str  # the up file's text (substitutions applied)
+    checksum: str  # sha256 hex digest of the up file's bytes, as written
     statements: tuple[Statement, ...]  # the up statements, file-level BEGIN/COMMIT removed
     wrapped: bool  # the up file wraps itself in a top-level BEGIN; ... COMMIT;
     down_path: Path | None = None
     down_sql: str | None = None
     down_statements: tuple[Statement, ...] | None = None  # wrapper removed likewise
     down_wrapped: bool = False
+    #: The layout declares that the up migration runs outside a transaction
+    #: (diesel ``run_in_transaction = false``, dbmate ``transaction:false``,
+    #: goose ``NO TRANSACTION``, Flyway ``executeInTransaction=false``).
+    no_transaction: bool = False
+    #: The same for the down migration.
+    down_no_transaction: bool = False
+    #: A Flyway ``R__`` script: re-applied whenever its checksum changes, after the versioned ones.
+    repeatable: bool = False
+    #: A Sqitch verify script: must run without error after the migration.
+    verify_sql: str | None = None
+    verify_path: Path | None = None
+    #: The layout the migration was read from ("native", "flyway", ...).
+    layout: str = "native"
+    #: The numeric parts the version sorts by; ``None``: the version as one integer.
+    order_parts: tuple[int, ...] | None = None
 
     @property
     def id(self) -> str:
-        """The migration's identity, ``<version>_<name>``."""
-        return f"{self.version}_{self.name}"
+        """The migration's identity, ``<version>_<name>`` (the version alone when there is no name)."""
+        return f"{self.version}_{self.name}" if self.name else self.version
 
     @property
-    def order(self) -> int:
-        """The numeric version migrations are sorted by."""
-        return int(self.version)
+    def order(self) -> Order:
+        """Where the migration sorts among its folder's migrations (compares with an int in the native layout)."""
+        if self.repeatable:
+            return Order(repeatable=True, tiebreak=self.version)
+        return Order(self.order_parts if self.order_parts is not None else (int(self.version),))
 
     @property
     def transactional(self) -> bool:
-        """True when every up statement may run inside a transaction block."""
-        return all(s.transactional for s in self.statements)
+        """True when the up migration may run inside a transaction block.
+
+        False when the layout declares it runs outside one, or when a
+        statement cannot run inside one.
+        """
+        return not self.no_transaction and all(s.transactional for s in self.statements)
 
     @property
     def down_transactional(self) -> bool:
-        """True when every down statement may run inside a transaction block (True without a down)."""
-        return all(s.transactional for s in self.down_statements or ())
+        """True when the down migration may run inside a transaction block (True without a down)."""
+        if self.down_statements is None:
+            return True
+        return not self.down_no_transaction and all(s.transactional for s in self.down_statements)
 
 
 def checksum(path: Path) -> str:
@@ -205,30 +316,96 @@ def parse_sql(text: str, path: Path | str, *, target_major: int | None = None) -
     return statements
 
 
-def load_migrations(directory: Path | str, *, target_major: int | None = None) -> list[Migration]:
-    """Read every migration in *directory*, sorted by numeric version.
+def load_migrations(
+    directory: Path | str,
+    *,
+    target_major: int | None = None,
+    layout: str = "auto",
+    substitutions: Sequence[Any] = (),
+) -> list[Migration]:
+    """Read every migration in *directory*, sorted by :attr:`Migration.order`.
+
+    *layout* names the folder's layout (one of :data:`LAYOUTS`); ``auto``
+    detects it and picks ``native`` when nothing else fits or several
+    layouts do (see :func:`harness.layouts.detect_layout`).
+    *substitutions* are applied in order to the SQL text before it is parsed
+    (checksums stay those of the files as written): each is a
+    :class:`harness.plan.Substitution`, or a mapping with ``literal`` or
+    ``regex`` and ``value``.
 
     Raises :class:`~harness.errors.SourceError` (exit code 2) for a missing
     folder, a ``.sql`` file whose name fits no pattern, a down file without
     its up file, two files with the same version, a file that is not UTF-8,
     is empty or holds only comments, does not parse, or manages transactions
-    other than with one file-level ``BEGIN; ... COMMIT;``.
+    other than with one file-level ``BEGIN; ... COMMIT;``.  Quirks a layout's
+    own tool would trip over are not errors: :func:`harness.layouts.layout_findings`
+    reports them.
     """
-    folder = Path(directory)
+    from . import layouts  # the foreign layouts build on this module
+
+    folder = _check_folder(Path(directory))
+    migrations, findings = layouts.read_folder(folder, layout, target_major=target_major, substitutions=substitutions)
+    for finding in findings:
+        log.info("%s", finding)
+    return migrations
+
+
+def load_plan_migrations(plan: Any, *, target_major: int | None = None) -> list[Migration]:
+    """The migrations of a :class:`harness.plan.Plan`: its folder, layout and substitutions."""
+    major = target_major if target_major is not None else plan.rehearsal.postgres
+    return load_migrations(
+        plan.migrations_dir,
+        target_major=major,
+        layout=getattr(plan, "layout", "auto"),
+        substitutions=getattr(plan, "substitutions", ()),
+    )
+
+
+def baseline_index(migrations: Sequence[Migration], baseline: str | None) -> int:
+    """Index of the last migration a plan's ``baseline`` covers (``-1`` without a baseline).
+
+    *baseline* names a migration by version or id; every migration that
+    sorts at or before it is covered.  Raises :class:`SourceError` when no
+    migration has that version or id.
+    """
+    if baseline is None:
+        return -1
+    named = [m for m in migrations if baseline in (m.version, m.id)]
+    if not named:
+        known = ", ".join(m.id for m in migrations[-5:]) or "none"
+        raise SourceError(
+            f"baseline {baseline!r} names no migration (by version or id); the latest migrations are: {known}. "
+            "Set baseline: to the version of the last migration the databases already have"
+        )
+    order = named[0].order
+    return max(i for i, m in enumerate(migrations) if m.order <= order)
+
+
+def _check_folder(folder: Path) -> Path:
     if not folder.exists():
         raise SourceError(
             f"migrations folder {folder} does not exist; create it, or point the harness at the folder "
-            "that holds your <version>_<name>.sql files"
+            "that holds your migration files"
         )
     if not folder.is_dir():
         raise SourceError(f"{folder} is not a folder; point the harness at the folder that holds the migration files")
+    return folder
+
+
+def _listing(folder: Path) -> list[Path]:
     try:
-        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+        return sorted(folder.iterdir(), key=lambda p: p.name)
     except OSError as exc:
         raise SourceError(
             f"migrations folder {folder} cannot be listed ({exc.strerror or exc}); check its permissions"
         ) from None
 
+
+def _load_native(
+    folder: Path, *, target_major: int | None, substitutions: Sequence[Any], layout: str = "native"
+) -> list[Migration]:
+    """The native (and Supabase) layout: ``<version>_<name>.sql`` and ``<version>_<name>.down.sql``."""
+    entries = _listing(folder)
     ups: dict[tuple[str, str], Path] = {}
     downs: dict[tuple[str, str], Path] = {}
     for entry in entries:
@@ -271,32 +448,119 @@ def load_migrations(directory: Path | str, *, target_major: int | None = None) -
     # Parse in migration order so that the first error reported is the earliest migration's.
     for (version, name), up_path in sorted(ups.items(), key=lambda kv: (int(kv[0][0]), kv[0][0])):
         data, text = _read(up_path)
-        statements, wrapped = _file_statements(text, up_path, target_major, down=False)
         down_path = downs.get((version, name))
-        down_text: str | None = None
-        down_statements: tuple[Statement, ...] | None = None
-        down_wrapped = False
-        if down_path is not None:
-            _, down_text = _read(down_path)
-            down_statements, down_wrapped = _file_statements(down_text, down_path, target_major, down=True)
+        down_text = _read(down_path)[1] if down_path is not None else None
         migrations.append(
-            Migration(
+            make_migration(
                 version=version,
                 name=name,
                 path=up_path,
-                sql=text,
+                text=text,
                 checksum=_sha256(data),
-                statements=statements,
-                wrapped=wrapped,
                 down_path=down_path,
-                down_sql=down_text,
-                down_statements=down_statements,
-                down_wrapped=down_wrapped,
+                down_text=down_text,
+                target_major=target_major,
+                substitutions=substitutions,
+                layout=layout,
             )
         )
     migrations.sort(key=lambda m: (m.order, m.version))
     log.debug("loaded %d migrations from %s", len(migrations), folder)
     return migrations
+
+
+def make_migration(
+    *,
+    version: str,
+    name: str,
+    path: Path,
+    text: str,
+    checksum: str,
+    target_major: int | None,
+    substitutions: Sequence[Any] = (),
+    down_path: Path | None = None,
+    down_text: str | None = None,
+    layout: str = "native",
+    **extra: Any,
+) -> Migration:
+    """Build a :class:`Migration` from the texts of its up and down SQL (for the layout readers).
+
+    Substitutions are applied to both texts before they are split; *checksum*
+    is of the file as written.  *extra* sets the layout fields of
+    :class:`Migration` (``no_transaction``, ``repeatable``, ``order_parts``, ...).
+    """
+    text = apply_substitutions(text, substitutions)
+    statements, wrapped = _file_statements(text, path, target_major, down=False)
+    down_statements: tuple[Statement, ...] | None = None
+    down_wrapped = False
+    if down_text is not None and down_path is not None:
+        down_text = apply_substitutions(down_text, substitutions)
+        down_statements, down_wrapped = _file_statements(down_text, down_path, target_major, down=True)
+    verify = extra.pop("verify_sql", None)
+    return Migration(
+        version=version,
+        name=name,
+        path=path,
+        sql=text,
+        checksum=checksum,
+        statements=statements,
+        wrapped=wrapped,
+        down_path=down_path if down_text is not None else None,
+        down_sql=down_text,
+        down_statements=down_statements,
+        down_wrapped=down_wrapped,
+        verify_sql=apply_substitutions(verify, substitutions) if verify is not None else None,
+        layout=layout,
+        **extra,
+    )
+
+
+# --------------------------------------------------------------------------
+# Substitutions
+
+
+def apply_substitutions(text: str, substitutions: Sequence[Any]) -> str:
+    """*text* with each substitution applied in order.
+
+    A substitution is an object with ``literal``, ``regex`` and ``value``
+    attributes (:class:`harness.plan.Substitution`) or a mapping with those
+    keys; exactly one of ``literal`` and ``regex`` is set.  ``value`` is
+    inserted as written: a regex substitution does not expand group
+    references, so a value read from the environment cannot inject one.
+    """
+    for sub in substitutions:
+        literal, regex, value = _substitution_parts(sub)
+        if literal is not None:
+            text = text.replace(literal, value)
+        else:
+            assert regex is not None
+            text = _compiled(regex).sub(lambda _m, v=value: v, text)  # type: ignore[misc]
+    return text
+
+
+def _substitution_parts(sub: Any) -> tuple[str | None, str | None, str]:
+    if isinstance(sub, Mapping):
+        literal, regex, value = sub.get("literal"), sub.get("regex"), sub.get("value")
+    else:
+        literal, regex, value = getattr(sub, "literal", None), getattr(sub, "regex", None), getattr(sub, "value", None)
+    if (literal is None) == (regex is None) or not isinstance(value, str):
+        raise SourceError(
+            f"substitution {sub!r} needs exactly one of literal or regex, and a value (a string); fix the plan's "
+            "substitutions: list"
+        )
+    if literal == "" or regex == "":
+        raise SourceError(f"substitution {sub!r} has an empty literal or regex, which would match everywhere")
+    return literal, regex, value
+
+
+@functools.lru_cache(maxsize=128)
+def _compiled(regex: str) -> re.Pattern[str]:
+    try:
+        return re.compile(regex, re.MULTILINE)
+    except re.error as exc:
+        raise SourceError(f"substitution regex {regex!r} does not compile: {exc}; fix it in the plan") from None
+
+
 
 
 # --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from harness.plan import (
     Guards,
     Health,
     Hook,
+    LockPolicy,
     Plan,
     Query,
     Rehearsal,
@@ -129,7 +130,8 @@ def test_plan_is_frozen_and_hides_dsns_from_repr(staging: Plan) -> None:
 def test_minimal_plan_gets_every_default() -> None:
     plan = load_plan(PROJECT / "plans" / "minimal.yaml", cwd=PROJECT, env={})
     assert plan.name == "minimal"
-    assert plan.layout == "native"
+    assert plan.layout == "auto"
+    assert plan.substitutions == () and plan.baseline is None
     assert plan.mode == "development"
     assert plan.target_dsn is None
     assert plan.rehearsal == Rehearsal()
@@ -194,6 +196,38 @@ def test_step_for_merges_step_over_defaults(tmp_path: Path) -> None:
     assert a.idempotent is False and [x.name for x in a.checks] == ["always"]
 
     plan.bind([("0001_a", "0001"), ("0002_b", "0002"), ("0003_c", "0003")])
+
+
+def test_locks_merge_over_the_defaults(tmp_path: Path) -> None:
+    plan = load_text(
+        tmp_path,
+        """\
+        migrations: migrations/
+        defaults:
+          locks: {budget: 500ms, allow_modes: [SHARE]}
+        steps:
+          - migration: '1'
+            locks: {budget: 30s, allow_rewrite: true, allow_modes: [ACCESS EXCLUSIVE]}
+            reason: archived table
+          - migration: '2'
+            locks: false
+          - migration: '3'
+            locks: true
+        """,
+    )
+    assert plan.defaults.locks == LockPolicy(budget=0.5, allow_modes=("SHARE",))
+    one, two, three = (plan.step_for(f"{v}_x", v).locks for v in ("1", "2", "3"))
+    assert one == LockPolicy(budget=30.0, allow_rewrite=True, allow_modes=("SHARE", "ACCESS EXCLUSIVE"))
+    assert two == LockPolicy(enabled=False, budget=0.5, allow_modes=("SHARE",))
+    assert three == plan.defaults.locks
+    assert plan.step_for("4_x", "4").locks == plan.defaults.locks
+
+
+def test_locks_are_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "migrations: migrations/\n").defaults.locks == LockPolicy()
+    assert LockPolicy() == LockPolicy(enabled=True, budget=2.0, allow_rewrite=False, allow_modes=())
+    off = load_text(tmp_path, "migrations: migrations/\ndefaults: {locks: false}\n")
+    assert off.defaults.locks.enabled is False
 
 
 def test_bind_reports_every_problem_with_suggestions(tmp_path: Path) -> None:
@@ -444,9 +478,14 @@ BAD: list[tuple[str, str, str, list[str], bool]] = [
     ("bad-rollback", "migrations: migrations/\ndefaults: {rollback: never}\n", "2",
      ["defaults.rollback: expected true, false or none, got a string 'never'"], True),
     ("bad-layout", "migrations: migrations/\nlayout: flyaway\n", "2",
-     ["layout: expected one of native, auto, got a string 'flyaway'"], True),
-    ("planned-layout", "migrations: migrations/\nlayout: goose\n", "2",
-     ["layout: expected one of native, auto", "goose is planned but not supported yet"], True),
+     ["layout: expected one of auto, native, supabase, golang-migrate, diesel, dbmate, goose, flyway, drizzle, "
+      "sqitch, got a string 'flyaway'"], True),
+    ("substitution-both", "migrations: migrations/\nsubstitutions:\n  - {literal: a, regex: b, value: c}\n", "3",
+     ["substitutions[0]: give exactly one of literal, regex (got literal, regex)"], True),
+    ("substitution-no-value", "migrations: migrations/\nsubstitutions:\n  - {literal: a}\n", "3",
+     ["substitutions[0]: missing required key 'value'"], True),
+    ("substitution-bad-regex", "migrations: migrations/\nsubstitutions:\n  - {regex: '(', value: x}\n", "3",
+     ["substitutions[0].regex: the regular expression '(' does not compile"], False),
     ("bad-transaction", "migrations: migrations/\nguards: {transaction: per_migration}\n", "2",
      ["guards.transaction: expected one of per-migration, single"], True),
     ("bad-duration", "migrations: migrations/\nguards:\n  lock_timeout: 5 seconds\n", "3",
@@ -475,6 +514,16 @@ BAD: list[tuple[str, str, str, list[str], bool]] = [
      ["defaults.checks[0].rows[0]: expected a list, got an integer 1"], True),
     ("compat-bad", "migrations: migrations/\ndefaults:\n  backward_compatible: yes please\n", "3",
      ["defaults.backward_compatible: expected true, false or a mapping with queries, queries_file, allow"], True),
+    ("locks-bad", "migrations: migrations/\ndefaults:\n  locks: sometimes\n", "3",
+     ["defaults.locks: expected true, false or a mapping with budget, allow_rewrite, allow_modes, "
+      "got a string 'sometimes'"], True),
+    ("locks-bad-mode", "migrations: migrations/\nsteps:\n  - migration: '1'\n    locks: {allow_modes: [ACCESS_EXCLUSIVE]}\n",
+     "4", ["steps[0].locks.allow_modes[0]: expected one of SHARE, SHARE ROW EXCLUSIVE, EXCLUSIVE, ACCESS EXCLUSIVE, "
+           "got a string 'ACCESS_EXCLUSIVE'"], True),
+    ("locks-bad-budget", "migrations: migrations/\ndefaults:\n  locks: {budget: forever}\n", "3",
+     ["defaults.locks.budget: expected a duration like"], True),
+    ("locks-unknown-key", "migrations: migrations/\ndefaults:\n  locks: {allow_rewrites: true}\n", "3",
+     ["defaults.locks: unknown key 'allow_rewrites'; did you mean allow_rewrite?"], True),
     ("hook-two-kinds", "migrations: migrations/\nhooks:\n  pre_run:\n    - {sql: a.sql, run: echo}\n", "4",
      ["hooks.pre_run[0]: give exactly one of sql, run, python (got sql, run)"], True),
     ("hook-bad-python", "migrations: migrations/\nhooks:\n  post_run:\n    - python: mymodule.notify\n", "4",
@@ -622,8 +671,8 @@ def test_schema_is_draft_2020_12() -> None:
     assert schema["required"] == ["migrations"]
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
-        "name", "root", "migrations", "layout", "target", "mode", "rehearsal",
-        "defaults", "steps", "guards", "health", "backup", "hooks",
+        "name", "root", "migrations", "layout", "substitutions", "baseline", "target", "mode", "rehearsal",
+        "defaults", "steps", "guards", "health", "backup", "hooks", "schema", "schema_matches",
     }
 
 

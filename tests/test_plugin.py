@@ -43,7 +43,7 @@ def test_items_have_readable_ids_in_migration_order(pytester: pytest.Pytester) -
             "plans/staging.yaml::1_users::backward_compatible PASSED*",
             "plans/staging.yaml::2_nick::apply PASSED*",
             "plans/staging.yaml::chain_rollback PASSED*",
-            "*9 passed*",
+            "*11 passed*",
         ]
     )
     assert result.ret == 0
@@ -73,11 +73,11 @@ def test_failure_shows_statement_and_error_and_dependents_skip(pytester: pytest.
 def test_k_selection_and_exitfirst(pytester: pytest.Pytester) -> None:
     _project(pytester, GOOD, PLAN)
     result = pytester.runpytest("--migrate-plan", "staging", "-k", "2_nick and rollback")
-    result.assert_outcomes(passed=1, deselected=8)
+    result.assert_outcomes(passed=1, deselected=10)
     not_idempotent = {**GOOD, "1_users.sql": "CREATE TABLE users (id int);"}
     _project(pytester, not_idempotent, PLAN)
     result = pytester.runpytest("--migrate-plan", "staging", "-x")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)  # apply, locks, then idempotent fails
 
 
 def test_junitxml_has_no_secret(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,15 +120,15 @@ def test_missing_plan_exits_2_listing_plans(pytester: pytest.Pytester) -> None:
 def test_plan_alone_unless_paths_are_given(pytester: pytest.Pytester) -> None:
     _project(pytester, GOOD, PLAN)
     pytester.makepyfile(test_app="def test_app():\n    pass\n")
-    pytester.runpytest("--migrate-plan", "staging").assert_outcomes(passed=9)
-    pytester.runpytest("--migrate-plan", "staging", "test_app.py").assert_outcomes(passed=10)
+    pytester.runpytest("--migrate-plan", "staging").assert_outcomes(passed=11)
+    pytester.runpytest("--migrate-plan", "staging", "test_app.py").assert_outcomes(passed=12)
 
 
 def test_xdist_keeps_a_plan_on_one_worker(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist", reason="pytest-xdist is not installed")
     _project(pytester, GOOD, PLAN)
     result = pytester.runpytest("--migrate-plan", "staging", "-n", "2")
-    result.assert_outcomes(passed=9)
+    result.assert_outcomes(passed=11)
 
 
 def test_harness_rehearse_cli_json(pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,6 +140,38 @@ def test_harness_rehearse_cli_json(pytester: pytest.Pytester, capsys: pytest.Cap
     code = main(["rehearse", str(pytester.path / "plans" / "staging.yaml"), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert report["passed"] == 9 and report["failed"] == 0
+    assert report["passed"] == 11 and report["failed"] == 0
     assert report["items"][0]["id"] == "staging::1_users::apply"
     assert report["receipt"]
+
+
+def test_migrate_apply_runs_last_and_only_when_green(
+    pytester: pytest.Pytester, db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    monkeypatch.setenv("TARGET_URL", db_dsn)
+    _project(pytester, GOOD, PLAN + 'target: {dsn: "${TARGET_URL}"}\n')
+    result = pytester.runpytest("--migrate-plan", "staging", "--migrate-apply", "-v")
+    result.stdout.fnmatch_lines(["*plans/staging.yaml::apply_target PASSED*"])
+    assert result.ret == 0
+    with psycopg.connect(db_dsn) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM harness.schema_migrations ORDER BY version")]
+        assert versions == ["1", "2"]
+        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nick'").fetchone()[0] == 1
+
+
+def test_migrate_apply_skipped_when_rehearsal_fails(
+    pytester: pytest.Pytester, db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    monkeypatch.setenv("TARGET_URL", db_dsn)
+    broken = {**GOOD, "2_nick.sql": "ALTER TABLE users ADD COLUMN nick text;"}  # not idempotent
+    _project(pytester, broken, PLAN + 'target: {dsn: "${TARGET_URL}"}\n')
+    result = pytester.runpytest("--migrate-plan", "staging", "--migrate-apply", "-rs")
+    result.stdout.fnmatch_lines(["*not applying: 1 rehearsal item(s) did not pass*"])
+    assert result.ret == 1
+    with psycopg.connect(db_dsn) as conn:
+        exists = conn.execute("SELECT to_regclass('harness.schema_migrations')").fetchone()[0]
+    assert exists is None, "nothing may touch the target when the rehearsal is red"

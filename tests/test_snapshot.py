@@ -387,6 +387,55 @@ CASES = [
         "ALTER POLICY p ON t WITH CHECK (id > 1)",
         ("changed", "policy", "public.t.p", "with_check"),
     ),
+    # The catalog query finds objects in ways that rely on how PostgreSQL
+    # records them; these cases pin those down.
+    # Objects made by initdb (OIDs below 16384) have their comments looked up
+    # even when no user-made object has one.
+    ("builtin-schema-comment", "", "COMMENT ON SCHEMA public IS 'x'", ("changed", "schema", "public", "comment")),
+    (
+        "comment-among-others",
+        T + "COMMENT ON TABLE t IS 'x';",
+        "COMMENT ON COLUMN t.id IS 'y'",
+        ("changed", "column", "public.t.id", "comment"),
+    ),
+    (
+        "comment-dropped",
+        T + "COMMENT ON TABLE t IS 'x';",
+        "COMMENT ON TABLE t IS NULL",
+        ("changed", "table", "public.t", "comment"),
+    ),
+    # Functions and types are found through their dependency on their schema.
+    (
+        "function-moved",
+        "CREATE SCHEMA app; CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+        "ALTER FUNCTION f() SET SCHEMA app",
+        ("added", "function", "app.f()", None),
+    ),
+    (
+        "enum-moved",
+        "CREATE SCHEMA app; CREATE TYPE mood AS ENUM ('a');",
+        "ALTER TYPE mood SET SCHEMA app",
+        ("added", "enum", "app.mood", None),
+    ),
+    (
+        "function-in-new-schema",
+        "",
+        "CREATE SCHEMA app; CREATE PROCEDURE app.p() LANGUAGE sql AS 'SELECT 1'",
+        ("added", "procedure", "app.p()", None),
+    ),
+    # Extension members are left out, whenever they joined the extension.
+    (
+        "function-joins-extension",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+        "ALTER EXTENSION plpgsql ADD FUNCTION f()",
+        ("removed", "function", "public.f()", None),
+    ),
+    (
+        "table-joins-extension",
+        T,
+        "ALTER EXTENSION plpgsql ADD TABLE t",
+        ("removed", "table", "public.t", None),
+    ),
 ]
 
 
@@ -475,6 +524,91 @@ def test_snapshot_inside_a_transaction(db_dsn: str) -> None:
         assert again == snap
         conn.rollback()
         assert "table public.t" not in take_snapshot(conn).objects
+
+
+def _settings(conn: psycopg.Connection) -> tuple[str, ...]:
+    row = conn.execute(
+        "SELECT current_setting('search_path'), current_setting('TimeZone'), current_setting('DateStyle'), "
+        "current_setting('plan_cache_mode')"
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_every_way_of_running_gives_the_same_snapshot(db_dsn: str) -> None:
+    """Idle autocommit, inside a transaction, idle without autocommit, pipeline mode: one result, settings kept."""
+    with _connect(db_dsn) as setup:
+        setup.execute(RICH_SCHEMA)
+    with _connect(db_dsn) as conn:
+        conn.execute("SET search_path = \"we'ird\\\", public; SET TimeZone = 'Asia/Tokyo'")
+        before = _settings(conn)
+        alone = take_snapshot(conn)  # first call prepares
+        assert take_snapshot(conn) == alone
+        assert _settings(conn) == before
+        conn.execute("BEGIN")
+        conn.execute("SET LOCAL DateStyle = 'SQL, DMY'")
+        inside = take_snapshot(conn)
+        assert _settings(conn) == (*before[:2], "SQL, DMY", before[3])
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        conn.execute("ROLLBACK")
+        with conn.pipeline():
+            piped = take_snapshot(conn)
+        assert _settings(conn) == before
+    with psycopg.connect(db_dsn) as conn:  # autocommit off, idle
+        conn.prepare_threshold = None
+        implicit = take_snapshot(conn)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert alone.to_json() == inside.to_json() == piped.to_json() == implicit.to_json()
+
+
+def test_snapshot_prepares_again_after_deallocate(db_dsn: str) -> None:
+    with _connect(db_dsn) as conn:
+        conn.execute("CREATE TABLE t (id int)")
+        first = take_snapshot(conn)
+        conn.execute("DEALLOCATE ALL")
+        assert take_snapshot(conn) == first
+        conn.execute("BEGIN")
+        conn.execute("CREATE TABLE u (id int)")
+        conn.execute("DEALLOCATE ALL")
+        inside = take_snapshot(conn)  # the failed EXECUTE is rolled back to the savepoint
+        assert "table public.u" in inside.objects
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        conn.execute("INSERT INTO u VALUES (1)")  # the transaction goes on
+        conn.execute("ROLLBACK")
+        assert take_snapshot(conn) == first
+
+
+def test_failed_snapshot_leaves_the_transaction_usable(
+    db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness import snapshot
+
+    monkeypatch.setattr(snapshot, "_SCRIPTS", {})
+    monkeypatch.setattr(snapshot, "_query_for", lambda version: ("SELECT 1 / 0 WHERE $1 IS NOT NULL", "t_broken"))
+    with _connect(db_dsn) as conn:
+        before = _settings(conn)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            take_snapshot(conn)
+        assert _settings(conn) == before
+        conn.execute("BEGIN")
+        conn.execute("CREATE TABLE t (id int)")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            take_snapshot(conn)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert _settings(conn) == before
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.execute("COMMIT")
+
+
+def test_excluded_schema_names_are_quoted(conn: psycopg.Connection) -> None:
+    """Schema names go into the statement as literals: quotes and backslashes survive either string syntax."""
+    odd = "we'ird\\"
+    conn.execute(f'CREATE SCHEMA "{odd}"; CREATE TABLE "{odd}".t (id int)')
+    conn.execute("SET LOCAL standard_conforming_strings = off")
+    assert not any(key.startswith('table "we') for key in take_snapshot(conn, exclude_schemas=[odd]).objects)
+    conn.execute("SET LOCAL standard_conforming_strings = on")
+    assert not any(key.startswith('table "we') for key in take_snapshot(conn, exclude_schemas=[odd]).objects)
+    assert any(key.startswith('table "we') for key in take_snapshot(conn).objects)
 
 
 def test_harness_schema_is_excluded(conn: psycopg.Connection) -> None:

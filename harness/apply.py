@@ -1,0 +1,1399 @@
+"""Apply a plan's pending migrations to its target: guards, backup, execution, verification, health.
+
+The one entry point is :func:`apply_plan`; ``harness apply``, the pytest
+plugin and Python callers are front ends over it.  A run goes through these
+phases, each logged with its timing (see :mod:`harness.runlog`):
+
+1. **connect** to the target, with retries and exponential backoff
+   (``guards.max_retries``, ``retry_delay``, ``retry_factor``);
+2. **receipt** (production): the plan and every migration must match a green
+   rehearsal receipt, unless ``--force`` (logged as a WARNING);
+3. **lock**: the migration run lock (``guards.lock_wait``), held to the end;
+4. **status**: refuse a history with changed, missing or failed migrations
+   (production; development warns about changed and missing ones);
+5. **drift** (production): the target's schema must be the rehearsed schema
+   at the target's current version;
+6. **backup** (production): ``pg_dump`` archive verified before any change,
+   or the plan's backup hook;
+7. **pre_run hooks**, then each migration: pre_migration hooks, the
+   statements (in a transaction with ``SET LOCAL lock_timeout`` and
+   ``statement_timeout``, the history row in the same transaction;
+   non-transactional migrations statement by statement with progress in
+   ``harness.apply_progress``), post_migration hooks.  Lock timeouts,
+   deadlocks, serialization failures and lost connections are retried with
+   backoff; any other error rolls back and stops the run;
+8. **verify** (production with a receipt): the schema must equal the
+   receipt's final schema;
+9. **health**: SQL checks and an HTTP URL; when verification or health fail,
+   the migrations of this run are rolled back with their down files
+   (``health.on_failure: rollback``) or the run stops naming the backup;
+10. **post_run hooks**, backup retention, and the summary.
+
+Failures raise the matching :class:`~harness.errors.HarnessError` subclass
+with the partial :class:`ApplyResult` attached as ``exc.result``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from . import history
+from .backup import BackupInfo, prune_backups, take_backup, touched_tables
+from .errors import (
+    BackupError,
+    CheckFailed,
+    ConfigError,
+    ConnectionFailed,
+    GuardError,
+    HarnessError,
+    MigrationError,
+)
+from .execute import StatementFailed, describe_pg_error, relpath, run_statements
+from .hooks import HookContext, HookFailed, PythonHook, run_hooks
+from .plan import Check, Hook, Plan
+from .receipt import Receipt, read_receipt, receipt_path, verify_receipt
+from .redact import describe_dsn, register_dsn, scrub
+from .runlog import RunLog, ensure_private_dir, utc_stamp
+from .snapshot import Snapshot, diff_snapshots, format_changes, take_snapshot
+from .sources import Migration, Statement, load_migrations
+
+__all__ = [
+    "ApplyOptions",
+    "ApplyResult",
+    "apply_plan",
+    "PROGRESS_TABLE",
+    "RETRYABLE_SQLSTATES",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Where statement-by-statement progress of non-transactional migrations is kept.
+PROGRESS_TABLE = "apply_progress"
+
+#: Errors worth another try: the statement may succeed once the other session is done.
+RETRYABLE_SQLSTATES = {
+    "55P03": "lock timeout",
+    "40P01": "deadlock",
+    "40001": "serialization failure",
+}
+# The server went away under us (terminated backend, shutdown, network).
+_CONNECTION_SQLSTATES = ("57P01", "57P02", "57P03")
+
+_APPLICATION_NAME = "migration-harness apply"
+_MAX_DELAY = 60.0
+
+_PROGRESS = sql.SQL("{}.{}").format(sql.Identifier(history.SCHEMA), sql.Identifier(PROGRESS_TABLE))
+_CREATE_PROGRESS = sql.SQL(
+    """CREATE TABLE IF NOT EXISTS {} (
+    version          text NOT NULL,
+    checksum         text NOT NULL,
+    statement_index  integer NOT NULL,
+    line             integer NOT NULL,
+    completed_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (version, statement_index)
+)"""
+).format(_PROGRESS)
+
+
+# --------------------------------------------------------------------------
+# Public objects
+
+
+@dataclass
+class ApplyOptions:
+    """How to run :func:`apply_plan`."""
+
+    dry_run: bool = False  # print what would run, change nothing
+    force: bool = False  # skip the receipt gate (logged as a WARNING)
+    mode: str | None = None  # "development" or "production"; default: the plan's
+    yes: bool = False  # do not ask for confirmation (production)
+    hooks: Mapping[str, Sequence[PythonHook]] = field(default_factory=dict)  # extra callables per event
+    target: str | None = field(default=None, repr=False)  # override the plan's target DSN
+
+
+@dataclass
+class ApplyResult:
+    """What a run did (or, for a dry run, would do)."""
+
+    plan: str
+    mode: str
+    database: str = "?"
+    applied: list[str] = field(default_factory=list)  # applied by this run, in order
+    skipped: list[str] = field(default_factory=list)  # already applied before this run
+    pending: list[str] = field(default_factory=list)  # still pending after this run
+    rolled_back: list[str] = field(default_factory=list)
+    backup: Path | None = None
+    verification: str = "not run"
+    health: str = "not run"
+    timings: dict[str, float] = field(default_factory=dict)
+    log_path: Path | None = None
+    ok: bool = False
+    dry_run: bool = False
+    dry_run_plan: list[str] = field(default_factory=list)
+    forced: bool = False
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (secrets scrubbed)."""
+        data = {
+            "plan": self.plan,
+            "mode": self.mode,
+            "database": self.database,
+            "ok": self.ok,
+            "dry_run": self.dry_run,
+            "forced": self.forced,
+            "applied": self.applied,
+            "skipped": self.skipped,
+            "pending": self.pending,
+            "rolled_back": self.rolled_back,
+            "backup": str(self.backup) if self.backup else None,
+            "verification": self.verification,
+            "health": self.health,
+            "timings": self.timings,
+            "log": str(self.log_path) if self.log_path else None,
+            "warnings": self.warnings,
+            "error": self.error,
+        }
+        if self.dry_run:
+            data["steps"] = self.dry_run_plan
+        cleaned: dict[str, Any] = json.loads(scrub(json.dumps(data, default=str)))
+        return cleaned
+
+
+def apply_plan(plan: Plan, options: ApplyOptions | None = None, *, out: TextIO | None = sys.stdout) -> ApplyResult:
+    """Apply *plan*'s pending migrations to its target (see the module docstring for the phases).
+
+    Returns the :class:`ApplyResult` of a successful run (or of a dry run);
+    raises a :class:`~harness.errors.HarnessError` subclass carrying the
+    partial result as ``.result`` otherwise.  Human progress goes to *out*
+    (``None``: silent); the JSON-lines log goes to ``<root>/logs/``.
+    """
+    return _Run(plan, options or ApplyOptions(), out).run()
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def _ms(seconds: float) -> str:
+    return f"{int(round(seconds * 1000))}ms"
+
+
+def _seconds(value: float) -> str:
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return scrub(lines[0]) if lines else type(exc).__name__
+
+
+def _describe_url(url: str) -> str:
+    """An URL without userinfo and query string (either may hold a token)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path or '/'}"
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line if line else line for line in text.splitlines())
+
+
+class _HealthFailed(Exception):
+    """Internal: verification or a health check failed, with the text to show."""
+
+
+# --------------------------------------------------------------------------
+# The run
+
+
+class _Run:
+    def __init__(self, plan: Plan, options: ApplyOptions, out: TextIO | None) -> None:
+        self.plan = plan
+        self.options = options
+        self.out = out
+        self.mode = options.mode or plan.mode
+        if self.mode not in ("development", "production"):
+            raise ConfigError(f"unknown mode {self.mode!r}; use development or production")
+        self.guards = plan.guards
+        self.production = self.mode == "production"
+        self.migrations = load_migrations(plan.migrations_dir, target_major=plan.rehearsal.postgres)
+        plan.bind([(m.id, m.version) for m in self.migrations])
+        self.result = ApplyResult(plan=plan.name, mode=self.mode, dry_run=options.dry_run, forced=options.force)
+        self.runlog: RunLog | None = None
+        self.dsn: str | None = None
+        self.where = "?"
+        self.conn: psycopg.Connection[Any] | None = None
+        self.receipt: Receipt | None = None
+        self.receipt_valid = False
+        self.snapshot: Snapshot | None = None
+        self.backup: BackupInfo | None = None
+        self.backup_path: Path | None = None
+        self.applied_now: list[Migration] = []
+        self.pending: list[Migration] = []
+        self.ctx: HookContext | None = None
+
+    # ------------------------------------------------------------------ frame
+
+    @property
+    def rl(self) -> RunLog:
+        assert self.runlog is not None
+        return self.runlog
+
+    def run(self) -> ApplyResult:
+        t0 = time.perf_counter()
+        self.dsn = self._resolve_target()
+        if self.dsn is not None:
+            register_dsn(self.dsn)
+            self.where = describe_dsn(self.dsn)
+        else:
+            self.where = "the development database (not running yet)"
+        self.result.database = self.where
+        log_dir = None if self.options.dry_run else self.plan.root / "logs"
+        self.runlog = RunLog(self.plan.name, log_dir, out=self.out)
+        self.result.log_path = self.rl.path
+        self.ctx = HookContext(
+            plan=self.plan.name, phase="pre_run", mode=self.mode, database=self.where, root=str(self.plan.root)
+        )
+        self.rl.event(
+            "run_start",
+            plan=self.plan.name,
+            plan_path=str(self.plan.path),
+            mode=self.mode,
+            database=self.where,
+            dry_run=self.options.dry_run,
+            force=self.options.force,
+            pid=os.getpid(),
+            migrations=len(self.migrations),
+        )
+        interrupted = True
+        try:
+            try:
+                if self.options.dry_run:
+                    self._dry_run()
+                else:
+                    self._apply()
+            except psycopg.Error as exc:
+                # A database error outside a migration (a guard query, the bookkeeping tables...).
+                raise MigrationError(
+                    f"database error on {self.where}: {describe_pg_error(exc)}"
+                    + (" (a lock held by another session; try again when it is released)"
+                       if exc.sqlstate == "55P03" else "")
+                ) from None
+            interrupted = False
+        except HarnessError as exc:
+            interrupted = False
+            self._failed(exc)
+            exc.result = self.result  # type: ignore[attr-defined]
+            raise
+        finally:
+            self.result.timings = {**self.rl.timings, "total": round(time.perf_counter() - t0, 4)}
+            self.result.warnings = list(self.rl.warnings)
+            if interrupted:
+                self.rl.event("interrupted", applied=self.result.applied)
+            self.rl.event(
+                "run_end",
+                ok=self.result.ok,
+                applied=self.result.applied,
+                rolled_back=self.result.rolled_back,
+                pending=self.result.pending,
+                backup=str(self.result.backup) if self.result.backup else None,
+                verification=self.result.verification,
+                health=self.result.health,
+                timings=self.result.timings,
+                error=self.result.error,
+            )
+            if self.conn is not None:
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+            self.rl.close()
+        return self.result
+
+    def _resolve_target(self) -> str | None:
+        dsn = self.options.target or self.plan.target_dsn
+        if dsn:
+            return dsn
+        if self.production:
+            raise ConfigError(
+                f"{self.plan.display_path or self.plan.path}: production mode needs a target "
+                "(target: {dsn: ...}); without one, apply runs in development mode on the local development database"
+            )
+        from .devdb import DevDB
+
+        dev = DevDB(self.plan.root)
+        if self.options.dry_run:
+            status = dev.status()
+            return status.dsn if status.running else None
+        return dev.start().dsn
+
+    def _failed(self, exc: HarnessError) -> None:
+        self.result.ok = False
+        self.result.error = scrub(str(exc))
+        self.result.pending = [m.id for m in self.pending if m.id not in self.result.applied]
+        # The front end shows the error itself (harness.cli prints it); the log keeps it.
+        self.rl.event("error", error_type=type(exc).__name__, text=scrub(str(exc)))
+        if self.options.dry_run or isinstance(exc, ConfigError):
+            return
+        hooks = self._hooks("on_failure")
+        if hooks and self.dsn is not None:
+            ctx = self._ctx("on_failure", error=_first_line(exc))
+            try:
+                run_hooks(hooks, ctx, dsn=self.dsn, runlog=self.rl, session_settings=self._hook_settings())
+            except HarnessError as hook_exc:
+                # Never hide the error that ended the run.
+                self.rl.warning(f"an on_failure hook failed too: {hook_exc}")
+
+    # ------------------------------------------------------------------ hooks
+
+    def _hooks(self, event: str) -> list[Hook | PythonHook]:
+        return [*getattr(self.plan.hooks, event), *self.options.hooks.get(event, ())]
+
+    def _ctx(self, phase: str, **changes: Any) -> HookContext:
+        assert self.ctx is not None
+        return self.ctx.at(
+            phase,
+            backup=str(self.backup_path) if self.backup_path else None,
+            applied=tuple(m.id for m in self.applied_now),
+            **changes,
+        )
+
+    def _hook_settings(self) -> dict[str, str]:
+        return {"lock_timeout": _ms(self.guards.lock_timeout), "statement_timeout": _ms(self.guards.statement_timeout)}
+
+    def _run_hooks(self, event: str, migration: Migration | None = None) -> None:
+        hooks = self._hooks(event)
+        if not hooks:
+            return
+        assert self.dsn is not None
+        with self.rl.phase(f"hooks:{event}" + (f":{migration.id}" if migration else "")):
+            run_hooks(
+                hooks,
+                self._ctx(event, migration=migration.id if migration else None),
+                dsn=self.dsn,
+                runlog=self.rl,
+                session_settings=self._hook_settings(),
+            )
+
+    # ------------------------------------------------------------------ connections
+
+    def _connect_once(self, *, read_only: bool = False) -> psycopg.Connection[Any]:
+        assert self.dsn is not None
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": _APPLICATION_NAME}
+        if "connect_timeout" not in self.dsn:
+            kwargs["connect_timeout"] = 10
+        # Guard queries (catalog snapshots read expressions and so take ACCESS SHARE locks) must not hang
+        # behind another session's ACCESS EXCLUSIVE lock: they give up after lock_wait.  Migration
+        # statements override this with the plan's lock_timeout (SET LOCAL / SET, and RESET comes back here).
+        options = f"-c lock_timeout={max(int(self.guards.lock_wait * 1000), 1)}"
+        if read_only:
+            options += " -c default_transaction_read_only=on"
+        kwargs["options"] = options
+        conn = psycopg.connect(self.dsn, **kwargs)
+        conn.add_notice_handler(self._notice)
+        if conn.info.server_version >= 140000:
+            # If this process dies, the server notices within seconds and rolls back,
+            # instead of keeping the migration's locks until a statement finishes.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SET client_connection_check_interval = '2s'")
+        return conn
+
+    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        if diag.severity_nonlocalized in ("NOTICE", "WARNING", "INFO") and self.runlog is not None:
+            self.rl.say(f"    {diag.severity}: {diag.message_primary}")
+
+    def _connect(self, *, read_only: bool = False, what: str = "connect") -> psycopg.Connection[Any]:
+        """Connect with retries and exponential backoff."""
+        attempts = self.guards.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._connect_once(read_only=read_only)
+            except psycopg.OperationalError as exc:
+                reason = _first_line(exc)
+                if attempt == attempts:
+                    raise ConnectionFailed(
+                        f"cannot connect to {self.where} after {attempts} tries: {reason}. Check that the server "
+                        "is running and that the target's connection settings are right."
+                    ) from None
+                delay = self._delay(attempt)
+                self.rl.warning(f"cannot connect to {self.where} ({reason}); try {attempt + 1} of {attempts} in {delay:.1f}s")
+                self.rl.event("retry", what=what, attempt=attempt, reason=reason, delay=delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _live(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            if self.conn is not None:
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+                self.rl.say(f"  reconnecting to {self.where}")
+            self.conn = self._connect(what="reconnect")
+        return self.conn
+
+    def _delay(self, attempt: int) -> float:
+        """Seconds before retry number *attempt* (1-based): retry_delay * retry_factor ** (attempt - 1)."""
+        return min(self.guards.retry_delay * self.guards.retry_factor ** (attempt - 1), _MAX_DELAY)
+
+    @staticmethod
+    def _rollback_quietly(conn: psycopg.Connection[Any]) -> None:
+        if conn.closed or conn.broken:
+            return
+        with contextlib.suppress(psycopg.Error):
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+
+    @staticmethod
+    def _retry_reason(exc: BaseException, conn: psycopg.Connection[Any]) -> str | None:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate in RETRYABLE_SQLSTATES:
+            return RETRYABLE_SQLSTATES[sqlstate]
+        if sqlstate and (sqlstate.startswith("08") or sqlstate in _CONNECTION_SQLSTATES):
+            return "connection lost"
+        if conn.closed or conn.broken or (isinstance(exc, psycopg.OperationalError) and sqlstate is None):
+            return "connection lost"
+        return None
+
+    def _retrying(self, what: str, attempt_fn: Callable[[psycopg.Connection[Any], int], T]) -> T:
+        """Run *attempt_fn(conn, attempt)*; retry retryable errors with backoff, reconnecting when needed."""
+        attempt = 0
+        while True:
+            conn = self._live()
+            try:
+                return attempt_fn(conn, attempt)
+            except (StatementFailed, psycopg.Error) as exc:
+                self._rollback_quietly(conn)
+                reason = self._retry_reason(exc, conn)
+                if reason is None:
+                    raise
+                attempt += 1
+                text = str(exc) if isinstance(exc, StatementFailed) else describe_pg_error(exc)
+                if attempt > self.guards.max_retries:
+                    advice = {
+                        "lock timeout": "another session holds a conflicting lock for longer than lock_timeout "
+                        f"({_seconds(self.guards.lock_timeout)}); find it in pg_stat_activity / pg_locks, or run "
+                        "at a quieter time",
+                        "connection lost": "the connection to the server keeps dropping; check the server",
+                    }.get(reason, "try again later")
+                    raise MigrationError(
+                        f"{what}: gave up after {attempt} tries ({reason}); it was rolled back each time. "
+                        f"Last error:\n{_indent(text)}\n{advice[0].upper() + advice[1:]}."
+                    ) from None
+                delay = self._delay(attempt)
+                self.rl.warning(
+                    f"{what}: {reason} ({_first_line(exc)}); retry {attempt} of {self.guards.max_retries} in {delay:.1f}s"
+                )
+                self.rl.event("retry", what=what, attempt=attempt, reason=reason, delay=delay, error=_first_line(exc))
+                time.sleep(delay)
+
+    # ------------------------------------------------------------------ apply
+
+    def _apply(self) -> None:
+        rl = self.rl
+        rl.say(f"harness apply {self.plan.name}: {self.mode} run on {self.where}")
+        if self.production:
+            with rl.phase("receipt"):
+                self._receipt_gate()
+        with rl.phase("connect"):
+            self.conn = self._connect()
+            rl.say(f"  connected: PostgreSQL {self.conn.info.parameter_status('server_version') or '?'}")
+        assert self.dsn is not None
+        with contextlib.ExitStack() as stack:
+            with rl.phase("lock"):
+                stack.enter_context(history.run_lock(self.dsn, timeout=self.guards.lock_wait))
+            rl.say("  run lock taken")
+            with rl.phase("status"):
+                status = self._status()
+            if self.production:
+                with rl.phase("drift"):
+                    self._drift(status)
+            if not self.pending:
+                rl.say(f"nothing to apply: all {len(self.migrations)} migrations are applied")
+                self._verify_and_health(nothing_applied=True)
+                self.result.ok = True
+                self._summary()
+                return
+            self._check_transaction_scope()
+            self._confirm()
+            self._run_hooks("pre_run")
+            self._prepare_tables()
+            if self.production:
+                with rl.phase("backup"):
+                    self._backup()
+            with rl.phase("migrate"):
+                self._migrate()
+            self.result.pending = []
+            self._verify_and_health(nothing_applied=False)
+            self._run_hooks("post_run")
+            self._retention()
+            self.result.ok = True
+            self._summary()
+
+    # -- guards
+
+    def _receipt_gate(self) -> None:
+        rl = self.rl
+        required = self.guards.require_receipt
+        if self.options.force or not required:
+            why = "--force" if self.options.force else "guards.require_receipt is false"
+            try:
+                self.receipt = verify_receipt(self.plan, self.migrations)
+                self.receipt_valid = True
+            except GuardError as exc:
+                self.receipt = read_receipt(self.plan) if receipt_path(self.plan).exists() else None
+                if self.options.force:
+                    rl.warning(
+                        f"--force: applying WITHOUT a matching green rehearsal receipt ({_first_line(exc)}). "
+                        "Nothing proves these migrations were rehearsed; verification is skipped."
+                    )
+                else:
+                    rl.say(f"  receipt: not required ({why}); none matches: {_first_line(exc)}")
+                return
+            if self.options.force:
+                rl.warning("--force given, but the receipt matches anyway; the receipt gate passed")
+            rl.say(f"  receipt: matches (rehearsed {self.receipt.created_at} on PostgreSQL {self.receipt.server_version})")
+            return
+        self.receipt = verify_receipt(self.plan, self.migrations)
+        self.receipt_valid = True
+        rl.say(f"  receipt: matches (rehearsed {self.receipt.created_at} on PostgreSQL {self.receipt.server_version})")
+
+    def _status(self) -> history.Status[Migration]:
+        conn = self._live()
+        status = history.compute_status(self.migrations, history.read_applied(conn))
+        self.result.skipped = [m.id for _, m in status.applied if m is not None]
+        problems: list[str] = []
+        if status.failed:
+            problems.append(
+                "failed: " + ", ".join(f"{r.version}_{r.name}" for r in status.failed)
+                + " (a run stopped part-way: check the database, then fix forward or remove the history row)"
+            )
+        for row, m in status.changed:
+            text = f"changed: {m.id} ({relpath(m.path)}) differs from what was applied (checksum {row.checksum[:12]}... → {m.checksum[:12]}...)"
+            if self.production:
+                problems.append(text + "; restore the original file and put the change in a new migration")
+            else:
+                self.rl.warning(text + "; it is not re-run (development mode)")
+        for row in status.missing:
+            text = f"missing: {row.version}_{row.name} is applied but its file is gone"
+            if self.production:
+                problems.append(text + "; restore the file from version control")
+            else:
+                self.rl.warning(text)
+        applied_orders = [m.order for _, m in status.applied if m is not None]
+        newest = max(applied_orders, default=None)
+        late = [m for m in status.pending if newest is not None and m.order < newest]
+        if late:
+            text = (
+                "out of order: " + ", ".join(m.id for m in late)
+                + f" are older than the newest applied migration ({newest})"
+            )
+            if self.production:
+                problems.append(text + "; renumber them after the newest applied migration")
+            else:
+                self.rl.warning(text + "; applying them anyway (development mode)")
+        if problems:
+            raise GuardError(
+                f"the history of {self.where} needs attention before {self.mode} apply:\n  - "
+                + "\n  - ".join(problems)
+                + f"\n(`harness status {self.plan.name}` shows the details)"
+            )
+        self.pending = list(status.pending)
+        self.result.pending = [m.id for m in self.pending]
+        self.rl.say(f"  status: {len(status.applied)} applied, {len(self.pending)} pending")
+        self.rl.event("status", applied=self.result.skipped, pending=self.result.pending)
+        return status
+
+    def _drift(self, status: history.Status[Migration]) -> None:
+        rl = self.rl
+        conn = self._live()
+        index = len(status.applied) - 1
+        last = self.migrations[index].id if index >= 0 else None
+        actual = take_snapshot(conn)
+        self.snapshot = actual
+        expected_digest = None
+        if self.receipt is not None and last is not None:
+            rehearsed = all(self.receipt.migrations.get(m.id) == m.checksum for m in self.migrations[: index + 1])
+            if rehearsed:
+                expected_digest = self.receipt.digests.get(last)
+        at = f"after {last}" if last else "before the first migration"
+        if expected_digest is not None and expected_digest == actual.digest:
+            rl.say(f"  drift: none (schema digest matches the rehearsal {at})")
+            rl.event("drift", outcome="none", at=last, digest=actual.digest)
+            return
+        rl.say(f"  drift: rehearsing the plan up to {last or 'its start'} to compare the schema ...")
+        with rl.progress("drift rehearsal"):
+            expected = self._rehearsed_schema(index)
+        changes = diff_snapshots(expected, actual)
+        if not changes:
+            rl.say(f"  drift: none (schema equals the rehearsal {at})")
+            rl.event("drift", outcome="none", at=last, digest=actual.digest, rehearsed=True)
+            return
+        rl.event("drift", outcome="drift", at=last, changes=[c.describe() for c in changes[:200]])
+        raise GuardError(
+            f"drift: the schema of {self.where} differs from the rehearsed schema {at} "
+            f"(expected → actual, {len(changes)} difference{'s' if len(changes) != 1 else ''}):\n"
+            f"{_indent(format_changes(changes))}\n"
+            "Someone changed the database outside the migrations. Undo that change, or capture it in a new "
+            "migration and rehearse again; apply refuses to run on a drifted database."
+        )
+
+    def _rehearsed_schema(self, index: int) -> Snapshot:
+        from .postgres import start_server
+        from .rehearsal import Rehearsal
+
+        r = self.plan.rehearsal
+        server = start_server(r.provider, r.postgres, r.dsn)
+        try:
+            with Rehearsal(self.plan, server, migrations=self.migrations) as rehearsal:
+                return rehearsal.schema_after(index)
+        finally:
+            server.stop()
+
+    def _check_transaction_scope(self) -> None:
+        if self.guards.transaction != "single":
+            return
+        bad = [m for m in self.pending if not m.transactional]
+        if bad:
+            raise ConfigError(
+                f"guards.transaction is single, but {', '.join(m.id for m in bad)} cannot run inside a transaction "
+                "(CREATE INDEX CONCURRENTLY, VACUUM...); use transaction: per-migration, or apply those separately"
+            )
+
+    def _confirm(self) -> None:
+        if not self.production or self.options.yes:
+            return
+        question = (
+            f"Apply {len(self.pending)} migration{'s' if len(self.pending) != 1 else ''} "
+            f"({', '.join(m.id for m in self.pending)}) to {self.where}? [y/N] "
+        )
+        stdin = sys.stdin
+        if stdin is None or not stdin.isatty():
+            raise ConfigError(
+                f"production apply to {self.where} needs confirmation and there is no terminal to ask; "
+                "pass --yes to confirm (or --dry-run to see what would run)"
+            )
+        if self.out is not None:
+            self.out.write(scrub(question))
+            self.out.flush()
+        answer = stdin.readline().strip().lower()
+        self.rl.event("confirmation", answer=answer in ("y", "yes"))
+        if answer not in ("y", "yes"):
+            raise ConfigError("not confirmed; nothing was changed")
+
+    def _prepare_tables(self) -> None:
+        """Create the harness's bookkeeping tables up front, so a backup already holds them."""
+        conn = self._live()
+        history.ensure_table(conn)
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{history.SCHEMA}.{PROGRESS_TABLE}"]).fetchone()
+        if not (exists and exists[0]):
+            with conn.transaction():
+                conn.execute(_CREATE_PROGRESS)
+
+    # -- backup
+
+    def _backup(self) -> None:
+        rl = self.rl
+        custom = self._hooks("backup")
+        if custom:
+            directory = ensure_private_dir(self.plan.backup.dir)
+            proposed = directory / f"{self.plan.name}-{utc_stamp()}.dump"
+            assert self.dsn is not None
+            run_hooks(
+                custom,
+                self._ctx("backup", backup=str(proposed)),
+                dsn=self.dsn,
+                runlog=rl,
+                session_settings=self._hook_settings(),
+            )
+            if proposed.exists():
+                self.backup_path = self.result.backup = proposed
+                rl.say(f"  backup: written by the backup hook to {proposed}")
+            else:
+                rl.say("  backup: taken by the backup hook (no file at HARNESS_BACKUP)")
+            rl.event("backup", mode="hook", path=str(proposed) if proposed.exists() else None)
+            return
+        mode = self.plan.backup.mode
+        if mode == "none":
+            rl.warning("no backup is taken (backup.mode: none); a failure can only be fixed forward")
+            rl.event("backup", mode="none")
+            return
+        directory = self.plan.backup.dir
+        rl.say(f"  backup: pg_dump ({mode}) into {relpath(directory)} ...")
+
+        def written() -> str:
+            dumps = sorted(directory.glob(f"{self.plan.name}-*.dump"), key=lambda p: p.stat().st_mtime)
+            return f"{_size(dumps[-1].stat().st_size)} written" if dumps else "starting"
+
+        conn = self._live()
+        schema = self.snapshot.objects if self.snapshot is not None else None
+        t0 = time.perf_counter()
+        with rl.progress("backup", detail=written):
+            try:
+                info = take_backup(
+                    plan_name=self.plan.name,
+                    directory=directory,
+                    dsn=self.dsn or "",
+                    conn=conn,
+                    pending=self.pending,
+                    mode=mode,
+                    lock_wait=self.guards.lock_wait,
+                    plan_path=self.plan.path,
+                    schema=dict(schema) if schema is not None else None,
+                )
+            except OSError as exc:
+                raise BackupError(f"cannot write the backup into {directory}: {exc}. Nothing was changed.") from None
+        self.backup = info
+        self.backup_path = self.result.backup = info.path
+        rl.say(
+            f"  backup: {relpath(info.path)} ({_size(info.size)}, {len(info.tables)} tables, verified: "
+            f"{info.toc_entries} archive entries) in {_seconds(time.perf_counter() - t0)}"
+        )
+        rl.event("backup", **{k: v for k, v in info.to_dict().items()})
+
+    # -- migrations
+
+    def _migrate(self) -> None:
+        total = len(self.pending)
+        if self.guards.transaction == "single":
+            self._migrate_single()
+            return
+        for number, migration in enumerate(self.pending, 1):
+            self._run_hooks("pre_migration", migration)
+            kind = "in one transaction" if migration.transactional else "statement by statement (non-transactional)"
+            self.rl.say(f"[{number}/{total}] {migration.id} ({_plural(len(migration.statements), 'statement')}, {kind}) ...")
+            t0 = time.perf_counter()
+            with self.rl.phase(f"migration:{migration.id}", statements=len(migration.statements),
+                               transactional=migration.transactional) as extra:
+                with self.rl.progress(migration.id):
+                    if migration.transactional:
+                        timings = self._apply_transactional(migration)
+                    else:
+                        timings = self._apply_nontransactional(migration)
+                extra["statements"] = len(migration.statements)
+            self.applied_now.append(migration)
+            self.result.applied.append(migration.id)
+            for statement, seconds in timings:
+                self.rl.event("statement", migration=migration.id, line=statement.line, seconds=round(seconds, 4))
+            self.rl.say(f"[{number}/{total}] {migration.id} applied in {_seconds(time.perf_counter() - t0)}")
+            self._run_hooks("post_migration", migration)
+
+    def _set_local(self, conn: psycopg.Connection[Any], scope: str = "LOCAL") -> None:
+        for name, value in (("lock_timeout", self.guards.lock_timeout), ("statement_timeout", self.guards.statement_timeout)):
+            conn.execute(
+                sql.SQL("SET {} {} = {}").format(sql.SQL(scope), sql.Identifier(name), sql.Literal(_ms(value)))
+            )
+
+    def _recorded(self, conn: psycopg.Connection[Any], migration: Migration) -> bool:
+        """Whether the history already has *migration* (a commit whose answer was lost did happen)."""
+        return any(r.version == migration.version and r.checksum == migration.checksum and r.success
+                   for r in history.read_applied(conn))
+
+    def _migration_failed(self, migration: Migration, exc: StatementFailed | psycopg.Error, *, partial: str = "") -> MigrationError:
+        text = str(exc) if isinstance(exc, StatementFailed) else describe_pg_error(exc)
+        where = relpath(migration.path)
+        lines = [f"migration {migration.id} ({where}) failed" + (partial or " and was rolled back; nothing of it remains") + ":",
+                 _indent(text)]
+        if self.applied_now:
+            lines.append(
+                "applied by this run before it (they stay applied): " + ", ".join(m.id for m in self.applied_now)
+            )
+        if self.backup_path is not None:
+            lines.append(f"backup taken before this run: {self.backup_path} (`harness restore {self.backup_path}`)")
+        lines.append("Fix the migration (or the data it trips over) and run apply again.")
+        return MigrationError("\n".join(lines))
+
+    def _apply_transactional(self, migration: Migration) -> list[tuple[Statement, float]]:
+        timings: list[tuple[Statement, float]] = []
+
+        def attempt(conn: psycopg.Connection[Any], n: int) -> list[tuple[Statement, float]]:
+            if n > 0 and self._recorded(conn, migration):
+                self.rl.say(f"  {migration.id} was committed before the connection was lost")
+                return timings
+            timings.clear()
+            t0 = time.perf_counter()
+            conn.execute("BEGIN")
+            self._set_local(conn)
+            run_statements(conn, migration.statements, migration.path, timings=timings)
+            history.record_applied(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
+            conn.execute("COMMIT")
+            return timings
+
+        try:
+            return self._retrying(migration.id, attempt)
+        except (StatementFailed, psycopg.Error) as exc:
+            raise self._migration_failed(migration, exc) from None
+
+    def _migrate_single(self) -> None:
+        pending = self.pending
+        for migration in pending:
+            self._run_hooks("pre_migration", migration)
+        self.rl.say(f"applying {len(pending)} migrations in a single transaction ...")
+        current: dict[str, Migration] = {}
+
+        def attempt(conn: psycopg.Connection[Any], n: int) -> None:
+            if n > 0 and all(self._recorded(conn, m) for m in pending):
+                return
+            conn.execute("BEGIN")
+            self._set_local(conn)
+            for number, migration in enumerate(pending, 1):
+                current["m"] = migration
+                t0 = time.perf_counter()
+                run_statements(conn, migration.statements, migration.path)
+                history.record_applied(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
+                self.rl.say(f"[{number}/{len(pending)}] {migration.id} ran ({_plural(len(migration.statements), 'statement')})")
+            conn.execute("COMMIT")
+
+        with self.rl.phase("migration:single", migrations=[m.id for m in pending]):
+            try:
+                self._retrying("the single transaction", attempt)
+            except (StatementFailed, psycopg.Error) as exc:
+                failed = current.get("m", pending[0])
+                raise self._migration_failed(
+                    failed, exc, partial=" and the single transaction was rolled back; none of the migrations remain"
+                ) from None
+        self.applied_now.extend(pending)
+        self.result.applied.extend(m.id for m in pending)
+        self.rl.say(f"committed {len(pending)} migrations")
+        for migration in pending:
+            self._run_hooks("post_migration", migration)
+
+    # -- non-transactional migrations
+
+    def _progress(self, conn: psycopg.Connection[Any], migration: Migration) -> int:
+        """Index of the last statement a previous run completed (-1: none)."""
+        rows = conn.execute(
+            sql.SQL("SELECT checksum, max(statement_index) FROM {} WHERE version = %s GROUP BY checksum").format(_PROGRESS),
+            [migration.version],
+        ).fetchall()
+        if not rows:
+            return -1
+        if len(rows) > 1 or rows[0][0] != migration.checksum:
+            raise GuardError(
+                f"{migration.id} was partly applied by an earlier run from a different version of "
+                f"{relpath(migration.path)} (checksums differ). Restore the file as it was, or finish the migration "
+                f"by hand and then delete its rows: DELETE FROM {history.SCHEMA}.{PROGRESS_TABLE} WHERE version = "
+                f"'{migration.version}';"
+            )
+        return int(rows[0][1])
+
+    @staticmethod
+    def _index_name(statement: Statement) -> str | None:
+        node = statement.node
+        if type(node).__name__ != "IndexStmt" or not getattr(node, "concurrent", False) or not node.idxname:
+            return None
+        schema = getattr(node.relation, "schemaname", None)
+        name = '"' + node.idxname.replace('"', '""') + '"'
+        return f'"{schema}".{name}' if schema else name
+
+    @staticmethod
+    def _index_state(conn: psycopg.Connection[Any], name: str) -> tuple[str, bool] | None:
+        """``(qualified name, valid)`` of index *name*, or ``None`` when it does not exist."""
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT i.indexrelid::regclass::text, i.indisvalid FROM pg_index i "
+                    "WHERE i.indexrelid = to_regclass(%s)",
+                    [name],
+                ).fetchone()
+        except psycopg.Error:
+            return None
+        return (row[0], bool(row[1])) if row else None
+
+    @staticmethod
+    def _invalid_indexes(conn: psycopg.Connection[Any]) -> list[str]:
+        try:
+            rows = conn.execute(
+                "SELECT i.indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE NOT i.indisvalid AND n.nspname !~ '^pg_' ORDER BY 1"
+            ).fetchall()
+        except psycopg.Error:
+            return []
+        return [r[0] for r in rows]
+
+    def _apply_nontransactional(self, migration: Migration) -> list[tuple[Statement, float]]:
+        rl = self.rl
+        conn = self._live()
+        done = self._progress(conn, migration)
+        statements = migration.statements
+        if done >= 0:
+            rl.say(f"  resuming {migration.id}: statements 1-{done + 1} of {len(statements)} were completed by an earlier run")
+            rl.event("resume", migration=migration.id, completed=done + 1)
+        timings: list[tuple[Statement, float]] = []
+        for index, statement in enumerate(statements):
+            if index <= done:
+                continue
+            index_name = self._index_name(statement)
+            existed = None
+            if index_name:
+                existed = self._index_state(self._live(), index_name)
+                if existed is not None and not existed[1]:
+                    raise GuardError(
+                        f"{relpath(migration.path)}:{statement.line}: index {existed[0]} exists but is INVALID, left "
+                        "by an interrupted CREATE INDEX CONCURRENTLY; it is not used by queries but slows down "
+                        f"writes. Drop it, then run apply again:\n    DROP INDEX CONCURRENTLY IF EXISTS {existed[0]};"
+                    )
+
+            def attempt(c: psycopg.Connection[Any], n: int, statement: Statement = statement,
+                        index_name: str | None = index_name, existed: Any = existed) -> None:
+                if n > 0 and index_name and existed is None:
+                    state = self._index_state(c, index_name)
+                    if state is not None and not state[1]:
+                        # Our own failed try left it: drop it so the retry builds it afresh.
+                        rl.say(f"  dropping the invalid index {state[0]} left by the failed try")
+                        c.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.SQL(state[0])))
+                self._set_local(c, "SESSION")
+                run_statements(c, [statement], migration.path, timings=timings)
+
+            what = f"{migration.id} statement {index + 1}/{len(statements)}"
+            try:
+                self._retrying(what, attempt)
+            except (StatementFailed, psycopg.Error) as exc:
+                invalid = self._invalid_indexes(self._live())
+                partial = (
+                    f" at statement {index + 1} of {len(statements)}; statements 1-{index} are done and recorded in "
+                    f"{history.SCHEMA}.{PROGRESS_TABLE}, so a re-run resumes at statement {index + 1}"
+                    if index
+                    else " at its first statement (it runs statement by statement, so nothing was rolled back, but nothing had run)"
+                )
+                error = self._migration_failed(migration, exc, partial=partial)
+                if invalid:
+                    drops = "\n".join(f"    DROP INDEX CONCURRENTLY IF EXISTS {name};" for name in invalid)
+                    error = MigrationError(f"{error}\nINVALID indexes were left behind; drop them before re-running:\n{drops}")
+                raise error from None
+            except MigrationError as exc:
+                invalid = self._invalid_indexes(self._live())
+                if invalid:
+                    drops = "\n".join(f"    DROP INDEX CONCURRENTLY IF EXISTS {name};" for name in invalid)
+                    raise MigrationError(f"{exc}\nINVALID indexes were left behind; drop them before re-running:\n{drops}") from None
+                raise
+
+            def mark(c: psycopg.Connection[Any], n: int, index: int = index, statement: Statement = statement) -> None:
+                c.execute(
+                    sql.SQL("INSERT INTO {} (version, checksum, statement_index, line) VALUES (%s, %s, %s, %s) "
+                            "ON CONFLICT (version, statement_index) DO NOTHING").format(_PROGRESS),
+                    [migration.version, migration.checksum, index, statement.line],
+                )
+
+            self._retrying(f"recording progress of {what}", mark)
+            rl.say(f"  statement {index + 1}/{len(statements)} done (line {statement.line})")
+
+        def finish(c: psycopg.Connection[Any], n: int) -> None:
+            c.execute("RESET lock_timeout")
+            c.execute("RESET statement_timeout")
+            if n > 0 and self._recorded(c, migration):
+                return
+            with c.transaction():
+                history.record_applied(c, migration, execution_ms=int(sum(s for _, s in timings) * 1000), mode=self.mode)
+                c.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_PROGRESS), [migration.version])
+
+        self._retrying(f"recording {migration.id}", finish)
+        return timings
+
+    # -- verification and health
+
+    def _verify_and_health(self, *, nothing_applied: bool) -> None:
+        rl = self.rl
+        failure: str | None = None
+        with rl.phase("verify"):
+            try:
+                self.result.verification = self._verify()
+            except _HealthFailed as exc:
+                self.result.verification = "failed"
+                failure = f"verification failed: {exc}"
+        rl.say(f"verification: {self.result.verification}")
+        if failure is None:
+            with rl.phase("health"):
+                try:
+                    self.result.health = self._health()
+                except _HealthFailed as exc:
+                    self.result.health = "failed"
+                    failure = f"health check failed: {exc}"
+            rl.say(f"health: {self.result.health}")
+        if failure is not None:
+            self._after_check_failure(failure)
+
+    def _verify(self) -> str:
+        if not self.production:
+            return "skipped (development mode)"
+        if self.receipt is None or not self.receipt_valid:
+            return "skipped (no matching receipt)"
+        actual = take_snapshot(self._live())
+        changes = diff_snapshots(self.receipt.final_snapshot, actual)
+        self.rl.event("verification", outcome="failed" if changes else "passed",
+                      changes=[c.describe() for c in changes[:200]])
+        if changes:
+            raise _HealthFailed(
+                f"the schema of {self.where} differs from the rehearsal's final schema (expected → actual):\n"
+                + _indent(format_changes(changes))
+            )
+        return "passed (schema equals the rehearsal's final schema)"
+
+    def _health(self) -> str:
+        health = self.plan.health
+        if not health.checks and not health.url:
+            return "skipped (no health checks in the plan)"
+        done: list[str] = []
+        for check in health.checks:
+            self._run_check(check)
+            done.append(f"check {check.name!r}")
+        if health.url:
+            self._probe(health.url)
+            done.append(f"url {_describe_url(health.url)}")
+        return "passed (" + ", ".join(done) + ")"
+
+    def _run_check(self, check: Check) -> None:
+        conn = self._live()
+        try:
+            with conn.transaction(force_rollback=True):
+                conn.execute("SET TRANSACTION READ ONLY")
+                cur = conn.execute(check.sql)  # plan SQL is trusted
+                rows = cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            self.rl.event("health_check", name=check.name, outcome="error", error=describe_pg_error(exc))
+            raise _HealthFailed(f"check {check.name!r} failed to run: {describe_pg_error(exc)}\n    {check.sql}") from None
+        problem = _check_problem(check, rows)
+        self.rl.event("health_check", name=check.name, outcome="failed" if problem else "passed", problem=problem)
+        if problem:
+            raise _HealthFailed(problem)
+        self.rl.say(f"  health check {check.name!r}: ok")
+
+    def _probe(self, url: str) -> None:
+        health = self.plan.health
+        shown = _describe_url(url)
+        attempts = health.retries + 1
+        last = "?"
+        for attempt in range(1, attempts + 1):
+            request = urllib.request.Request(url, method="GET", headers={"User-Agent": "migration-harness"})
+            status: int | None = None
+            try:
+                with urllib.request.urlopen(request, timeout=health.timeout) as response:  # noqa: S310 - http(s) only, validated by the plan
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                last = scrub(str(reason))
+            if status is not None:
+                if 200 <= status < 300:
+                    self.rl.event("health_url", url=shown, attempt=attempt, status=status, outcome="passed")
+                    self.rl.say(f"  health url {shown}: HTTP {status}")
+                    return
+                last = f"HTTP {status}"
+            self.rl.event("health_url", url=shown, attempt=attempt, outcome="failed", answer=last)
+            if attempt < attempts:
+                delay = self._delay(attempt)
+                self.rl.say(f"  health url {shown}: {last}; try {attempt + 1} of {attempts} in {delay:.1f}s")
+                time.sleep(delay)
+        raise _HealthFailed(f"{shown} did not answer 2xx in {attempts} tries (last answer: {last})")
+
+    def _restore_advice(self) -> str:
+        if self.backup_path is not None:
+            return f"Restore the backup taken before this run if needed: harness restore {self.backup_path}"
+        if self.production:
+            return "No backup file was taken by the harness; fix forward with a new migration."
+        return "Development mode takes no backup; fix forward, or reset the development database."
+
+    def _after_check_failure(self, failure: str) -> None:
+        rl = self.rl
+        text = [failure]
+        applied = list(self.applied_now)
+        if not applied:
+            text.append("No migration was applied by this run.")
+        elif self.plan.health.on_failure == "rollback":
+            lacking = [m.id for m in applied if m.down_statements is None]
+            if lacking:
+                text.append(
+                    f"Cannot roll back: no down migration for {', '.join(lacking)}; the migrations of this run "
+                    f"({', '.join(m.id for m in applied)}) stay applied. {self._restore_advice()}"
+                )
+            else:
+                try:
+                    with rl.phase("rollback"):
+                        self._rollback(applied)
+                    text.append(
+                        "Rolled back with their down migrations (newest first): "
+                        + ", ".join(m.id for m in reversed(applied))
+                        + "; the history no longer lists them."
+                    )
+                except HarnessError as exc:
+                    text.append(f"The rollback failed: {exc}\n{self._restore_advice()}")
+        else:
+            text.append(
+                f"health.on_failure is stop: the migrations of this run ({', '.join(m.id for m in applied)}) stay "
+                f"applied. {self._restore_advice()}"
+            )
+        raise CheckFailed("\n".join(text))
+
+    def _rollback(self, applied: Sequence[Migration]) -> None:
+        for migration in reversed(applied):
+            statements = migration.down_statements or ()
+            path = migration.down_path or migration.path
+            self.rl.say(f"rolling back {migration.id} with {relpath(path)} ...")
+            transactional = all(s.transactional for s in statements)
+
+            def attempt(conn: psycopg.Connection[Any], n: int, migration: Migration = migration,
+                        statements: Sequence[Statement] = statements, path: Path = path,
+                        transactional: bool = transactional) -> None:
+                if n > 0 and not any(r.version == migration.version for r in history.read_applied(conn)):
+                    return
+                if transactional:
+                    conn.execute("BEGIN")
+                    self._set_local(conn)
+                    run_statements(conn, statements, path)
+                    history.remove_applied(conn, migration.version)
+                    conn.execute("COMMIT")
+                else:
+                    self._set_local(conn, "SESSION")
+                    run_statements(conn, statements, path)
+                    history.remove_applied(conn, migration.version)
+                    conn.execute("RESET lock_timeout")
+                    conn.execute("RESET statement_timeout")
+
+            try:
+                self._retrying(f"down of {migration.id}", attempt)
+            except (StatementFailed, psycopg.Error) as exc:
+                text = str(exc) if isinstance(exc, StatementFailed) else describe_pg_error(exc)
+                raise MigrationError(f"the down migration of {migration.id} failed:\n{_indent(text)}") from None
+            self.result.rolled_back.append(migration.id)
+            if migration.id in self.result.applied:
+                self.result.applied.remove(migration.id)
+            self.rl.event("rolled_back", migration=migration.id)
+
+    # -- the end
+
+    def _retention(self) -> None:
+        if self.backup is None:
+            return
+        removed = prune_backups(self.plan.backup.dir, self.plan.name, self.plan.backup.keep)
+        if removed:
+            self.rl.say(f"retention: removed {len(removed)} old backup(s), keeping the newest {self.plan.backup.keep}")
+            self.rl.event("retention", removed=[str(p) for p in removed], keep=self.plan.backup.keep)
+
+    def _summary(self) -> None:
+        rl = self.rl
+        timings = rl.timings
+        if self.result.applied:
+            parts = [f"{mid} ({_seconds(timings.get(f'migration:{mid}', 0.0))})" for mid in self.result.applied]
+            rl.say(f"applied {len(parts)} migration{'s' if len(parts) != 1 else ''}: " + ", ".join(parts))
+        else:
+            rl.say("applied nothing")
+        if self.result.backup:
+            rl.say(f"backup: {self.result.backup}")
+        if rl.path is not None:
+            rl.say(f"log: {relpath(rl.path)}")
+
+    # ------------------------------------------------------------------ dry run
+
+    def _dry_run(self) -> None:
+        lines: list[str] = []
+        rl = self.rl
+        would_refuse: list[str] = []
+
+        def add(text: str = "") -> None:
+            lines.append(text)
+            rl.say(text, event=False)
+
+        add(f"DRY RUN of plan {self.plan.name}: nothing is changed, not even the history table")
+        add(f"target: {self.where} ({self.mode} mode)")
+        conn: psycopg.Connection[Any] | None = None
+        applied_rows: list[history.AppliedMigration] = []
+        if self.dsn is not None:
+            self.conn = conn = self._connect(read_only=True)
+            applied_rows = history.read_applied(conn)
+        else:
+            add("  the development database is not running: apply would start it (history assumed empty)")
+        g = self.guards
+        add(f"connect: with up to {g.max_retries} retries (first after {_seconds(g.retry_delay)}, x{g.retry_factor:g} each)")
+        status = history.compute_status(self.migrations, applied_rows)
+        self.pending = list(status.pending)
+        self.result.skipped = [m.id for _, m in status.applied if m is not None]
+        self.result.pending = [m.id for m in self.pending]
+        if self.production:
+            try:
+                receipt = verify_receipt(self.plan, self.migrations)
+                self.receipt, self.receipt_valid = receipt, True
+                add(f"receipt: matches (rehearsed {receipt.created_at})")
+            except GuardError as exc:
+                if self.options.force:
+                    add(f"receipt: WOULD BE SKIPPED by --force ({_first_line(exc)})")
+                elif not g.require_receipt:
+                    add(f"receipt: not required by the plan ({_first_line(exc)})")
+                else:
+                    add(f"receipt: apply WOULD REFUSE: {_first_line(exc)}")
+                    would_refuse.append("no matching receipt")
+        add(f"lock: the migration run lock, waiting up to {_seconds(g.lock_wait)}")
+        add(f"status: {len(status.applied)} applied, {len(self.pending)} pending")
+        problems = [f"{r.version}_{r.name} failed" for r in status.failed]
+        if self.production:
+            problems += [f"{m.id} changed" for _, m in status.changed]
+            problems += [f"{r.version}_{r.name} missing" for r in status.missing]
+        if problems:
+            add("status: apply WOULD REFUSE: " + ", ".join(problems))
+            would_refuse.append("history needs attention")
+        if self.production and conn is not None:
+            index = len(status.applied) - 1
+            last = self.migrations[index].id if 0 <= index < len(self.migrations) else None
+            actual = take_snapshot(conn)
+            digest = self.receipt.digests.get(last) if self.receipt and last else None
+            if digest is None:
+                add("drift: apply would rehearse the plan up to the target's version and compare schemas")
+            elif digest == actual.digest:
+                add(f"drift: none (schema digest matches the rehearsal after {last})")
+            else:
+                add(f"drift: the schema differs from the rehearsal after {last}: apply WOULD REFUSE")
+                would_refuse.append("drift")
+        if not self.pending:
+            add("nothing to apply")
+        else:
+            if self.guards.transaction == "single" and any(not m.transactional for m in self.pending):
+                add("transaction: single, but a pending migration cannot run in a transaction: apply WOULD REFUSE")
+                would_refuse.append("transaction scope")
+            self._dry_hooks(add, "pre_run")
+            if self.production:
+                self._dry_backup(add, conn)
+            if self.guards.transaction == "single":
+                add("BEGIN;  -- one transaction for all migrations")
+                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
+                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
+            total = len(self.pending)
+            for number, migration in enumerate(self.pending, 1):
+                self._dry_migration(add, number, total, migration)
+            if self.guards.transaction == "single":
+                add("COMMIT;")
+        if self.production:
+            add("verify: the schema must equal the receipt's final schema" if self.receipt_valid
+                else "verify: skipped (no matching receipt)")
+        for check in self.plan.health.checks:
+            add(f"health check {check.name!r}: {' '.join(check.sql.split())}"
+                + (f" (expect {check.expect!r})" if check.expect is not None else ""))
+        h = self.plan.health
+        if h.url:
+            add(f"health url: GET {_describe_url(h.url)} must answer 2xx (timeout {_seconds(h.timeout)}, {h.retries} retries)")
+        if self.plan.health.checks or self.plan.health.url:
+            add(f"on health failure: {self.plan.health.on_failure}")
+        if self.pending:
+            self._dry_hooks(add, "post_run")
+        self._dry_hooks(add, "on_failure", note=" (only if the run fails)")
+        if would_refuse:
+            add(f"apply would refuse: {', '.join(would_refuse)}")
+        self.result.dry_run_plan = lines
+        self.result.ok = not would_refuse
+
+    def _dry_hooks(self, add: Callable[[str], None], event: str, *, migration: Migration | None = None,
+                   note: str = "") -> None:
+        from .hooks import describe_hook
+
+        for hook in self._hooks(event):
+            add(f"{'  ' if migration else ''}hook {event}: {describe_hook(hook)}{note}")
+
+    def _dry_backup(self, add: Callable[[str], None], conn: psycopg.Connection[Any] | None) -> None:
+        b = self.plan.backup
+        if self._hooks("backup"):
+            add(f"backup: by the backup hook (HARNESS_BACKUP={relpath(b.dir)}/{self.plan.name}-<UTC time>.dump)")
+            self._dry_hooks(add, "backup")
+            return
+        if b.mode == "none":
+            add("backup: none (backup.mode: none)")
+            return
+        target = f"{relpath(b.dir)}/{self.plan.name}-<UTC time>.dump"
+        if b.mode == "touched" and conn is not None:
+            tables = [f"{s}.{n}" for s, n, _ in touched_tables(conn, self.pending)]
+            what = ("tables " + ", ".join(tables)) if tables else "schema only (no existing table is touched)"
+            add(f"backup: pg_dump -Fc of {what} -> {target} (+ .json manifest), verified with pg_restore --list")
+        else:
+            add(f"backup: pg_dump -Fc ({b.mode}) -> {target} (+ .json manifest), verified with pg_restore --list")
+        add(f"retention: keep the newest {b.keep} backups of plan {self.plan.name}")
+
+    def _dry_migration(self, add: Callable[[str], None], number: int, total: int, migration: Migration) -> None:
+        g = self.guards
+        single = g.transaction == "single"
+        add(f"[{number}/{total}] {migration.id} ({relpath(migration.path)}, {_plural(len(migration.statements), 'statement')})")
+        self._dry_hooks(add, "pre_migration", migration=migration)
+        record = f"-- record {migration.id} in {history.SCHEMA}.{history.TABLE}"
+        if migration.transactional:
+            if not single:
+                add("  BEGIN;")
+                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
+                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
+            for statement in migration.statements:
+                add(f"  -- {relpath(migration.path)}:{statement.line}:{statement.column}")
+                add(_indent(statement.sql.strip() + ";", "  "))
+            add(f"  {record}" + ("" if single else " (same transaction)"))
+            if not single:
+                add("  COMMIT;")
+        else:
+            add("  -- non-transactional: statement by statement, each committed on its own; progress is recorded in "
+                f"{history.SCHEMA}.{PROGRESS_TABLE} so a re-run resumes after the last completed statement")
+            add(f"  SET lock_timeout = '{_ms(g.lock_timeout)}';")
+            add(f"  SET statement_timeout = '{_ms(g.statement_timeout)}';")
+            for index, statement in enumerate(migration.statements, 1):
+                add(f"  -- statement {index}/{len(migration.statements)}, "
+                    f"{relpath(migration.path)}:{statement.line}:{statement.column}")
+                add(_indent(statement.sql.strip() + ";", "  "))
+            add(f"  {record}")
+            add("  RESET lock_timeout; RESET statement_timeout;")
+        self._dry_hooks(add, "post_migration", migration=migration)
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+def _check_problem(check: Check, rows: list[tuple[Any, ...]]) -> str | None:
+    """What is wrong with a health check's result, or ``None`` when it passed."""
+    got = [_normalise(list(r)) for r in rows]
+    if check.rows is not None:
+        want = [_normalise(list(r)) for r in check.rows]
+        if got != want and [[str(v) for v in r] for r in got] != [[str(v) for v in r] for r in want]:
+            return (f"check {check.name!r}: rows differ\n    expected: {json.dumps(want, default=str)}\n"
+                    f"    got:      {json.dumps(got, default=str)}\n    sql: {check.sql}")
+        return None
+    if check.expect is not None:
+        if len(got) != 1 or len(got[0]) != 1:
+            return (f"check {check.name!r}: expected one value {check.expect!r}, got {len(got)} rows\n"
+                    f"    sql: {check.sql}")
+        value = got[0][0]
+        if value != check.expect and str(value) != str(check.expect):
+            return f"check {check.name!r}: expected {check.expect!r}, got {value!r}\n    sql: {check.sql}"
+        return None
+    if len(got) == 1 and len(got[0]) == 1 and not got[0][0]:
+        return f"check {check.name!r}: returned {got[0][0]!r}, expected a true value\n    sql: {check.sql}"
+    return None

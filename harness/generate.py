@@ -1,0 +1,658 @@
+"""Declarative schema → migrations: diff the desired schema against the migrations and write safe SQL.
+
+The plan's ``schema:`` (a SQL file, or a directory of ``.sql`` files read in
+name order) describes the schema the database should have.  ``generate``
+loads it into one scratch database, applies the plan's migrations to a
+rehearsal database, diffs the two catalog snapshots and writes the up
+migration that turns the migrated schema into the desired one and the down
+migration that turns it back.  Then it proves them: the new migrations are
+rehearsed (lint, apply, idempotent, rollback) and the migrated schema must
+equal the desired one.
+
+The SQL is safe by construction: indexes on existing tables are built
+``CONCURRENTLY`` in a second migration that runs without a transaction;
+constraints on existing tables are added ``NOT VALID`` and validated in that
+second migration; a new ``NOT NULL`` column without a default gets the
+``CHECK (c IS NOT NULL) NOT VALID`` / ``VALIDATE`` / ``SET NOT NULL``
+pattern and a ``-- TODO`` to backfill it.  What loses data (drops, narrowing
+type changes) is written but marked ``-- DESTRUCTIVE:``; what rewrites or
+locks a table is marked ``-- REVIEW:``; a column (or table) dropped while
+one of the same type (or with the same columns) is added is a probable
+rename: the drop and add are written commented out under ``-- QUESTION:
+rename?`` with the ``RENAME`` that keeps the data.  Statements are
+idempotent where PostgreSQL allows (``IF NOT EXISTS``, ``IF EXISTS``, ``OR
+REPLACE``, guarding ``DO`` blocks).
+
+Every change becomes an *action*: its up statements, the down statements
+that undo exactly them, the migration (phase) it belongs to and its place in
+the dependency order.  A down migration is its actions' undo statements in
+reverse order, so each migration's down restores the state its up found.
+
+Layers: this module reads catalogs through connections it is handed and
+never starts a server; the CLI (``harness generate``, ``harness
+check-schema``) starts one.  See docs/authoring.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from . import lint as lint_mod
+from ._schema_diff import (
+    MAIN,
+    ONLINE,
+    PHASE_SUFFIX,
+    VALIDATE_SUFFIX,
+    Builder,
+    Catalog,
+    Draft,
+    Notice,
+    Stmt,
+    do_block,
+    literal,
+    object_key,
+    read_catalog,
+)
+from .authoring import check_name, layout_for, plan_versions, write_new_files
+from .errors import EXIT_FAILED, EXIT_OK, ConfigError, HarnessError
+from .execute import StatementFailed, relpath, run_statements
+from .plan import Plan
+from .postgres import Server
+from .redact import scrub
+from .snapshot import Change, Snapshot, diff_snapshots, format_changes, take_snapshot
+from .sources import parse_sql
+
+__all__ = [
+    "Notice",
+    "GeneratedMigration",
+    "GenerateResult",
+    "SchemaComparison",
+    "schema_files",
+    "desired_snapshot",
+    "compare_snapshots",
+    "check_schema",
+    "schema_matches",
+    "generate",
+]
+
+log = logging.getLogger(__name__)
+
+#: The rehearsal assertions ``generate`` runs on the migrations it wrote.
+PROOF_ASSERTIONS = ("lint", "apply", "idempotent", "rollback")
+
+
+# --------------------------------------------------------------------------
+# Rendering the files
+
+
+@dataclass(frozen=True)
+class GeneratedMigration:
+    """One migration ``generate`` wrote."""
+
+    version: str
+    name: str
+    up: Path
+    down: Path
+    up_sql: str
+    down_sql: str
+    transactional: bool
+    statements: int
+
+    @property
+    def id(self) -> str:
+        """``<version>_<name>``."""
+        return f"{self.version}_{self.name}"
+
+
+@dataclass
+class _Rendered:
+    migration: GeneratedMigration
+    notices: list[Notice]
+    flagged: list[tuple[int, int]]  # line ranges of statements marked DESTRUCTIVE, REVIEW or TODO
+    runnable: bool = True  # False: only a placeholder waiting for the answer to a question
+
+
+def _comment_lines(prefix: str, text: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    lines = textwrap.wrap(text, width=width - len(prefix), break_long_words=False, break_on_hyphens=False) or [""]
+    return [f"{prefix}{lines[0]}"] + [f"--     {line}" for line in lines[1:]]
+
+
+class _Writer:
+    """Lines of one file, remembering where flagged statements are."""
+
+    def __init__(self, display: str) -> None:
+        self.display = display
+        self.lines: list[str] = []
+        self.notices: list[Notice] = []
+        self.flagged: list[tuple[int, int]] = []
+        self.active = 0
+
+    def comment(self, *texts: str) -> None:
+        for text in texts:
+            self.lines.extend(_comment_lines("-- ", text) if text else ["--"])
+
+    def blank(self) -> None:
+        if self.lines and self.lines[-1] != "":
+            self.lines.append("")
+
+    def statement(self, stmt: Stmt) -> None:
+        if stmt.flag:
+            self.lines.extend(_comment_lines(f"-- {stmt.flag}: ", stmt.note))
+        elif stmt.note:
+            self.lines.extend(_comment_lines("-- ", stmt.note))
+        if stmt.allow:
+            self.lines.append(f"-- harness:allow {stmt.allow}")
+        start = len(self.lines) + 1
+        self.lines.extend(stmt.text().splitlines())
+        self.active += 1
+        if stmt.flag:
+            self.flagged.append((start, len(self.lines)))
+            self.notices.append(Notice(stmt.flag.lower(), stmt.subject or "-", stmt.note, f"{self.display}:{start}"))
+
+    def commented(self, stmt: Stmt) -> None:
+        if stmt.flag:
+            self.lines.extend(_comment_lines(f"-- {stmt.flag}: ", stmt.note))
+        self.lines.extend("-- " + line if line else "--" for line in stmt.text().splitlines())
+
+    def text(self) -> str:
+        return "\n".join(self.lines).rstrip() + "\n"
+
+
+def _render(
+    draft: Draft,
+    phase: int,
+    version: str,
+    name: str,
+    up_path: Path,
+    down_path: Path,
+    *,
+    command: str,
+    schema: str,
+    created: _dt.datetime,
+    previous: str | None,
+    phases: Sequence[int],
+) -> _Rendered:
+    migration_id = f"{version}_{name}"
+    stamp = created.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    actions = [a for a in draft.actions if a.phase == phase]
+    # A question's statements go with their phase; those of a phase without a migration go to the first one.
+    homeless = phase == phases[0]
+    questions = [(q, [a for a in q.actions if a.phase == phase or (homeless and a.phase not in phases)])
+                 for q in draft.questions]
+    questions = [(q, acts) for q, acts in questions if acts]
+    concurrent = any(re.search(r"\bCONCURRENTLY\b", s.sql) for a in actions for s in a.up)
+    after = f", after {previous}" if previous else ""
+    how = ("Runs without a transaction, one statement at a time (CONCURRENTLY cannot run in one)" + after + "."
+           if concurrent else "Runs in one transaction" + after + ".")
+
+    up = _Writer(relpath(up_path))
+    up.comment(f"{migration_id} ({command}, {stamp})",
+               f"Turns the migrated schema into the desired schema {schema}. {how}",
+               "Review it before committing: DESTRUCTIVE, REVIEW, TODO and QUESTION comments need a human.")
+    if any(s.function for a in actions for s in a.up) and not concurrent:
+        up.blank()
+        up.comment("Function bodies may use objects created further down.")
+        up.statement(Stmt("SET LOCAL check_function_bodies = off"))
+        up.active -= 1
+    for action in actions:
+        up.blank()
+        for stmt in action.up:
+            up.statement(stmt)
+    for question, acts in questions:
+        first = phase == min(p for p in phases if any(a.phase == p or a.phase not in phases for a in question.actions))
+        up.blank()
+        up.comment(f"QUESTION: rename? {question.message}.")
+        if first:
+            up.comment("If it is a rename, this keeps the data (uncomment it):")
+            up.lines.extend(f"--     {line}" for line in question.rename_up)
+        up.comment("If it is not, uncomment these statements instead (they drop the old one and its data):")
+        for action in acts:
+            if action.phase == ONLINE and phase != ONLINE:
+                up.comment("(the next statements need a migration without a transaction)")
+            for stmt in action.up:
+                up.commented(stmt)
+    waiting = None
+    if not up.active:
+        waiting = Stmt(do_block(f"RAISE EXCEPTION {literal(f'{migration_id} waits for the answer to its QUESTION: edit it first')};"),
+                        note="Nothing to run until the QUESTION above is answered; remove this block then.")
+        up.blank()
+        up.statement(waiting)
+
+    down = _Writer(relpath(down_path))
+    down.comment(f"{migration_id}.down ({command}, {stamp})",
+                 f"Undoes {migration_id}; the rehearsal checks that up -> down -> up restores the schema.")
+    if any(s.function for a in actions for s in a.down) and not concurrent:
+        down.blank()
+        down.comment("Function bodies may use objects re-created further down.")
+        down.statement(Stmt("SET LOCAL check_function_bodies = off"))
+        down.active -= 1
+    for action in reversed(actions):
+        down.blank()
+        for stmt in action.down:
+            down.statement(stmt)
+    for question, acts in questions:
+        first = phase == min(p for p in phases if any(a.phase == p or a.phase not in phases for a in question.actions))
+        down.blank()
+        down.comment(f"QUESTION: rename? {question.message} (see the up migration).")
+        if first:
+            down.comment("If the up migration renames, this undoes it (uncomment it):")
+            down.lines.extend(f"--     {line}" for line in question.rename_down)
+        down.comment("If it drops and adds instead, uncomment these statements:")
+        for action in reversed(acts):
+            for stmt in action.down:
+                down.commented(stmt)
+    if not down.active:
+        down.blank()
+        down.statement(waiting or Stmt(do_block(f"RAISE EXCEPTION {literal(f'{migration_id} cannot be undone')};")))
+    statements = sum(len(a.up) for a in actions)
+    migration = GeneratedMigration(version, name, up_path, down_path, up.text(), down.text(), not concurrent, statements)
+    return _Rendered(migration, up.notices, up.flagged, waiting is None)
+
+
+# --------------------------------------------------------------------------
+# Desired schema, comparison
+
+
+def schema_files(plan: Plan) -> list[Path]:
+    """The files of the plan's desired schema, in the order they are loaded (names, then sub-directories)."""
+    path: Path | None = getattr(plan, "schema", None)
+    where = plan.display_path or str(plan.path)
+    if path is None:
+        raise ConfigError(
+            f"{where}: the plan has no `schema:`; add `schema: schema.sql` (a SQL file, or a directory of .sql "
+            "files read in name order) that builds the schema the migrations should produce"
+        )
+    if path.is_dir():
+        files = sorted(
+            (p for p in path.rglob("*.sql") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)),
+            key=lambda p: p.relative_to(path).as_posix(),
+        )
+        if not files:
+            raise ConfigError(f"{where}: schema: {relpath(path)} holds no .sql files; put the desired schema there")
+        return files
+    if path.is_file():
+        return [path]
+    raise ConfigError(f"{where}: schema: {relpath(path)} does not exist; create it or fix the path")
+
+
+def _schema_display(plan: Plan) -> str:
+    path: Path | None = getattr(plan, "schema", None)
+    if path is None:
+        return "(none)"
+    shown = relpath(path)
+    return shown + "/" if path.is_dir() and not shown.endswith("/") else shown
+
+
+@contextlib.contextmanager
+def _desired_database(plan: Plan, server: Server) -> Iterator[psycopg.Connection[Any]]:
+    """A scratch database holding the plan's desired schema; dropped afterwards."""
+    files = schema_files(plan)
+    name = f"mh_desired_{uuid.uuid4().hex[:10]}"
+    server.create_database(name)
+    try:
+        with server.connect(name, autocommit=True) as conn:
+            conn.prepare_threshold = None
+            conn.execute("SET client_min_messages = warning")
+            for path in files:
+                try:
+                    text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise ConfigError(f"cannot read the desired schema file {relpath(path)}: {exc}") from None
+                statements = parse_sql(text, path, target_major=server.major)
+                try:
+                    run_statements(conn, statements, path)
+                except StatementFailed as exc:
+                    raise ConfigError(
+                        f"the desired schema does not load on an empty database: {exc}\n"
+                        f"Fix {relpath(path)}: the schema files must build the whole schema, in name order."
+                    ) from None
+            yield conn
+    finally:
+        try:
+            server.drop_database(name)
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort
+            log.warning("could not drop the desired-schema database %s: %s", name, exc)
+
+
+def _desired_catalog(plan: Plan, server: Server) -> Catalog:
+    with _desired_database(plan, server) as conn:
+        return read_catalog(conn, take_snapshot(conn))
+
+
+def desired_snapshot(plan: Plan, server: Server) -> Snapshot:
+    """The snapshot of the plan's desired schema (loaded into a scratch database on *server*)."""
+    with _desired_database(plan, server) as conn:
+        return take_snapshot(conn)
+
+
+def _current_catalog(plan: Plan, server: Server) -> tuple[Catalog, int]:
+    """The schema the plan's migrations produce, and how many migrations there are."""
+    from .rehearsal import Rehearsal  # the engine may import this module for its schema item
+
+    with Rehearsal(plan, server) as rehearsal:
+        snapshot = rehearsal.schema_after(len(rehearsal.migrations) - 1)
+        return read_catalog(rehearsal.conn, snapshot), len(rehearsal.migrations)
+
+
+def compare_snapshots(migrated: Snapshot, desired: Snapshot) -> tuple[list[Change], list[str]]:
+    """Differences from what the migrations produce to the desired schema, and notes.
+
+    Column order is not a difference (a migration can only append columns;
+    PostgreSQL cannot reorder them): it is returned as a note instead.
+    """
+    changes = diff_snapshots(migrated, desired)
+    notes = [
+        f"column order of {c.object} differs (migrations: {', '.join(c.before or [])}; desired: "
+        f"{', '.join(c.after or [])}): new columns are appended, PostgreSQL cannot reorder them"
+        for c in changes
+        if c.attribute == "column_order"
+    ]
+    return [c for c in changes if c.attribute != "column_order"], notes
+
+
+@dataclass(frozen=True)
+class SchemaComparison:
+    """What ``check-schema`` found: the differences from the migrated schema to the desired one."""
+
+    changes: tuple[Change, ...]
+    notes: tuple[str, ...]
+    schema: str
+    migrations: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the migrations produce exactly the desired schema."""
+        return not self.changes
+
+    def format(self) -> str:
+        """A readable report."""
+        if self.ok:
+            lines = [f"the {self.migrations} migrations produce the desired schema {self.schema}: 0 differences"]
+        else:
+            count = len(self.changes)
+            lines = [
+                f"the {self.migrations} migrations and the desired schema {self.schema} disagree: {count} "
+                f"difference{'s' if count != 1 else ''} (+ only in the desired schema, - only in the migrations, "
+                "~ migrations -> desired):",
+                format_changes(self.changes, limit=0),
+                "Write a migration for them with `harness generate NAME`, or fix the desired schema.",
+            ]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def check_schema(plan: Plan, server: Server) -> SchemaComparison:
+    """Compare the schema the plan's migrations produce with its desired schema."""
+    desired = desired_snapshot(plan, server)
+    current, count = _current_catalog(plan, server)
+    changes, notes = compare_snapshots(current.snapshot, desired)
+    return SchemaComparison(tuple(changes), tuple(notes), _schema_display(plan), count)
+
+
+def schema_matches(plan: Plan, server: Server, final_snapshot: Snapshot) -> tuple[bool, str]:
+    """The plan-level ``schema_matches`` assertion: do the migrations produce the desired schema?
+
+    *final_snapshot* is the schema after the last migration (the rehearsal
+    has it); the desired schema is loaded into a scratch database on
+    *server*.  Returns ``(ok, message)``; a desired schema that does not
+    load is a failure with the error.
+    """
+    try:
+        desired = desired_snapshot(plan, server)
+    except HarnessError as exc:
+        return False, scrub(str(exc))
+    changes, notes = compare_snapshots(final_snapshot, desired)
+    schema = _schema_display(plan)
+    extra = "".join(f"\nnote: {n}" for n in notes)
+    if not changes:
+        return True, f"the migrations produce the desired schema {schema}: 0 differences{extra}"
+    count = len(changes)
+    return False, (
+        f"the migrations and the desired schema {schema} disagree: {count} difference{'s' if count != 1 else ''} "
+        "(+ only in the desired schema, - only in the migrations, ~ migrations -> desired):\n"
+        f"{format_changes(changes)}\nWrite a migration for them with `harness generate NAME`.{extra}"
+    )
+
+
+# --------------------------------------------------------------------------
+# generate: write, then prove
+
+
+_NOTICE_ORDER = {"destructive": 0, "review": 1, "todo": 2, "question": 3, "manual": 4, "note": 5}
+_MARKS = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "review": "REVIEW"}
+
+
+@dataclass
+class GenerateResult:
+    """What ``generate`` wrote and what its proof found."""
+
+    migrations: list[GeneratedMigration] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    items: list[tuple[str, str, str]] = field(default_factory=list)  # (item id, status, message)
+    differences: list[Change] = field(default_factory=list)  # unexplained: the proof failed
+    open_differences: list[Change] = field(default_factory=list)  # left for the QUESTION / MANUAL items
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None  # the proof could not run to the end
+    discarded: bool = False
+    waiting: bool = False  # only questions: nothing runs (or can be proved) until they are answered
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """The migrations already produce the desired schema."""
+        return not self.migrations and not self.notices
+
+    @property
+    def proved(self) -> bool:
+        """Every rehearsed item passed and no unexplained difference remains."""
+        return (self.error is None and not self.waiting and not self.differences
+                and all(s != "failed" for _, s, _ in self.items))
+
+    @property
+    def open_items(self) -> list[Notice]:
+        """Questions and manual items: the migrations need a human before they produce the desired schema."""
+        return [n for n in self.notices if n.kind in ("question", "manual")]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when proved and complete (or nothing to do), else 1."""
+        if self.nothing_to_do:
+            return EXIT_OK
+        return EXIT_OK if self.proved and not self.open_items and not self.open_differences else EXIT_FAILED
+
+    def format(self) -> str:
+        """The report ``harness generate`` prints."""
+        if self.nothing_to_do:
+            return "the migrations already produce the desired schema: nothing to generate"
+        lines: list[str] = []
+        if not self.migrations:
+            lines.append("nothing written: every difference needs a hand-written migration")
+        for m in self.migrations:
+            mode = "one transaction" if m.transactional else "no transaction"
+            verb = "removed" if self.discarded else "wrote"
+            count = f"{m.statements} statement{'s' if m.statements != 1 else ''}"
+            lines.append(f"{verb} {relpath(m.up)} and its .down.sql ({count}, {mode})")
+        if self.notices:
+            lines.append("")
+            lines.append("needs a human:")
+            for notice in sorted(self.notices, key=_notice_order):
+                lines.append("  " + notice.describe())
+        if self.items:
+            lines.append("")
+            lines.append("proof (the new migrations rehearsed on top of the existing ones):")
+            for item_id, status, message in self.items:
+                lines.append(f"  {_MARKS.get(status, status.upper())} {item_id}")
+                if status in ("failed", "review") or (status == "skipped" and message):
+                    lines.extend(f"       {line}" for line in message.splitlines())
+        if self.waiting:
+            lines.append("nothing to prove yet: the migration waits for the answers to its QUESTIONs")
+        elif self.error:
+            lines.append(f"the proof could not finish: {self.error}")
+        elif self.differences:
+            count = len(self.differences)
+            lines.append(
+                f"NOT PROVED: the migrations do not produce the desired schema: {count} difference"
+                f"{'s' if count != 1 else ''} (+ only in the desired schema, - only in the migrations, "
+                "~ migrations -> desired):"
+            )
+            lines.append(format_changes(self.differences, limit=0))
+        elif self.items:
+            remaining = len(self.open_differences)
+            if remaining:
+                lines.append(
+                    f"migrations now produce the desired schema except for {remaining} difference"
+                    f"{'s' if remaining != 1 else ''} left to the QUESTION and MANUAL items above: answer them, then "
+                    "run `harness check-schema`"
+                )
+            else:
+                lines.append("migrations now produce the desired schema: 0 differences")
+        lines.extend(f"note: {n}" for n in self.notes)
+        if not self.proved and not self.waiting:
+            lines.append("removed the generated files (--discard-on-failure)" if self.discarded
+                         else "kept the generated files for you to fix (--discard-on-failure removes them)")
+        return "\n".join(lines)
+
+
+def _notice_order(notice: Notice) -> tuple[int, str, int, str]:
+    path, _, line = notice.where.rpartition(":")
+    if not line.isdigit():
+        path, line = notice.where, "0"
+    return (_NOTICE_ORDER.get(notice.kind, 9), path, int(line), notice.object)
+
+
+def generate(
+    plan: Plan,
+    server: Server,
+    name: str,
+    *,
+    now: _dt.datetime | None = None,
+    discard_on_failure: bool = False,
+    prove: bool = True,
+) -> GenerateResult:
+    """Write the migration(s) that turn the migrated schema into the plan's desired one, then prove them.
+
+    Files go into the plan's migrations directory, named by its layout: the
+    main migration ``<version>_<name>`` and, when needed, one without a
+    transaction ``<version+1>_<name>_concurrently`` (concurrent index builds,
+    validations).  The proof rehearses only the new migrations' lint, apply,
+    idempotent and rollback items (their predecessors are applied first) and
+    compares the result with the desired schema.
+    """
+    check_name(name)
+    layout = layout_for(plan.layout, plan.migrations_dir)
+    moment = now or _dt.datetime.now(_dt.timezone.utc)
+    desired = _desired_catalog(plan, server)
+    current, _count = _current_catalog(plan, server)
+    draft = Builder(current, desired).build()
+    result = GenerateResult()
+    if draft.empty:
+        result.notices = list(draft.notices)
+        return result
+    phases = draft.phases()
+    versions = plan_versions(plan.migrations_dir, layout, len(phases), now=moment)
+    rendered: list[_Rendered] = []
+    previous: str | None = None
+    for phase, version in zip(phases, versions):
+        suffix = PHASE_SUFFIX[phase] if len(phases) > 1 else ""
+        if phase == ONLINE and not any(re.search(r"\bCONCURRENTLY\b", s.sql)
+                                        for a in draft.actions if a.phase == ONLINE for s in a.up):
+            suffix = VALIDATE_SUFFIX if len(phases) > 1 else ""
+        file_name = name + suffix
+        up_name, down_name = layout.file_names(version, file_name)
+        item = _render(
+            draft, phase, version, file_name, plan.migrations_dir / up_name, plan.migrations_dir / down_name,
+            command=f"harness generate {name}", schema=_schema_display(plan), created=moment, previous=previous,
+            phases=phases,
+        )
+        previous = item.migration.id
+        rendered.append(item)
+    write_new_files([(f, text) for r in rendered
+                     for f, text in ((r.migration.up, r.migration.up_sql), (r.migration.down, r.migration.down_sql))])
+    result.migrations = [r.migration for r in rendered]
+    result.notices = [n for r in rendered for n in r.notices] + list(draft.notices)
+    by_phase = dict(zip(phases, rendered))
+    for question in draft.questions:
+        first = by_phase.get(min((a.phase for a in question.actions), default=MAIN))
+        result.notices.append(Notice("question", question.object,
+                                     f"rename? {question.message}: the drop and add are commented out next to a "
+                                     "suggested RENAME; choose one", relpath(first.migration.up) if first else ""))
+    log.info("generated %s", ", ".join(m.id for m in result.migrations))
+    result.waiting = not any(r.runnable for r in rendered)
+    if prove and not result.waiting:
+        _prove(plan, server, rendered, desired.snapshot, draft, result)
+    if not result.proved and discard_on_failure and not result.waiting:
+        for migration in result.migrations:
+            migration.up.unlink(missing_ok=True)
+            migration.down.unlink(missing_ok=True)
+        result.discarded = True
+    return result
+
+
+def _prove(
+    plan: Plan, server: Server, rendered: list[_Rendered], desired: Snapshot, draft: Draft, result: GenerateResult
+) -> None:
+    """Rehearse the new migrations and compare the outcome with the desired schema."""
+    from .rehearsal import FAILED, Rehearsal
+
+    flagged = {r.migration.id: r.flagged for r in rendered}
+    final: Snapshot | None = None
+    try:
+        with Rehearsal(plan, server) as rehearsal:
+            known = {m.id for m in rehearsal.migrations}
+            missing = [m for m in flagged if m not in known]
+            if missing:
+                raise HarnessError(f"the rehearsal does not see {', '.join(missing)} among the plan's migrations")
+            items = [i for i in rehearsal.items()
+                     if not getattr(i, "plan_level", False) and i.migration.id in flagged
+                     and i.assertion in PROOF_ASSERTIONS]
+            for item in items:
+                outcome = rehearsal.run(item)
+                status, message = outcome.status, outcome.message
+                if item.assertion == "lint" and status == FAILED:
+                    status, message = _review_lint(rehearsal, item, flagged[item.migration.id], message)
+                result.items.append((item.id, status, message))
+            final = rehearsal.schema_after(len(rehearsal.migrations) - 1)
+    except HarnessError as exc:
+        result.error = scrub(str(exc))
+        return
+    changes, notes = compare_snapshots(final, desired)
+    open_keys = draft.open_keys
+    result.open_differences = [c for c in changes if object_key(c.object_type, c.object) in open_keys]
+    result.differences = [c for c in changes if object_key(c.object_type, c.object) not in open_keys]
+    result.notes = notes
+
+
+def _review_lint(rehearsal: Any, item: Any, flagged: list[tuple[int, int]], message: str) -> tuple[str, str]:
+    """A failed lint item: only findings on statements the generator marked for review are acceptable."""
+    migration = item.migration
+    cfg = rehearsal.configs[migration.id]
+    before = rehearsal.snapshot_at(item.index - 1)
+    findings = lint_mod.lint_sql(
+        migration.sql,
+        relpath(migration.path),
+        existing_tables=set(before.tables()) if before is not None else None,
+        allow=cfg.allow,
+        allow_reason=cfg.reason,
+        in_transaction=migration.transactional,
+    )
+    errors = [f for f in findings if f.severity == "error" and not f.allowed]
+    unexpected = [f for f in errors if not any(start <= f.line <= end for start, end in flagged)]
+    if unexpected or not errors:
+        return "failed", message
+    shown = "\n".join(f"{f.path}:{f.line}: {f.rule}: {f.message}" for f in errors)
+    return "review", (
+        f"{len(errors)} lint error{'s' if len(errors) != 1 else ''} on statements marked DESTRUCTIVE or REVIEW, as "
+        "expected; once reviewed, acknowledge each with a `-- harness:allow RULE reason` comment above it (or the "
+        "plan step's allow), or `harness rehearse` fails:\n" + shown
+    )

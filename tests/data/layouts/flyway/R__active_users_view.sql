@@ -1,0 +1,2 @@
+CREATE OR REPLACE VIEW active_users AS
+    SELECT id, email, name FROM users;

@@ -1,0 +1,7 @@
+-- Revert harness_sample:users from pg
+
+BEGIN;
+
+DROP TABLE IF EXISTS users;
+
+COMMIT;
