@@ -242,25 +242,52 @@ def _print_outcome(out: TextIO, item_id: str, outcome: Any) -> None:
 
 
 def _lint(args: argparse.Namespace) -> int:
-    from . import lint
+    """Lint files or migration folders (any layout), honouring the plan's per-step ``allow``."""
+    import dataclasses
+
+    from . import layouts, lint
 
     plan = _load_plan(args.plan) if args.plan else None
-    paths: list[Path] = []
     inputs = [Path(p) for p in args.paths] or [plan.migrations_dir if plan else Path("migrations")]
+    findings: list[Any] = []
+    files = 0
     for path in inputs:
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.glob("*.sql") if not p.name.endswith(".down.sql")))
-        elif path.exists():
-            paths.append(path)
-        else:
+        if not path.exists():
             raise ConfigError(f"{path}: no such file or directory")
-    findings = lint.lint_files(paths)
+        if not path.is_dir():
+            findings += lint.lint_files([path])
+            files += 1
+            continue
+        own = plan is not None and path.resolve() == plan.migrations_dir.resolve()
+        migrations, quirks = layouts.read_folder(
+            path, plan.layout if own else "auto", substitutions=plan.substitutions if own else ()
+        )
+        files += len(migrations)
+        if all(m.path.read_text(encoding="utf-8") == m.sql for m in migrations):
+            # Plain files: lint them as a history, so later files know what earlier ones created.
+            by_path = {str(m.path): m for m in migrations}
+            found = lint.lint_files([m.path for m in migrations], in_transaction=lambda p: by_path[str(p)].transactional)
+        else:  # substituted text or sections of a file (dbmate, goose, ...): lint what will run
+            found = [f for m in migrations for f in lint.lint_sql(m.sql, str(m.path), in_transaction=m.transactional)]
+        if own:
+            steps = {str(m.path): plan.step_for(m.id, m.version) for m in migrations}
+            found = [
+                dataclasses.replace(f, allowed=steps[f.path].reason or "acknowledged in the plan")
+                if f.path in steps and f.rule in steps[f.path].allow and not f.allowed else f
+                for f in found
+            ]
+        findings += found
+        findings += [
+            lint.Finding(rule=q.rule, severity=q.severity, message=q.message, advice=q.advice, path=str(q.path),
+                         line=q.line, column=q.column, statement="")
+            for q in quirks
+        ]
     text = lint.format_findings(findings, args.format)
     if text:
         print(text)
     errors = [f for f in findings if f.severity == "error" and not f.allowed]
     if args.format == "text":
-        print(f"{len(paths)} files, {len(findings)} findings, {len(errors)} errors", file=sys.stderr)
+        print(f"{files} files, {len(findings)} findings, {len(errors)} errors", file=sys.stderr)
     return EXIT_FAILED if errors else EXIT_OK
 
 
@@ -278,8 +305,8 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _layout_handlers() -> dict[str, Any]:
-    """``adopt``, and ``status``/``lint`` extended for foreign layouts and history tables."""
-    return {"adopt": _adopt, "status": _status_with_foreign, "lint": _lint_with_layouts}
+    """``adopt``, and ``status`` extended for foreign history tables."""
+    return {"adopt": _adopt, "status": _status_with_foreign}
 
 
 def _status_with_foreign(args: argparse.Namespace) -> int:
@@ -356,54 +383,6 @@ def _adopt(args: argparse.Namespace) -> int:
     if result.already:
         print(f"{len(result.already)} already recorded in harness.schema_migrations")
     return EXIT_OK
-
-
-def _lint_with_layouts(args: argparse.Namespace) -> int:
-    """``lint``, reading foreign layouts as their tool does and adding their quirks as findings."""
-    from . import layouts, lint
-
-    plan = _load_plan(args.plan) if args.plan else None
-    inputs = [Path(p) for p in args.paths] or [plan.migrations_dir if plan else Path("migrations")]
-
-    def layout_of(directory: Path) -> str:
-        if plan is not None and plan.layout != "auto" and directory.resolve() == plan.migrations_dir.resolve():
-            return str(plan.layout)
-        return layouts.detect_layout(directory)
-
-    kinds = {path: layout_of(path) for path in inputs if path.is_dir()}
-    if all(kind in ("native", "supabase") for kind in kinds.values()):
-        return _lint(args)
-    findings: list[Any] = []
-    files = 0
-    substitutions = plan.substitutions if plan is not None else ()
-    for path in inputs:
-        if path.is_dir() and kinds[path] not in ("native", "supabase"):
-            migrations, quirks = layouts.read_folder(path, kinds[path], substitutions=substitutions)
-            for migration in migrations:
-                findings += lint.lint_sql(migration.sql, str(migration.path), in_transaction=migration.transactional)
-            files += len(migrations)
-            findings += [
-                lint.Finding(rule=q.rule, severity=q.severity, message=q.message, advice=q.advice, path=str(q.path),
-                             line=q.line, column=q.column, statement="")
-                for q in quirks
-            ]
-        elif path.is_dir():
-            paths = sorted(p for p in path.glob("*.sql") if not p.name.endswith(".down.sql"))
-            findings += lint.lint_files(paths)
-            files += len(paths)
-        elif path.exists():
-            findings += lint.lint_files([path])
-            files += 1
-        else:
-            raise ConfigError(f"{path}: no such file or directory")
-    text = lint.format_findings(findings, args.format)
-    if text:
-        print(text)
-    errors = [f for f in findings if f.severity == "error" and not f.allowed]
-    if args.format == "text":
-        print(f"{files} files, {len(findings)} findings, {len(errors)} errors", file=sys.stderr)
-    return EXIT_FAILED if errors else EXIT_OK
-
 
 
 # ---------------------------------------------------------------------- new, generate, check-schema

@@ -1289,7 +1289,9 @@ def _on_transaction(lint: _Linter, stmt: ast.TransactionStmt) -> None:
     if kind in (TK.TRANS_STMT_BEGIN, TK.TRANS_STMT_START):
         if lint.open_begin is not None:
             lint.add("nested-transaction", "BEGIN while the file's transaction is already open")
-        elif lint.options.in_transaction:
+        elif lint.options.in_transaction and _skip_trivia(lint.text, 0, lint.stmt_start) != lint.stmt_start:
+            # A BEGIN that opens the file is the usual BEGIN ... COMMIT wrapper,
+            # which the harness recognises and runs as its own transaction.
             lint.add("nested-transaction",
                      "BEGIN inside the transaction the harness runs this migration in; "
                      "the file's COMMIT will end the harness's transaction early",

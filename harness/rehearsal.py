@@ -432,7 +432,7 @@ class Rehearsal:
     def _run_up(self, index: int) -> None:
         """Run migration *index*'s up statements; measure its locks when its ``locks`` item is on."""
         migration = self.migrations[index]
-        if not self.configs[migration.id].locks.enabled:
+        if not self.configs[migration.id].locks.enabled or index <= self._baseline:
             run_statements(self.conn, migration.statements, migration.path)
             return
         step = self._steps[index]

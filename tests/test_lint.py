@@ -251,9 +251,11 @@ def test_statement_is_shortened() -> None:
 
 
 def test_transactions_in_file_and_harness() -> None:
-    # the harness's own transaction makes a BEGIN in the file a (warning-level) nesting
-    [nested] = only(lint_sql("BEGIN;\nSELECT 1;\nCOMMIT;", "m.sql"), "nested-transaction")
-    assert nested.severity == "warning"
+    # a file that opens with BEGIN wraps itself: the harness runs that as its own transaction
+    assert not only(lint_sql("-- wrapper\nBEGIN;\nSELECT 1;\nCOMMIT;", "m.sql"), "nested-transaction")
+    # a BEGIN later in the file nests inside the harness's transaction (a warning)
+    [nested] = only(lint_sql("SELECT 0;\nBEGIN;\nSELECT 1;\nCOMMIT;", "m.sql"), "nested-transaction")
+    assert nested.severity == "warning" and nested.line == 2
     # COMMIT without BEGIN ends the harness's transaction: an error
     [commit] = only(lint_sql("SELECT 1;\nCOMMIT;", "m.sql"), "commit-without-begin")
     assert commit.severity == "error" and commit.line == 2
