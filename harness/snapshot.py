@@ -119,18 +119,20 @@ _RESTORE_SQL = "SELECT " + ", ".join(
 # obj_description/col_description do, without a function call per row).
 #
 # What keeps it cheap (each measured on a schema of 400 objects):
-# - objects created after initdb have OIDs >= 16384 (FirstNormalObjectId; OID
-#   wraparound skips the range below), so when no pg_description row has such
-#   an OID (one index probe, ``flags``) no object made by a user has a
-#   comment and the per-object lookup is skipped;
+# - an object's comment is looked up only if its OID is below 16384 or some
+#   comment is on an OID from 16384 up (one index probe, ``flags``): exact
+#   either way, and cheap because PostgreSQL's own comments are all on OIDs
+#   below 16384 (FirstNormalObjectId) while user-made objects get OIDs above;
 # - extension members come from the pg_depend rows that point at an
 #   extension (index on refclassid), read once;
-# - functions and standalone types are found through their dependency on
-#   their schema (recorded for every schema but the pinned pg_catalog and
-#   pg_toast) instead of a scan of all of pg_proc and pg_type;
+# - functions and standalone types (enum, domain, range, composite) are found
+#   through the dependency on their schema that PostgreSQL records for each
+#   of them (for every schema that is not pinned: all but pg_catalog and
+#   pg_toast, which a snapshot leaves out anyway), instead of a scan of all
+#   of pg_proc and pg_type;
 # - columns are read per table through the pg_attribute index (LATERAL).
 
-_FIRST_NORMAL_OID = 16384
+_FIRST_NORMAL_OID = 16384  # FirstNormalObjectId
 
 _ACL = (
     "CASE WHEN {acl} IS NULL THEN NULL "
@@ -241,12 +243,13 @@ rel AS MATERIALIZED (
 ),
 att AS MATERIALIZED (
     SELECT r.oid AS relid, r.q AS relq, a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
-           a.attidentity, a.attgenerated, a.attcollation, a.attacl, a.atthasdef
+           a.attidentity, a.attgenerated, a.attcollation, a.attacl
     FROM rel r CROSS JOIN LATERAL (
         SELECT * FROM pg_attribute a
         WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped OFFSET 0) a
     WHERE r.relkind IN ('r', 'p', 'f')
 ),
+-- A partition has exactly one parent ("parent"); other tables any number.
 inh AS MATERIALIZED (
     SELECT i.inhrelid,
            json_agg(quote_ident(pn.nspname) || '.' || quote_ident(pc.relname) ORDER BY i.inhseqno) AS parents,
@@ -319,7 +322,7 @@ objects(o) AS (
         {_comment('a.relid', 'pg_class', 'a.attnum')},
         'column ' || a.relq || '.' || quote_ident(a.attname))
     FROM att a
-    LEFT JOIN pg_attrdef ad ON a.atthasdef AND ad.adrelid = a.relid AND ad.adnum = a.attnum
+    LEFT JOIN pg_attrdef ad ON ad.adrelid = a.relid AND ad.adnum = a.attnum
 
     UNION ALL
     -- NOT NULL constraints (pg_constraint rows since PostgreSQL 18) are
