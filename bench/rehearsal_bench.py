@@ -55,7 +55,8 @@ def generate(root: Path, count: int) -> Path:
     (plans / "bench.yaml").write_text(
         "migrations: migrations/\n"
         "rehearsal: {provider: embedded}\n"
-        "defaults: {idempotent: true, rollback: true, backward_compatible: true, lint: false}\n"
+        "defaults: {idempotent: true, rollback: true, backward_compatible: true, lint: false, locks: false}\n"
+        "chain_rollback: false\n"
     )
     return plans / "bench.yaml"
 

@@ -252,6 +252,10 @@ class Plan:
     schema: Path | None = None
     #: Rehearse a plan-level ``schema_matches`` item: the migrations must produce exactly ``schema``.
     schema_matches: bool = False
+    #: Rehearse a plan-level ``chain_rollback`` item (``None``: when any step asks for rollback).
+    chain_rollback: bool | None = None
+    #: How column order differences after a down count: ``error`` or ``warn``.
+    column_order: str = "error"
 
     def _matches(self, migration_id: str, version: str) -> list[StepConfig]:
         return [s for s in self.steps if s.migration in (migration_id, version)]
@@ -1236,6 +1240,14 @@ _PLAN = _Obj(
             "Rehearse a plan-level schema_matches item: the migrations must produce exactly the desired schema "
             "(needs schema)."
         ),
+        "chain_rollback": _Bool(
+            "Rehearse a plan-level chain_rollback item: every down from head back to the base (or baseline), each "
+            "compared with the state it must restore. Default: on when any step has rollback."
+        ),
+        "column_order": _Str(
+            "How a column order difference after a down counts (it is visible to SELECT * and COPY): error or warn.",
+            enum=("error", "warn"),
+        ),
         "target": _Obj(
             {"dsn": _Str("Connection string of the database apply migrates.", dsn=True)},
             "The database apply migrates; absent: a local development database managed by the harness.",
@@ -1738,6 +1750,8 @@ def _build(doc: _Map, *, path: Path, display: str, cwd: Path, sha: str, ctx: _Ct
         baseline=doc.get("baseline"),
         schema=_desired_schema(doc, b),
         schema_matches=bool(doc.get("schema_matches", False)),
+        chain_rollback=doc.get("chain_rollback"),
+        column_order=doc.get("column_order", "error"),
         display_path=display,
     )
 

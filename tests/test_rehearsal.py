@@ -324,3 +324,20 @@ def test_chain_rollback_passes_and_reports_column_order(pg_server: Server, tmp_p
     assert status == FAILED
     assert "column order differs" in message and "2_drop" in message
     assert results["3_c::rollback"][0] == PASSED
+
+
+def test_column_order_can_be_a_warning_and_chain_can_be_turned_off(pg_server: Server, tmp_path: Path) -> None:
+    migrations = {
+        "1_t.sql": "CREATE TABLE IF NOT EXISTS t (a int, b int);",
+        "1_t.down.sql": "DROP TABLE IF EXISTS t;",
+        "2_drop.sql": "ALTER TABLE t DROP COLUMN IF EXISTS a;",
+        "2_drop.down.sql": "ALTER TABLE t ADD COLUMN IF NOT EXISTS a int;",
+    }
+    plan = "defaults: {idempotent: false, rollback: false, backward_compatible: false, lint: false}\n"
+    results = rehearse(pg_server, make_project(tmp_path, migrations, plan + "chain_rollback: true\ncolumn_order: warn\n"))
+    status, message = results["chain_rollback"]
+    assert status == PASSED and "warning: column order differs" in message
+    other = tmp_path / "off"
+    other.mkdir()
+    results = rehearse(pg_server, make_project(other, migrations, DEFAULTS + "chain_rollback: false\n"))
+    assert "chain_rollback" not in results
