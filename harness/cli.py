@@ -112,12 +112,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler main() installs: writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    Installed once per process (issue 7): calling main() again (tests, the
+    Python API) finds it instead of adding a second one that would print
+    every log line twice; and it follows pytest's per-test ``sys.stderr``
+    instead of holding on to a closed one.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always the current sys.stderr
+
+
 def _setup_logging(verbose: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ScrubFilter())
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.addFilter(ScrubFilter())
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     root.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
 
 
@@ -129,32 +148,45 @@ def _emit(data: Any, out: TextIO | None = None) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import psycopg
-
     from . import history
-    from .sources import load_migrations
+    from .runner import read_status  # the Python API's status (issue 7): one code path
 
     plan = _load_plan(args.plan) if args.plan else None
-    dsn = args.dsn or (plan.target_dsn if plan else None) or os.environ.get("DATABASE_URL")
-    if not dsn:
-        raise ConfigError(
-            "no database to inspect: give --dsn, set DATABASE_URL, or name a plan with a target"
-        )
-    register_dsn(dsn)
-    directory = Path(args.migrations) if args.migrations else (plan.migrations_dir if plan else Path("migrations"))
-    migrations = load_migrations(directory)
+    dsn, note = _status_database(args, plan)
+    migrations = _status_migrations(args, plan)
     where = describe_dsn(dsn)
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-            applied = history.read_applied(conn)
-    except psycopg.OperationalError as exc:
-        raise ConfigError(f"cannot connect to {where}: {_first_line(exc)}") from None
-    status = history.compute_status(migrations, applied)
+    status = read_status(dsn, migrations)
     if args.json:
-        _emit({"database": where, **status.to_dict()})
+        _emit({"database": where, **({"note": note} if note else {}), **status.to_dict()})
     else:
+        if note:
+            print(scrub(f"({note})"))
         print(scrub(history.format_status(status, where=where)))
     return EXIT_OK if status.ok else EXIT_FAILED
+
+
+def _status_database(args: argparse.Namespace, plan: Any) -> tuple[str, str | None]:
+    """The database ``status`` inspects: --dsn, the plan's target, its running dev-db; no plan: $DATABASE_URL."""
+    if plan is not None:
+        from .runner import status_target
+
+        dsn, note = status_target(plan, args.dsn)
+    else:
+        given = args.dsn or os.environ.get("DATABASE_URL")
+        if not given:
+            raise ConfigError("no database to inspect: give --dsn, set DATABASE_URL, or name a plan with a target")
+        dsn, note = given, None
+    register_dsn(dsn)
+    return dsn, note
+
+
+def _status_migrations(args: argparse.Namespace, plan: Any) -> list[Any]:
+    """The migrations ``status`` compares with: --migrations DIR, else the plan's (layout, substitutions)."""
+    from .sources import load_migrations, load_plan_migrations
+
+    if args.migrations or plan is None:
+        return load_migrations(Path(args.migrations) if args.migrations else Path("migrations"))
+    return load_plan_migrations(plan)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -172,56 +204,26 @@ def _load_plan(name: str) -> Any:
 
 
 def _rehearse(args: argparse.Namespace) -> int:
-    from .postgres import start_server
-    from .rehearsal import FAILED, PASSED, SKIPPED, Rehearsal
+    """``harness rehearse``: a thin wrapper over :func:`harness.runner.rehearse_plan` (the Python API's engine)."""
+    from .runner import rehearse_plan
 
     plan = _load_plan(args.plan)
-    provider = args.provider or plan.rehearsal.provider
-    dsn = args.rehearsal_dsn or plan.rehearsal.dsn
-    servers: list[Any] = []
 
-    def factory() -> Any:
-        servers.append(start_server(provider, plan.rehearsal.postgres, dsn))
-        return servers[0]
+    def show(item: Any, outcome: Any) -> None:
+        if not args.json:
+            _print_outcome(sys.stdout, item.id, outcome)
 
-    t0 = time.perf_counter()
-    report: list[dict[str, Any]] = []
-    counts = {PASSED: 0, FAILED: 0, SKIPPED: 0}
-    receipt = None
-    out = sys.stdout
-    try:
-        with Rehearsal(plan, factory) as rehearsal:
-            items = rehearsal.items()
-            if args.select:
-                items = [i for i in items if args.select in i.id]
-            for item in items:
-                outcome = rehearsal.run(item)
-                counts[outcome.status] += 1
-                report.append(
-                    {"id": f"{plan.name}::{item.id}", "status": outcome.status, "message": outcome.message,
-                     "duration": round(outcome.duration, 4)}
-                )
-                if not args.json:
-                    _print_outcome(out, item.id, outcome)
-                if args.exitfirst and outcome.status == FAILED:
-                    break
-            complete = not args.select and counts[FAILED] == 0 and counts[SKIPPED] == 0 and len(report) == len(items)
-            if complete:
-                receipt = rehearsal.write_receipt()
-    finally:
-        for server in servers:
-            server.stop()
-    elapsed = time.perf_counter() - t0
-    status = EXIT_FAILED if counts[FAILED] else EXIT_OK
+    result = rehearse_plan(
+        plan, provider=args.provider, dsn=args.rehearsal_dsn, select=args.select, exitfirst=args.exitfirst,
+        on_item=show,
+    )
     if args.json:
-        _emit({"plan": plan.name, "passed": counts[PASSED], "failed": counts[FAILED], "skipped": counts[SKIPPED],
-               "seconds": round(elapsed, 3), "receipt": str(receipt) if receipt else None, "items": report})
+        _emit(result.to_dict())
     else:
-        summary = f"{counts[PASSED]} passed, {counts[FAILED]} failed, {counts[SKIPPED]} skipped in {elapsed:.2f}s"
-        print(summary)
-        if receipt:
-            print(f"receipt: {receipt}")
-    return status
+        print(result.summary())
+        if result.receipt:
+            print(f"receipt: {result.receipt}")
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
@@ -263,12 +265,20 @@ def _lint(args: argparse.Namespace) -> int:
             path, plan.layout if own else "auto", substitutions=plan.substitutions if own else ()
         )
         files += len(migrations)
+        settings: dict[str, Any] = (
+            {"severities": plan.lint_severity, "require_lock_timeout": plan.require_lock_timeout} if own else {}
+        )
         if all(m.path.read_text(encoding="utf-8") == m.sql for m in migrations):
             # Plain files: lint them as a history, so later files know what earlier ones created.
             by_path = {str(m.path): m for m in migrations}
-            found = lint.lint_files([m.path for m in migrations], in_transaction=lambda p: by_path[str(p)].transactional)
+            found = lint.lint_files(
+                [m.path for m in migrations], in_transaction=lambda p: by_path[str(p)].transactional, **settings
+            )
         else:  # substituted text or sections of a file (dbmate, goose, ...): lint what will run
-            found = [f for m in migrations for f in lint.lint_sql(m.sql, str(m.path), in_transaction=m.transactional)]
+            found = [
+                f for m in migrations
+                for f in lint.lint_sql(m.sql, str(m.path), in_transaction=m.transactional, **settings)
+            ]
         if own:
             steps = {str(m.path): plan.step_for(m.id, m.version) for m in migrations}
             found = [
@@ -317,19 +327,13 @@ def _status_with_foreign(args: argparse.Namespace) -> int:
     import psycopg
 
     from . import adopt
-    from .sources import load_migrations
 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         code = _status(args)  # validates the arguments and reports the harness's own history
     plan = _load_plan(args.plan) if args.plan else None
-    dsn = args.dsn or (plan.target_dsn if plan else None) or os.environ.get("DATABASE_URL")
-    assert dsn is not None  # _status refused to run without one
-    if args.migrations or plan is None:
-        directory = Path(args.migrations) if args.migrations else Path("migrations")
-        migrations = load_migrations(directory)
-    else:
-        migrations = load_migrations(plan.migrations_dir, layout=plan.layout, substitutions=plan.substitutions)
+    dsn, _note = _status_database(args, plan)  # the same database _status showed
+    migrations = _status_migrations(args, plan)
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         matches = [adopt.match_history(h, migrations) for h in adopt.read_foreign_histories(conn)]
     if any(m.problems for m in matches):

@@ -35,6 +35,7 @@ import yaml
 
 from .errors import PlanError
 from .redact import register_dsn, register_secret
+from .lint import RULES
 
 __all__ = [
     "Check",
@@ -256,6 +257,10 @@ class Plan:
     chain_rollback: bool | None = None
     #: How column order differences after a down count: ``error`` or ``warn``.
     column_order: str = "error"
+    #: Lint severity per rule id (``error``, ``warning`` or ``off``), overriding the rule's own.
+    lint_severity: Mapping[str, str] = field(default_factory=dict)
+    #: Lint: flag lock-taking statements on existing objects before ``SET lock_timeout``.
+    require_lock_timeout: bool = False
 
     def _matches(self, migration_id: str, version: str) -> list[StepConfig]:
         return [s for s in self.steps if s.migration in (migration_id, version)]
@@ -777,9 +782,11 @@ class _Str(_Node):
         pattern_hint: str = "",
         dsn: bool = False,
         def_name: str | None = None,
+        enum_hint: str = "",
     ) -> None:
         super().__init__(description, def_name=def_name)
         self.enum = tuple(enum)
+        self.enum_hint = enum_hint
         self.planned = tuple(planned)
         self.pattern = pattern
         self.pattern_hint = pattern_hint
@@ -808,6 +815,10 @@ class _Str(_Node):
         if not text:
             return ctx.error(line, where, f"must not be empty (got {shown})")
         if self.enum and text not in self.enum:
+            if self.enum_hint:  # a long list (lint rule ids): suggest instead of listing
+                close = difflib.get_close_matches(text, self.enum, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else f" ({self.enum_hint})"
+                return ctx.error(line, where, f"{shown} is not a known value{hint}")
             later = f"; {text} is planned but not supported yet" if text in self.planned and not used else ""
             return ctx.error(line, where, f"expected one of {', '.join(self.enum)}, got {shown}{later}")
         if self.pattern and not re.search(self.pattern, text):
@@ -1128,6 +1139,21 @@ _CHECK = _Obj(
 )
 
 _ALLOW = _List(_Str(), "Codes acknowledged (not failures).")
+_LINT_RULES = tuple(sorted(RULES))
+_LINT = _Obj(
+    {
+        "severity": _Obj(
+            # YAML reads a bare `off` as false: accept both.
+            {rule: _Literal({"error": "error", "warning": "warning", "off": "off", False: "off"}, RULES[rule].summary)
+             for rule in _LINT_RULES},
+            "Severity per lint rule id: error, warning or off (see docs/lint.md).",
+        ),
+        "require_lock_timeout": _Bool(
+            "Flag a migration that takes a lock on an existing object before SET lock_timeout."
+        ),
+    },
+    "Lint settings for the whole plan.",
+)
 
 _COMPAT = _Obj(
     {
@@ -1168,7 +1194,7 @@ _STEP_FIELDS: dict[str, _Node] = {
     "lint": _Bool("Run the static lint rules on the migration."),
     "checks": _List(_CHECK, "SQL checks run after the migration."),
     "preserve_rows": _Bool("Row counts of pre-existing tables must not change (needs seed data)."),
-    "allow": _List(_Str(), "Lint rule ids acknowledged."),
+    "allow": _List(_Str(enum=_LINT_RULES, enum_hint="rule ids are listed in docs/lint.md"), "Lint rule ids acknowledged."),
     "reason": _Str("Why the acknowledged findings are fine; printed with them."),
     "locks": _Union(
         _Bool(),
@@ -1240,6 +1266,7 @@ _PLAN = _Obj(
             "Rehearse a plan-level schema_matches item: the migrations must produce exactly the desired schema "
             "(needs schema)."
         ),
+        "lint": _LINT,
         "chain_rollback": _Bool(
             "Rehearse a plan-level chain_rollback item: every down from head back to the base (or baseline), each "
             "compared with the state it must restore. Default: on when any step has rollback."
@@ -1752,6 +1779,8 @@ def _build(doc: _Map, *, path: Path, display: str, cwd: Path, sha: str, ctx: _Ct
         schema_matches=bool(doc.get("schema_matches", False)),
         chain_rollback=doc.get("chain_rollback"),
         column_order=doc.get("column_order", "error"),
+        lint_severity=dict(doc.get("lint", {}).get("severity", {})),
+        require_lock_timeout=bool(doc.get("lint", {}).get("require_lock_timeout", False)),
         display_path=display,
     )
 

@@ -416,6 +416,8 @@ class Rehearsal:
             allow=cfg.allow,
             allow_reason=cfg.reason,
             in_transaction=migration.transactional,
+            severities=self.plan.lint_severity,
+            require_lock_timeout=self.plan.require_lock_timeout,
         )
         errors = [f for f in findings if f.severity == "error" and not f.allowed]
         shown = lint_mod.format_findings(findings)

@@ -170,7 +170,7 @@ def test_step_for_merges_step_over_defaults(tmp_path: Path) -> None:
             idempotent: true
             lint: false
             checks: [{name: mine, sql: SELECT 2, expect: 2}]
-            allow: [other-rule]
+            allow: [drop-column]
             backward_compatible: {allow: [table-dropped]}
           - migration: 0003
             backward_compatible: false
@@ -181,7 +181,7 @@ def test_step_for_merges_step_over_defaults(tmp_path: Path) -> None:
     assert b.migration == "0002_b" and b.line == 8
     assert (b.idempotent, b.lint, b.rollback) == (True, False, True)
     assert [c.name for c in b.checks] == ["always", "mine"]
-    assert b.allow == ("index-not-concurrent", "other-rule")
+    assert b.allow == ("index-not-concurrent", "drop-column")
     assert b.backward_compatible.allow == ("column-dropped", "table-dropped")
     assert [q.sql for q in b.backward_compatible.queries] == ["SELECT 1"]
 
@@ -672,7 +672,7 @@ def test_schema_is_draft_2020_12() -> None:
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
         "name", "root", "migrations", "layout", "substitutions", "baseline", "target", "mode", "rehearsal",
-        "defaults", "steps", "guards", "health", "backup", "hooks", "schema", "schema_matches", "chain_rollback", "column_order",
+        "defaults", "steps", "guards", "health", "backup", "hooks", "schema", "schema_matches", "chain_rollback", "column_order", "lint",
     }
 
 
@@ -721,3 +721,23 @@ def test_docs_mention_every_key() -> None:
     walk(schema)
     missing = sorted(k for k in keys if f"`{k}`" not in docs)
     assert missing == []
+
+
+def test_lint_settings_and_unknown_rule_ids(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    plan = tmp_path / "p.yaml"
+    plan.write_text(
+        "migrations: migrations/\n"
+        "lint:\n  severity: {prefer-jsonb: error, drop-column: off}\n  require_lock_timeout: true\n"
+    )
+    loaded = load_plan(plan)
+    assert loaded.lint_severity == {"prefer-jsonb": "error", "drop-column": "off"}
+    assert loaded.require_lock_timeout is True
+    plan.write_text("migrations: migrations/\ndefaults:\n  allow: [index-not-concurent]\n")
+    with pytest.raises(PlanError) as info:
+        load_plan(plan)
+    assert "p.yaml:3" in str(info.value) and "did you mean index-not-concurrent?" in str(info.value)
+    plan.write_text("migrations: migrations/\nlint: {severity: {prefer-jsonb: fatal}}\n")
+    with pytest.raises(PlanError) as info:
+        load_plan(plan)
+    assert "lint.severity.prefer-jsonb: expected error, warning, off or false" in str(info.value)

@@ -341,3 +341,16 @@ def test_column_order_can_be_a_warning_and_chain_can_be_turned_off(pg_server: Se
     other.mkdir()
     results = rehearse(pg_server, make_project(other, migrations, DEFAULTS + "chain_rollback: false\n"))
     assert "chain_rollback" not in results
+
+
+def test_lint_item_honours_plan_severities(pg_server: Server, tmp_path: Path) -> None:
+    migrations = {
+        "1_users.sql": USERS,
+        "1_users.down.sql": USERS_DOWN,
+        "2_idx.sql": "CREATE INDEX IF NOT EXISTS users_email_idx ON users (email);",
+        "2_idx.down.sql": "DROP INDEX IF EXISTS users_email_idx;",
+    }
+    plan = "defaults: {idempotent: false, rollback: false, lint: true}\nlint: {severity: {index-not-concurrent: warning}}\n"
+    results = rehearse(pg_server, make_project(tmp_path, migrations, plan))
+    status, message = results["2_idx::lint"]
+    assert status == PASSED and "warning index-not-concurrent" in message
