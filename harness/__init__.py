@@ -20,6 +20,9 @@ __all__ = [
     "take_snapshot",
     "diff_snapshots",
     "lint_sql",
+    "ProductionMigrationRunner",
+    "DevelopmentMigrationRunner",
+    "rehearse_plan",
 ]
 
 _EXPORTS = {
@@ -32,6 +35,9 @@ _EXPORTS = {
     "take_snapshot": "harness.snapshot",
     "diff_snapshots": "harness.snapshot",
     "lint_sql": "harness.lint",
+    "ProductionMigrationRunner": "harness.runner",
+    "DevelopmentMigrationRunner": "harness.runner",
+    "rehearse_plan": "harness.runner",
 }
 
 

@@ -10,7 +10,10 @@ phases, each logged with its timing (see :mod:`harness.runlog`):
    rehearsal receipt, unless ``--force`` (logged as a WARNING);
 3. **lock**: the migration run lock (``guards.lock_wait``), held to the end;
 4. **status**: refuse a history with changed, missing or failed migrations
-   (production; development warns about changed and missing ones);
+   (production; development warns about changed and missing ones), and a
+   foreign history (another tool's table) that is dirty, failed, mismatched
+   or not adopted yet; decide whether the plan's ``baseline`` is recorded
+   instead of run (an empty history on a non-empty schema);
 5. **drift** (production): the target's schema must be the rehearsed schema
    at the target's current version;
 6. **backup** (production): ``pg_dump`` archive verified before any change,
@@ -19,7 +22,9 @@ phases, each logged with its timing (see :mod:`harness.runlog`):
    statements (in a transaction with ``SET LOCAL lock_timeout`` and
    ``statement_timeout``, the history row in the same transaction;
    non-transactional migrations statement by statement with progress in
-   ``harness.apply_progress``), post_migration hooks.  Lock timeouts,
+   ``harness.apply_progress``; a ``-- harness:batch`` statement in key-range
+   batches, each its own transaction, with progress in
+   ``harness.batch_progress``), post_migration hooks.  Lock timeouts,
    deadlocks, serialization failures and lost connections are retried with
    backoff; any other error rolls back and stops the run;
 8. **verify** (production with a receipt): the schema must equal the
@@ -52,7 +57,8 @@ from typing import Any, TextIO, TypeVar
 import psycopg
 from psycopg import sql
 
-from . import history
+from . import adopt, history
+from .batch import BatchSpec, BatchState, next_batch, resolve_target
 from .backup import BackupInfo, prune_backups, take_backup, touched_tables
 from .errors import (
     BackupError,
@@ -70,13 +76,14 @@ from .receipt import Receipt, read_receipt, receipt_path, verify_receipt
 from .redact import describe_dsn, register_dsn, scrub
 from .runlog import RunLog, ensure_private_dir, utc_stamp
 from .snapshot import Snapshot, diff_snapshots, format_changes, take_snapshot
-from .sources import Migration, Statement, load_migrations
+from .sources import Migration, Statement, baseline_index, load_plan_migrations
 
 __all__ = [
     "ApplyOptions",
     "ApplyResult",
     "apply_plan",
     "PROGRESS_TABLE",
+    "BATCH_PROGRESS_TABLE",
     "RETRYABLE_SQLSTATES",
 ]
 
@@ -86,6 +93,12 @@ T = TypeVar("T")
 
 #: Where statement-by-statement progress of non-transactional migrations is kept.
 PROGRESS_TABLE = "apply_progress"
+
+#: Where the progress of a batched statement (``-- harness:batch``) is kept: the last key done, rows, batches.
+BATCH_PROGRESS_TABLE = "batch_progress"
+
+#: A console progress line every this many batches (and for the first and the last).
+BATCH_REPORT_EVERY = 10
 
 #: Errors worth another try: the statement may succeed once the other session is done.
 RETRYABLE_SQLSTATES = {
@@ -111,6 +124,21 @@ _CREATE_PROGRESS = sql.SQL(
 )"""
 ).format(_PROGRESS)
 
+_BATCH_PROGRESS = sql.SQL("{}.{}").format(sql.Identifier(history.SCHEMA), sql.Identifier(BATCH_PROGRESS_TABLE))
+_CREATE_BATCH_PROGRESS = sql.SQL(
+    """CREATE TABLE IF NOT EXISTS {} (
+    version          text NOT NULL,
+    checksum         text NOT NULL,
+    statement_index  integer NOT NULL,
+    line             integer NOT NULL,
+    last_key         text NOT NULL,
+    rows             bigint NOT NULL,
+    batches          integer NOT NULL,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (version, statement_index)
+)"""
+).format(_BATCH_PROGRESS)
+
 
 # --------------------------------------------------------------------------
 # Public objects
@@ -124,7 +152,7 @@ class ApplyOptions:
     force: bool = False  # skip the receipt gate (logged as a WARNING)
     mode: str | None = None  # "development" or "production"; default: the plan's
     yes: bool = False  # do not ask for confirmation (production)
-    hooks: Mapping[str, Sequence[PythonHook]] = field(default_factory=dict)  # extra callables per event
+    hooks: Mapping[str, Sequence[PythonHook | Hook]] = field(default_factory=dict)  # extra hooks per event, after the plan's
     target: str | None = field(default=None, repr=False)  # override the plan's target DSN
 
 
@@ -136,6 +164,7 @@ class ApplyResult:
     mode: str
     database: str = "?"
     applied: list[str] = field(default_factory=list)  # applied by this run, in order
+    baselined: list[str] = field(default_factory=list)  # recorded as applied (mode baseline) without running
     skipped: list[str] = field(default_factory=list)  # already applied before this run
     pending: list[str] = field(default_factory=list)  # still pending after this run
     rolled_back: list[str] = field(default_factory=list)
@@ -161,6 +190,7 @@ class ApplyResult:
             "dry_run": self.dry_run,
             "forced": self.forced,
             "applied": self.applied,
+            "baselined": self.baselined,
             "skipped": self.skipped,
             "pending": self.pending,
             "rolled_back": self.rolled_back,
@@ -216,6 +246,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _batches(n: int) -> str:
+    return f"{n} batch{'' if n == 1 else 'es'}"
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return scrub(lines[0]) if lines else type(exc).__name__
@@ -252,8 +286,13 @@ class _Run:
             raise ConfigError(f"unknown mode {self.mode!r}; use development or production")
         self.guards = plan.guards
         self.production = self.mode == "production"
-        self.migrations = load_migrations(plan.migrations_dir, target_major=plan.rehearsal.postgres)
+        # The plan says how to read its folder: layout and substitutions (docs/layouts.md).
+        self.migrations = load_plan_migrations(plan)
         plan.bind([(m.id, m.version) for m in self.migrations])
+        # Index of the last migration the plan's baseline covers (-1: no baseline).
+        self.baseline_index = baseline_index(self.migrations, plan.baseline)
+        # Baseline migrations this run records as applied without running them (see _baseline).
+        self.baselined: list[Migration] = []
         self.result = ApplyResult(plan=plan.name, mode=self.mode, dry_run=options.dry_run, forced=options.force)
         self.runlog: RunLog | None = None
         self.dsn: str | None = None
@@ -540,7 +579,7 @@ class _Run:
             if self.production:
                 with rl.phase("drift"):
                     self._drift(status)
-            if not self.pending:
+            if not self.pending and not self.baselined:
                 rl.say(f"nothing to apply: all {len(self.migrations)} migrations are applied")
                 self._verify_and_health(nothing_applied=True)
                 self.result.ok = True
@@ -612,9 +651,12 @@ class _Run:
                 problems.append(text + "; restore the file from version control")
             else:
                 self.rl.warning(text)
+        problems += self._foreign_problems(conn)
+        self.baselined = self._baseline(conn, status)
+        pending = [m for m in status.pending if m not in self.baselined]
         applied_orders = [m.order for _, m in status.applied if m is not None]
         newest = max(applied_orders, default=None)
-        late = [m for m in status.pending if newest is not None and m.order < newest]
+        late = [m for m in pending if newest is not None and m.order < newest]
         if late:
             text = (
                 "out of order: " + ", ".join(m.id for m in late)
@@ -630,16 +672,82 @@ class _Run:
                 + "\n  - ".join(problems)
                 + f"\n(`harness status {self.plan.name}` shows the details)"
             )
-        self.pending = list(status.pending)
+        self.pending = pending
         self.result.pending = [m.id for m in self.pending]
         self.rl.say(f"  status: {len(status.applied)} applied, {len(self.pending)} pending")
+        if self.baselined:
+            self.rl.say(
+                f"  baseline: the history is empty but the schema is not: {len(self.baselined)} migrations up to "
+                f"{self.baselined[-1].id} (the plan's baseline) are taken as applied and will be recorded, not run"
+            )
+        elif self.baseline_index >= 0 and not status.applied:
+            self.rl.say("  baseline: the target's schema is empty: every migration runs, the baseline ones included")
         self.rl.event("status", applied=self.result.skipped, pending=self.result.pending)
         return status
+
+    def _foreign_problems(self, conn: psycopg.Connection[Any]) -> list[str]:
+        """What another tool's history table says that stops apply (docs/layouts.md, adopting).
+
+        A dirty, failed or mismatched foreign history blocks apply
+        (:func:`harness.adopt.blocking_problems`); so does one that lists
+        migrations as applied that our history does not have yet: running
+        them again would fail or, worse, repeat a data change.
+        """
+        layout = self.migrations[0].layout if self.migrations else self.plan.layout
+        problems = [f"{p} (foreign history)" for p in adopt.blocking_problems(conn, self.migrations, layout=layout)]
+        if problems:
+            return problems
+        adoption = adopt.plan_adoption(conn, self.migrations, layout=layout)
+        if adoption.to_record and adoption.source is not None:
+            h = adoption.source.history
+            ids = ", ".join(m.id for m in adoption.to_record[:5]) + (", ..." if len(adoption.to_record) > 5 else "")
+            problems.append(
+                f"{h.table} ({h.tool}) says {len(adoption.to_record)} migrations are applied that "
+                f"{history.SCHEMA}.{history.TABLE} does not list ({ids}); run `harness adopt {self.plan.name}` "
+                "first, so that apply does not run them a second time"
+            )
+        return problems
+
+    def _baseline(self, conn: psycopg.Connection[Any], status: history.Status[Migration]) -> list[Migration]:
+        """The migrations up to the plan's baseline that this run records as applied without running them.
+
+        Flyway's ``baselineOnMigrate``: a target with an empty history whose
+        schema is *not* empty already has everything up to the baseline (it
+        was built before the harness took over).  An empty schema is a fresh
+        database: every migration runs, the baseline ones included.  A target
+        that already has history rows is behind or up to date: migrations
+        missing from its history are pending like any other.  Production
+        checks the claim: the drift guard compares the schema with the
+        rehearsal's schema after the baseline.
+        """
+        if self.baseline_index < 0 or status.applied:
+            return []
+        if _schema_is_empty(conn):
+            return []
+        return list(self.migrations[: self.baseline_index + 1])
+
+    def _record_baseline(self) -> None:
+        """Record the baseline migrations as applied (mode ``baseline``), in one transaction."""
+        baselined = self.baselined
+
+        def attempt(conn: psycopg.Connection[Any], n: int) -> None:
+            with conn.transaction():
+                recorded = {r.version for r in history.read_applied(conn)}
+                for migration in baselined:
+                    if migration.version not in recorded:
+                        history.record_applied(conn, migration, execution_ms=0, mode="baseline")
+
+        self._retrying("recording the baseline", attempt)
+        self.result.baselined = [m.id for m in baselined]
+        self.rl.say(f"baseline: recorded {_plural(len(baselined), 'migration')} up to {baselined[-1].id} as applied "
+                    "(mode baseline); they were not run")
+        self.rl.event("baseline", migrations=self.result.baselined)
 
     def _drift(self, status: history.Status[Migration]) -> None:
         rl = self.rl
         conn = self._live()
-        index = len(status.applied) - 1
+        # With a baseline to record, the target must already look like the rehearsal after the baseline.
+        index = self.baseline_index if self.baselined else len(status.applied) - 1
         last = self.migrations[index].id if index >= 0 else None
         actual = take_snapshot(conn)
         self.snapshot = actual
@@ -689,15 +797,18 @@ class _Run:
         if bad:
             raise ConfigError(
                 f"guards.transaction is single, but {', '.join(m.id for m in bad)} cannot run inside a transaction "
-                "(CREATE INDEX CONCURRENTLY, VACUUM...); use transaction: per-migration, or apply those separately"
+                "(CREATE INDEX CONCURRENTLY, VACUUM..., or a statement marked -- harness:batch); use transaction: "
+                "per-migration, or apply those separately"
             )
 
     def _confirm(self) -> None:
         if not self.production or self.options.yes:
             return
+        baseline = (f" and record {_plural(len(self.baselined), 'baseline migration')} as applied"
+                    if self.baselined else "")
         question = (
             f"Apply {len(self.pending)} migration{'s' if len(self.pending) != 1 else ''} "
-            f"({', '.join(m.id for m in self.pending)}) to {self.where}? [y/N] "
+            f"({', '.join(m.id for m in self.pending)}){baseline} to {self.where}? [y/N] "
         )
         stdin = sys.stdin
         if stdin is None or not stdin.isatty():
@@ -721,6 +832,13 @@ class _Run:
         if not (exists and exists[0]):
             with conn.transaction():
                 conn.execute(_CREATE_PROGRESS)
+        if any(m.batches for m in self.pending):
+            exists = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", [f"{history.SCHEMA}.{BATCH_PROGRESS_TABLE}"]
+            ).fetchone()
+            if not (exists and exists[0]):
+                with conn.transaction():
+                    conn.execute(_CREATE_BATCH_PROGRESS)
 
     # -- backup
 
@@ -786,13 +904,19 @@ class _Run:
     # -- migrations
 
     def _migrate(self) -> None:
+        if self.baselined:
+            self._record_baseline()
         total = len(self.pending)
+        if not total:
+            return
         if self.guards.transaction == "single":
             self._migrate_single()
             return
         for number, migration in enumerate(self.pending, 1):
             self._run_hooks("pre_migration", migration)
-            kind = "in one transaction" if migration.transactional else "statement by statement (non-transactional)"
+            kind = ("in one transaction" if migration.transactional
+                    else "with batched statements" if migration.batches
+                    else "statement by statement (non-transactional)")
             self.rl.say(f"[{number}/{total}] {migration.id} ({_plural(len(migration.statements), 'statement')}, {kind}) ...")
             t0 = time.perf_counter()
             with self.rl.phase(f"migration:{migration.id}", statements=len(migration.statements),
@@ -945,6 +1069,15 @@ class _Run:
         return [r[0] for r in rows]
 
     def _apply_nontransactional(self, migration: Migration) -> list[tuple[Statement, float]]:
+        """A migration that cannot run in one transaction: unit by unit, progress recorded after each.
+
+        Without batched statements every statement is a unit of its own.  With
+        them (``-- harness:batch``, issue 7) the statements before a batched
+        one run in one transaction (unless the layout declares the migration
+        non-transactional), then the batches, each in its own transaction,
+        then the rest: the progress row of a group or a batch commits with it,
+        so a re-run resumes exactly where the last commit left off.
+        """
         rl = self.rl
         conn = self._live()
         done = self._progress(conn, migration)
@@ -952,64 +1085,20 @@ class _Run:
         if done >= 0:
             rl.say(f"  resuming {migration.id}: statements 1-{done + 1} of {len(statements)} were completed by an earlier run")
             rl.event("resume", migration=migration.id, completed=done + 1)
+        for batched in migration.batches:
+            # Check keys up front when the table exists (a statement before may create it): fail before any change.
+            resolve_target(conn, batched, missing_ok=True)
         timings: list[tuple[Statement, float]] = []
-        for index, statement in enumerate(statements):
-            if index <= done:
+        for first, last, spec in _units(migration):
+            if last <= done:
                 continue
-            index_name = self._index_name(statement)
-            existed = None
-            if index_name:
-                existed = self._index_state(self._live(), index_name)
-                if existed is not None and not existed[1]:
-                    raise GuardError(
-                        f"{relpath(migration.path)}:{statement.line}: index {existed[0]} exists but is INVALID, left "
-                        "by an interrupted CREATE INDEX CONCURRENTLY; it is not used by queries but slows down "
-                        f"writes. Drop it, then run apply again:\n    DROP INDEX CONCURRENTLY IF EXISTS {existed[0]};"
-                    )
-
-            def attempt(c: psycopg.Connection[Any], n: int, statement: Statement = statement,
-                        index_name: str | None = index_name, existed: Any = existed) -> None:
-                if n > 0 and index_name and existed is None:
-                    state = self._index_state(c, index_name)
-                    if state is not None and not state[1]:
-                        # Our own failed try left it: drop it so the retry builds it afresh.
-                        rl.say(f"  dropping the invalid index {state[0]} left by the failed try")
-                        c.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.SQL(state[0])))
-                self._set_local(c, "SESSION")
-                run_statements(c, [statement], migration.path, timings=timings)
-
-            what = f"{migration.id} statement {index + 1}/{len(statements)}"
-            try:
-                self._retrying(what, attempt)
-            except (StatementFailed, psycopg.Error) as exc:
-                invalid = self._invalid_indexes(self._live())
-                partial = (
-                    f" at statement {index + 1} of {len(statements)}; statements 1-{index} are done and recorded in "
-                    f"{history.SCHEMA}.{PROGRESS_TABLE}, so a re-run resumes at statement {index + 1}"
-                    if index
-                    else " at its first statement (it runs statement by statement, so nothing was rolled back, but nothing had run)"
-                )
-                error = self._migration_failed(migration, exc, partial=partial)
-                if invalid:
-                    drops = "\n".join(f"    DROP INDEX CONCURRENTLY IF EXISTS {name};" for name in invalid)
-                    error = MigrationError(f"{error}\nINVALID indexes were left behind; drop them before re-running:\n{drops}")
-                raise error from None
-            except MigrationError as exc:
-                invalid = self._invalid_indexes(self._live())
-                if invalid:
-                    drops = "\n".join(f"    DROP INDEX CONCURRENTLY IF EXISTS {name};" for name in invalid)
-                    raise MigrationError(f"{exc}\nINVALID indexes were left behind; drop them before re-running:\n{drops}") from None
-                raise
-
-            def mark(c: psycopg.Connection[Any], n: int, index: int = index, statement: Statement = statement) -> None:
-                c.execute(
-                    sql.SQL("INSERT INTO {} (version, checksum, statement_index, line) VALUES (%s, %s, %s, %s) "
-                            "ON CONFLICT (version, statement_index) DO NOTHING").format(_PROGRESS),
-                    [migration.version, migration.checksum, index, statement.line],
-                )
-
-            self._retrying(f"recording progress of {what}", mark)
-            rl.say(f"  statement {index + 1}/{len(statements)} done (line {statement.line})")
+            first = max(first, done + 1)
+            if spec is not None:
+                self._apply_batched(migration, spec, timings)
+            elif migration.batches and not migration.no_transaction:
+                self._apply_group(migration, first, last, timings)
+            else:
+                self._apply_one(migration, first, timings)
 
         def finish(c: psycopg.Connection[Any], n: int) -> None:
             c.execute("RESET lock_timeout")
@@ -1019,9 +1108,197 @@ class _Run:
             with c.transaction():
                 history.record_applied(c, migration, execution_ms=int(sum(s for _, s in timings) * 1000), mode=self.mode)
                 c.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_PROGRESS), [migration.version])
+                if migration.batches:
+                    c.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_BATCH_PROGRESS), [migration.version])
 
         self._retrying(f"recording {migration.id}", finish)
         return timings
+
+    def _mark(self, c: psycopg.Connection[Any], migration: Migration, index: int) -> None:
+        """Record statement *index* of *migration* as completed (in the caller's transaction, if any)."""
+        c.execute(
+            sql.SQL("INSERT INTO {} (version, checksum, statement_index, line) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (version, statement_index) DO NOTHING").format(_PROGRESS),
+            [migration.version, migration.checksum, index, migration.statements[index].line],
+        )
+
+    def _apply_one(self, migration: Migration, index: int, timings: list[tuple[Statement, float]]) -> None:
+        """One statement on its own, with session timeouts; its progress row afterwards."""
+        rl = self.rl
+        statements = migration.statements
+        statement = statements[index]
+        index_name = self._index_name(statement)
+        existed = None
+        if index_name:
+            existed = self._index_state(self._live(), index_name)
+            if existed is not None and not existed[1]:
+                raise GuardError(
+                    f"{relpath(migration.path)}:{statement.line}: index {existed[0]} exists but is INVALID, left "
+                    "by an interrupted CREATE INDEX CONCURRENTLY; it is not used by queries but slows down "
+                    f"writes. Drop it, then run apply again:\n    DROP INDEX CONCURRENTLY IF EXISTS {existed[0]};"
+                )
+
+        def attempt(c: psycopg.Connection[Any], n: int, statement: Statement = statement,
+                    index_name: str | None = index_name, existed: Any = existed) -> None:
+            if n > 0 and index_name and existed is None:
+                state = self._index_state(c, index_name)
+                if state is not None and not state[1]:
+                    # Our own failed try left it: drop it so the retry builds it afresh.
+                    rl.say(f"  dropping the invalid index {state[0]} left by the failed try")
+                    c.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.SQL(state[0])))
+            self._set_local(c, "SESSION")
+            run_statements(c, [statement], migration.path, timings=timings)
+
+        what = f"{migration.id} statement {index + 1}/{len(statements)}"
+        try:
+            self._retrying(what, attempt)
+        except (StatementFailed, psycopg.Error) as exc:
+            invalid = self._invalid_indexes(self._live())
+            partial = (
+                f" at statement {index + 1} of {len(statements)}; statements 1-{index} are done and recorded in "
+                f"{history.SCHEMA}.{PROGRESS_TABLE}, so a re-run resumes at statement {index + 1}"
+                if index
+                else " at its first statement (it runs statement by statement, so nothing was rolled back, but nothing had run)"
+            )
+            error = self._migration_failed(migration, exc, partial=partial)
+            if invalid:
+                drops = "\n".join(f"    DROP INDEX CONCURRENTLY IF EXISTS {name};" for name in invalid)
+                error = MigrationError(f"{error}\nINVALID indexes were left behind; drop them before re-running:\n{drops}")
+            raise error from None
+        except MigrationError as exc:
+            invalid = self._invalid_indexes(self._live())
+            if invalid:
+                drops = "\n".join(f"    DROP INDEX CONCURRENTLY IF EXISTS {name};" for name in invalid)
+                raise MigrationError(f"{exc}\nINVALID indexes were left behind; drop them before re-running:\n{drops}") from None
+            raise
+
+        self._retrying(f"recording progress of {what}", lambda c, n: self._mark(c, migration, index))
+        rl.say(f"  statement {index + 1}/{len(statements)} done (line {statement.line})")
+
+    def _apply_group(self, migration: Migration, first: int, last: int, timings: list[tuple[Statement, float]]) -> None:
+        """Statements *first*..*last* in one transaction, with their progress row: all of them or none."""
+        statements = migration.statements
+        what = (f"{migration.id} statement {first + 1}/{len(statements)}" if first == last
+                else f"{migration.id} statements {first + 1}-{last + 1}/{len(statements)}")
+
+        def attempt(c: psycopg.Connection[Any], n: int) -> None:
+            done: list[tuple[Statement, float]] = []
+            c.execute("BEGIN")
+            self._set_local(c)
+            run_statements(c, statements[first:last + 1], migration.path, timings=done)
+            self._mark(c, migration, last)
+            c.execute("COMMIT")
+            timings.extend(done)
+
+        try:
+            self._retrying(what, attempt)
+        except (StatementFailed, psycopg.Error) as exc:
+            partial = (f" in statements {first + 1}-{last + 1}, which ran in one transaction and were rolled back"
+                       + (f"; statements 1-{first} are done and recorded in {history.SCHEMA}.{PROGRESS_TABLE}, so a "
+                          f"re-run resumes at statement {first + 1}" if first else "; nothing of it remains"))
+            raise self._migration_failed(migration, exc, partial=partial) from None
+        self.rl.say(f"  {what.split(' ', 1)[1]} done in one transaction (lines {statements[first].line}-"
+                    f"{statements[last].line})")
+
+    def _batch_state(self, conn: psycopg.Connection[Any], migration: Migration, spec: BatchSpec) -> BatchState:
+        """How far an earlier run got with the batched statement (its committed progress row)."""
+        row = conn.execute(
+            sql.SQL("SELECT checksum, last_key, rows, batches FROM {} WHERE version = %s AND statement_index = %s")
+            .format(_BATCH_PROGRESS),
+            [migration.version, spec.index],
+        ).fetchone()
+        if row is None:
+            return BatchState()
+        if row[0] != migration.checksum:
+            raise GuardError(
+                f"{migration.id} was partly applied in batches by an earlier run from a different version of "
+                f"{relpath(migration.path)} (checksums differ). Restore the file as it was, or finish the statement "
+                f"by hand and then delete its row: DELETE FROM {history.SCHEMA}.{BATCH_PROGRESS_TABLE} WHERE version = "
+                f"'{migration.version}';"
+            )
+        return BatchState(row[1], int(row[2]), int(row[3]))
+
+    def _apply_batched(self, migration: Migration, spec: BatchSpec, timings: list[tuple[Statement, float]]) -> None:
+        """A ``-- harness:batch`` statement: key-range batches, each in its own short transaction.
+
+        Each batch runs with the plan's ``SET LOCAL`` timeouts and writes its
+        progress row (last key, rows, batches) in the same transaction, so an
+        interrupted run resumes after the last committed batch, and a batch
+        that hits a lock timeout is retried like a migration.
+        """
+        rl = self.rl
+        conn = self._live()
+        target = resolve_target(conn, spec)
+        assert target is not None
+        state = self._batch_state(conn, migration, spec)
+        label = f"{relpath(migration.path)}:{spec.statement_line}"
+        if state.batches:
+            rl.say(f"  {label}: resuming after {_batches(state.batches)} ({state.rows} rows, {spec.key} <= "
+                   f"{state.last_key}) committed by an earlier run")
+            rl.event("resume", migration=migration.id, line=spec.statement_line, batches=state.batches,
+                     rows=state.rows, last_key=state.last_key)
+        rl.say(f"  {label}: {spec.describe()}")
+        t0 = time.perf_counter()
+        started = state
+
+        def attempt(c: psycopg.Connection[Any], n: int) -> tuple[BatchState, bool]:
+            c.execute("BEGIN")
+            self._set_local(c)
+            # After a lost connection the COMMIT may have happened: the progress row says.
+            current = self._batch_state(c, migration, spec) if n > 0 else state
+            upper, rows = next_batch(c, spec, target, current.last_key)
+            if upper is None:
+                c.execute("ROLLBACK")
+                return current, True
+            after = current.after(upper, rows)
+            c.execute(
+                sql.SQL(
+                    "INSERT INTO {} (version, checksum, statement_index, line, last_key, rows, batches) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (version, statement_index) DO UPDATE SET "
+                    "checksum = EXCLUDED.checksum, last_key = EXCLUDED.last_key, rows = EXCLUDED.rows, "
+                    "batches = EXCLUDED.batches, updated_at = now()"
+                ).format(_BATCH_PROGRESS),
+                [migration.version, migration.checksum, spec.index, spec.statement_line, after.last_key, after.rows,
+                 after.batches],
+            )
+            c.execute("COMMIT")
+            return after, False
+
+        while True:
+            try:
+                state, finished = self._retrying(f"{label} batch {state.batches + 1}", attempt)
+            except (StatementFailed, psycopg.Error) as exc:
+                partial = (
+                    f" in batch {state.batches + 1} of the batched statement at line {spec.statement_line}, which was "
+                    "rolled back; "
+                    + (f"{_batches(state.batches)} ({state.rows} rows, {spec.key} <= {state.last_key}) are "
+                       f"committed and recorded in {history.SCHEMA}.{BATCH_PROGRESS_TABLE}, so a re-run resumes "
+                       "after them" if state.batches else "no batch of it was committed")
+                )
+                raise self._migration_failed(migration, exc, partial=partial) from None
+            if finished:
+                break
+            done_now = state.batches - started.batches
+            if done_now == 1 or state.batches % BATCH_REPORT_EVERY == 0:
+                elapsed = time.perf_counter() - t0
+                rl.say(f"  {label}: batch {state.batches}: {state.rows} rows so far ({spec.key} <= {state.last_key}), "
+                       f"{_seconds(elapsed)}")
+                rl.event("batch", migration=migration.id, line=spec.statement_line, batches=state.batches,
+                         rows=state.rows, last_key=state.last_key, seconds=round(elapsed, 4))
+            if spec.pause:
+                time.sleep(spec.pause)
+        seconds = time.perf_counter() - t0
+        self._retrying(f"recording progress of {label}", lambda c, n: self._finish_batched(c, migration, spec))
+        timings.append((migration.statements[spec.index], seconds))
+        rl.say(f"  {label}: done: {_batches(state.batches)}, {state.rows} rows in {_seconds(seconds)}")
+        rl.event("batched", migration=migration.id, line=spec.statement_line, batches=state.batches, rows=state.rows,
+                 seconds=round(seconds, 4))
+
+    def _finish_batched(self, c: psycopg.Connection[Any], migration: Migration, spec: BatchSpec) -> None:
+        with c.transaction():
+            self._mark(c, migration, spec.index)
+            c.execute(sql.SQL("DELETE FROM {} WHERE version = %s AND statement_index = %s").format(_BATCH_PROGRESS),
+                      [migration.version, spec.index])
 
     # -- verification and health
 
@@ -1163,7 +1440,8 @@ class _Run:
             statements = migration.down_statements or ()
             path = migration.down_path or migration.path
             self.rl.say(f"rolling back {migration.id} with {relpath(path)} ...")
-            transactional = all(s.transactional for s in statements)
+            # The layout may declare the down non-transactional (diesel, dbmate, goose, Flyway flags).
+            transactional = migration.down_transactional
 
             def attempt(conn: psycopg.Connection[Any], n: int, migration: Migration = migration,
                         statements: Sequence[Statement] = statements, path: Path = path,
@@ -1239,9 +1517,16 @@ class _Run:
         g = self.guards
         add(f"connect: with up to {g.max_retries} retries (first after {_seconds(g.retry_delay)}, x{g.retry_factor:g} each)")
         status = history.compute_status(self.migrations, applied_rows)
-        self.pending = list(status.pending)
+        if conn is not None:
+            self.baselined = self._baseline(conn, status)
+            foreign = self._foreign_problems(conn)
+            if foreign:
+                add("foreign history: apply WOULD REFUSE: " + "; ".join(foreign))
+                would_refuse.append("foreign history")
+        self.pending = [m for m in status.pending if m not in self.baselined]
         self.result.skipped = [m.id for _, m in status.applied if m is not None]
         self.result.pending = [m.id for m in self.pending]
+        self.result.baselined = [m.id for m in self.baselined]
         if self.production:
             try:
                 receipt = verify_receipt(self.plan, self.migrations)
@@ -1257,6 +1542,9 @@ class _Run:
                     would_refuse.append("no matching receipt")
         add(f"lock: the migration run lock, waiting up to {_seconds(g.lock_wait)}")
         add(f"status: {len(status.applied)} applied, {len(self.pending)} pending")
+        if self.baselined:
+            add(f"baseline: the history is empty but the schema is not: record {len(self.baselined)} migrations up to "
+                f"{self.baselined[-1].id} as applied (mode baseline) without running them")
         problems = [f"{r.version}_{r.name} failed" for r in status.failed]
         if self.production:
             problems += [f"{m.id} changed" for _, m in status.changed]
@@ -1265,7 +1553,7 @@ class _Run:
             add("status: apply WOULD REFUSE: " + ", ".join(problems))
             would_refuse.append("history needs attention")
         if self.production and conn is not None:
-            index = len(status.applied) - 1
+            index = self.baseline_index if self.baselined else len(status.applied) - 1
             last = self.migrations[index].id if 0 <= index < len(self.migrations) else None
             actual = take_snapshot(conn)
             digest = self.receipt.digests.get(last) if self.receipt and last else None
@@ -1277,7 +1565,7 @@ class _Run:
                 add(f"drift: the schema differs from the rehearsal after {last}: apply WOULD REFUSE")
                 would_refuse.append("drift")
         if not self.pending:
-            add("nothing to apply")
+            add("nothing to apply" + (" (only the baseline to record)" if self.baselined else ""))
         else:
             if self.guards.transaction == "single" and any(not m.transactional for m in self.pending):
                 add("transaction: single, but a pending migration cannot run in a transaction: apply WOULD REFUSE")
@@ -1355,6 +1643,8 @@ class _Run:
             add(f"  {record}" + ("" if single else " (same transaction)"))
             if not single:
                 add("  COMMIT;")
+        elif migration.batches:
+            self._dry_batched(add, migration, record)
         else:
             add("  -- non-transactional: statement by statement, each committed on its own; progress is recorded in "
                 f"{history.SCHEMA}.{PROGRESS_TABLE} so a re-run resumes after the last completed statement")
@@ -1367,6 +1657,103 @@ class _Run:
             add(f"  {record}")
             add("  RESET lock_timeout; RESET statement_timeout;")
         self._dry_hooks(add, "post_migration", migration=migration)
+
+
+    def _dry_batched(self, add: Callable[[str], None], migration: Migration, record: str) -> None:
+        """Dry run of a migration with ``-- harness:batch`` statements: its units, and what each batch runs."""
+        g = self.guards
+        statements = migration.statements
+        add(f"  -- with batched statements: each unit below commits on its own; progress is recorded in "
+            f"{history.SCHEMA}.{PROGRESS_TABLE} and {history.SCHEMA}.{BATCH_PROGRESS_TABLE}, so a re-run resumes "
+            "after the last committed unit or batch")
+        for first, last, spec in _units(migration):
+            if spec is not None:
+                add(f"  -- batched, {relpath(migration.path)}:{spec.statement_line}: {spec.describe()}")
+                add(f"  --   the next upper key: SELECT {spec.key} FROM {spec.table_name} WHERE {spec.key} > <last key> "
+                    f"ORDER BY {spec.key} OFFSET {spec.size - 1} LIMIT 1 (else the greatest key); then per batch:")
+                add("  BEGIN;")
+                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
+                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
+                add(_indent(spec.first_sql + ";  -- the first batch: $1 = its upper key", "  "))
+                add(_indent(spec.next_sql + ";  -- the others: $1 = the last key done, $2 = the upper key", "  "))
+                add(f"  -- record the last key done in {history.SCHEMA}.{BATCH_PROGRESS_TABLE} (same transaction)")
+                add("  COMMIT;" + (f"  -- then wait {_seconds(spec.pause)}" if spec.pause else ""))
+                continue
+            grouped = migration.batches and not migration.no_transaction
+            if grouped:
+                add("  BEGIN;")
+                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
+                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
+            else:
+                add(f"  SET lock_timeout = '{_ms(g.lock_timeout)}';")
+                add(f"  SET statement_timeout = '{_ms(g.statement_timeout)}';")
+            for index in range(first, last + 1):
+                statement = statements[index]
+                add(f"  -- statement {index + 1}/{len(statements)}, "
+                    f"{relpath(migration.path)}:{statement.line}:{statement.column}")
+                add(_indent(statement.sql.strip() + ";", "  "))
+            if grouped:
+                add(f"  -- record statements up to {last + 1} in {history.SCHEMA}.{PROGRESS_TABLE} (same transaction)")
+                add("  COMMIT;")
+        add(f"  {record}")
+
+def _units(migration: Migration) -> list[tuple[int, int, BatchSpec | None]]:
+    """How a non-transactional migration runs: ``(first, last, batch)`` statement ranges, in order.
+
+    A batched statement is a unit of its own.  With batched statements, runs
+    of transactional statements between them form one unit (one
+    transaction); otherwise, and in a migration the layout declares
+    non-transactional, every statement is a unit.
+    """
+    specs = {spec.index: spec for spec in migration.batches}
+    group = bool(specs) and not migration.no_transaction
+    statements = migration.statements
+    units: list[tuple[int, int, BatchSpec | None]] = []
+    index = 0
+    while index < len(statements):
+        if index in specs:
+            units.append((index, index, specs[index]))
+            index += 1
+            continue
+        last = index
+        if group and statements[index].transactional:
+            while last + 1 < len(statements) and last + 1 not in specs and statements[last + 1].transactional:
+                last += 1
+        units.append((index, last, None))
+        index = last + 1
+    return units
+
+
+_SCHEMA_IS_EMPTY = """
+WITH user_ns AS (
+    SELECT oid FROM pg_namespace
+    WHERE nspname NOT IN ('information_schema', 'harness') AND nspname !~ '^pg_'
+), ext AS (
+    SELECT classid, objid FROM pg_depend WHERE deptype = 'e'
+)
+SELECT NOT EXISTS (
+    SELECT 1 FROM pg_class c
+    WHERE c.relnamespace IN (SELECT oid FROM user_ns) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+      AND (c.oid NOT IN (SELECT objid FROM ext WHERE classid = 'pg_class'::regclass))
+) AND NOT EXISTS (
+    SELECT 1 FROM pg_proc p
+    WHERE p.pronamespace IN (SELECT oid FROM user_ns)
+      AND (p.oid NOT IN (SELECT objid FROM ext WHERE classid = 'pg_proc'::regclass))
+) AND NOT EXISTS (
+    SELECT 1 FROM pg_type t
+    WHERE t.typnamespace IN (SELECT oid FROM user_ns) AND t.typtype IN ('e', 'd', 'r', 'm')
+      AND (t.oid NOT IN (SELECT objid FROM ext WHERE classid = 'pg_type'::regclass))
+)
+"""
+
+
+def _schema_is_empty(conn: psycopg.Connection[Any]) -> bool:
+    """True when the database has no tables, views, sequences, functions or types of its own.
+
+    Objects of the harness's own schema and of extensions do not count.
+    """
+    row = conn.execute(_SCHEMA_IS_EMPTY).fetchone()
+    return bool(row and row[0])
 
 
 def _normalise(value: Any) -> Any:

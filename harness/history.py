@@ -59,8 +59,9 @@ log = logging.getLogger(__name__)
 SCHEMA = "harness"
 TABLE = "schema_migrations"
 
-#: How a history row came to be.
-MODES = ("development", "production", "rehearsal", "adopted")
+#: How a history row came to be.  "baseline": recorded by apply without running it, because the
+#: target's schema already had everything up to the plan's baseline (issue 7, docs/apply.md).
+MODES = ("development", "production", "rehearsal", "adopted", "baseline")
 
 #: ``application_name`` of the lock connection, so people can see who holds it.
 APPLICATION_NAME = "migration-harness"

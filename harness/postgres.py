@@ -560,12 +560,12 @@ def cleanup_orphans() -> list[Path]:
         entries = list(base.glob(f"{_SERVER_DIR_PREFIX}*"))
     except OSError:
         return removed
-    for pattern, age in ((f"{_SPARE_TMP_PREFIX}*", 600), (f"{_SPARE_PREFIX}*", 86400)):
-        # Spare copies whose copier died half-way, or that nobody claimed for a day.
-        for entry in base.glob(pattern):
-            with contextlib.suppress(OSError):
-                if time.time() - entry.stat().st_mtime > age:
-                    shutil.rmtree(entry, ignore_errors=True)
+    for entry in base.glob(f"{_SPARE_TMP_PREFIX}*"):
+        # A spare copy whose copier died half-way (ctime moves while cp writes into it).
+        with contextlib.suppress(OSError):
+            st = entry.stat()
+            if time.time() - max(st.st_mtime, st.st_ctime) > 600:
+                shutil.rmtree(entry, ignore_errors=True)
     for entry in entries:
         owner_file = entry / _OWNER_FILE
         try:

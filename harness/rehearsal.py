@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
 #: Assertions in the order they run for each migration.
-ASSERTIONS = ("baseline", "lint", "apply", "locks", "idempotent", "rollback", "backward_compatible", "preserve_rows", "check")
+ASSERTIONS = ("baseline", "lint", "apply", "batch", "locks", "idempotent", "rollback", "backward_compatible", "preserve_rows", "check")
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,18 @@ class _Step:
     failure_rehearsal_run: bool = False
     apply_seconds: float = 0.0
     locks: LockReport | None = None  # locks (issue 5): measured while the up migration ran
+    batched: _BatchedRun | None = None  # batch (issue 7): the migration run in batches, on a copy of the state before
+
+
+@dataclass
+class _BatchedRun:
+    """batch (issue 7): what running a migration in batches left on a copy of the working database."""
+
+    snapshot: Snapshot | None = None
+    data: dict[str, tuple[int, str]] = field(default_factory=dict)
+    batches: int = 0
+    rows: int = 0
+    error: str | None = None
 
 
 class Rehearsal:
@@ -222,6 +234,8 @@ class Rehearsal:
             if cfg.lint:
                 items.append(Item(migration, "lint", index))
             items.append(Item(migration, "apply", index))
+            if migration.batches:  # batch (issue 7): batched statements must give what one statement gives
+                items.append(Item(migration, "batch", index))
             if cfg.locks.enabled:  # locks (issue 5)
                 items.append(Item(migration, "locks", index))
             if cfg.idempotent:
@@ -292,6 +306,7 @@ class Rehearsal:
         handler = {
             "apply": self._apply_item,
             "locks": self._locks,  # locks (issue 5)
+            "batch": self._batch,  # batch (issue 7)
             "idempotent": self._idempotent,
             "rollback": self._rollback,
             "backward_compatible": self._compat,
@@ -333,6 +348,8 @@ class Rehearsal:
         cfg = self.configs[migration.id]
         step = self._steps[index]
         self._before(index)
+        if migration.batches:  # batch (issue 7): the batched run needs the state before, so it goes first
+            step.batched = self._batched_run(migration)
         if cfg.rollback and migration.down_statements is None and migration.transactional:
             step.failure_rehearsal = self._failure_rehearsal(migration, step)
             step.failure_rehearsal_run = True
@@ -458,6 +475,56 @@ class Rehearsal:
         return Outcome(PASSED, verdict.message())
 
     # ---------------------------------------------------------------- end locks
+
+    # ---------------------------------------------------------------- batch (issue 7: batched data migrations)
+
+    def _batched_run(self, migration: Migration) -> _BatchedRun:
+        """Run *migration* with its ``-- harness:batch`` statements in batches, on a copy of the current state.
+
+        The working database then applies it unbatched, as one statement; the
+        ``batch`` item compares the two.  Pauses are skipped.
+        """
+        from .batch import run_migration_batched
+
+        with self._scratch(False) as (conn, _start):
+            try:
+                states = run_migration_batched(conn, migration)
+            except HarnessError as exc:  # a statement failed, or the key is no NOT NULL column (SourceError)
+                return _BatchedRun(error=scrub(str(exc)))
+            nodes = _counters(conn).nodes
+            data = table_fingerprints(conn, nodes) if nodes else {}
+            return _BatchedRun(snapshot=take_snapshot(conn), data=data, batches=sum(s.batches for s in states),
+                               rows=sum(s.rows for s in states))
+
+    def _batch(self, item: Item) -> Outcome:
+        """Run in batches, the migration leaves the same schema and data as run unbatched."""
+        migration = item.migration
+        step = self._steps[item.index]
+        run = step.batched
+        if run is None:
+            return Outcome(SKIPPED, f"{migration.id} was not run in batches")
+        if run.error is not None:
+            raise _Fail(f"running {migration.id} in batches fails:\n{run.error}")
+        assert step.after is not None and run.snapshot is not None
+        changes = diff_snapshots(step.after, run.snapshot)
+        if changes:
+            raise _Fail(f"in batches, {migration.id} leaves another schema than unbatched (unbatched → batched):\n"
+                        f"{format_changes(changes)}")
+        differ = _data_changes(step.after_data or {}, run.data)
+        if differ:
+            raise _Fail(
+                f"in batches, {migration.id} leaves other data than run as one statement (unbatched → batched):\n"
+                f"{differ}\nA statement whose result depends on when or in which order it runs (now(), random(), "
+                "nextval(), a subquery reading the table it changes) gives batches other values than one statement."
+            )
+        specs = ", ".join(f"line {b.statement_line} ({b.describe()})" for b in migration.batches)
+        return Outcome(
+            PASSED,
+            f"{run.batches} batches changed {run.rows} rows; schema and data of {len(run.data)} tables equal the "
+            f"unbatched run: {specs}",
+        )
+
+    # ---------------------------------------------------------------- end batch
 
     def _idempotent(self, item: Item) -> Outcome:
         migration = item.migration

@@ -39,11 +39,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pglast import ast, enums, parser
 
 from .errors import SourceError
+
+if TYPE_CHECKING:  # batched data migrations (issue 7)
+    from .batch import BatchSpec
 
 __all__ = [
     "LAYOUTS",
@@ -214,6 +217,8 @@ class Migration:
     layout: str = "native"
     #: The numeric parts the version sorts by; ``None``: the version as one integer.
     order_parts: tuple[int, ...] | None = None
+    #: Statements marked ``-- harness:batch`` (issue 7, :mod:`harness.batch`): run in key-range batches.
+    batches: tuple[BatchSpec, ...] = ()
 
     @property
     def id(self) -> str:
@@ -231,10 +236,11 @@ class Migration:
     def transactional(self) -> bool:
         """True when the up migration may run inside a transaction block.
 
-        False when the layout declares it runs outside one, or when a
-        statement cannot run inside one.
+        False when the layout declares it runs outside one, when a
+        statement cannot run inside one, or when a statement is batched.
         """
-        return not self.no_transaction and all(s.transactional for s in self.statements)
+        # A batched statement (issue 7) commits batch by batch, so its migration runs outside one transaction.
+        return not self.no_transaction and not self.batches and all(s.transactional for s in self.statements)
 
     @property
     def down_transactional(self) -> bool:
@@ -497,6 +503,12 @@ def make_migration(
         down_text = apply_substitutions(down_text, substitutions)
         down_statements, down_wrapped = _file_statements(down_text, down_path, target_major, down=True)
     verify = extra.pop("verify_sql", None)
+    # Batched data migrations (issue 7): `-- harness:batch` directives, validated and rewritten when loaded.
+    from .batch import find_batches
+
+    batches = find_batches(text, statements, path, wrapped=wrapped)
+    if down_text is not None and down_path is not None and down_statements is not None:
+        find_batches(down_text, down_statements, down_path, down=True)  # refuses a directive in a down
     return Migration(
         version=version,
         name=name,
@@ -511,6 +523,7 @@ def make_migration(
         down_wrapped=down_wrapped,
         verify_sql=apply_substitutions(verify, substitutions) if verify is not None else None,
         layout=layout,
+        batches=batches,
         **extra,
     )
 

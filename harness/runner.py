@@ -1,0 +1,430 @@
+"""The typed Python API: production and development runners over apply, rehearsal and status.
+
+```python
+from harness import ProductionMigrationRunner
+
+runner = ProductionMigrationRunner(plan="plans/production.yaml", backup_enabled=True, max_retries=5,
+                                   hooks={"post_run": [notify]})
+runner.rehearse()      # RehearsalResult: every item with its outcome, and the receipt path
+result = runner.run()  # ApplyResult: applied migrations, backup, verification, health, timings
+runner.status()        # history.Status: applied, pending, changed, missing, failed
+```
+
+A runner is a plan plus a few keyword overrides of its apply settings
+(backup, rollback on failure, retries, health URL) and Python hooks.  The
+overrides are applied with :func:`dataclasses.replace` on the frozen plan
+objects; they change how apply behaves, never what was rehearsed, so a
+receipt written for the plan file still matches.
+
+The command line is a thin wrapper over the same functions:
+``harness apply`` calls :func:`harness.apply.apply_plan`, ``harness
+rehearse`` calls :func:`rehearse_plan` and ``harness status`` calls
+:func:`status_target` and :func:`read_status`, so the API and the CLI cannot
+drift apart.  Nothing here starts a server itself: rehearsals get theirs from
+:func:`harness.postgres.start_server`, the development database from
+:mod:`harness.devdb`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TextIO
+
+import psycopg
+
+from . import history
+from .apply import ApplyOptions, ApplyResult, apply_plan
+from .errors import ConfigError
+from .hooks import EVENTS, PythonHook
+from .plan import Hook, Plan, load_plan
+from .redact import describe_dsn, register_dsn, scrub
+from .rehearsal import FAILED, PASSED, SKIPPED, Item, Outcome, Rehearsal
+from .sources import Migration, load_plan_migrations
+
+__all__ = [
+    "MigrationRunner",
+    "ProductionMigrationRunner",
+    "DevelopmentMigrationRunner",
+    "ItemResult",
+    "RehearsalResult",
+    "rehearse_plan",
+    "status_target",
+    "read_status",
+]
+
+log = logging.getLogger(__name__)
+
+#: Called after each rehearsal item with the item and its outcome (``harness rehearse`` prints them).
+OnItem = Callable[[Item, Outcome], None]
+
+
+# --------------------------------------------------------------------------
+# Rehearsal
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One rehearsal item and what running it found."""
+
+    id: str  # "<plan>::<item id>", as pytest and `harness rehearse --json` name it
+    item: Item = field(repr=False)
+    outcome: Outcome
+
+    @property
+    def status(self) -> str:
+        """``passed``, ``failed`` or ``skipped``."""
+        return self.outcome.status
+
+    @property
+    def message(self) -> str:
+        """The outcome's report."""
+        return self.outcome.message
+
+
+@dataclass
+class RehearsalResult:
+    """What a rehearsal found: the items run, in order, and the receipt a fully green one wrote."""
+
+    plan: str
+    items: list[ItemResult] = field(default_factory=list)
+    seconds: float = 0.0
+    receipt: Path | None = None
+
+    def _count(self, status: str) -> int:
+        return sum(1 for r in self.items if r.status == status)
+
+    @property
+    def passed(self) -> int:
+        """How many items passed."""
+        return self._count(PASSED)
+
+    @property
+    def failed(self) -> int:
+        """How many items failed."""
+        return self._count(FAILED)
+
+    @property
+    def skipped(self) -> int:
+        """How many items were skipped."""
+        return self._count(SKIPPED)
+
+    @property
+    def ok(self) -> bool:
+        """True when no item failed."""
+        return self.failed == 0
+
+    def summary(self) -> str:
+        """``N passed, N failed, N skipped in S s``."""
+        return f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped in {self.seconds:.2f}s"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (the shape of ``harness rehearse --json``)."""
+        return {
+            "plan": self.plan,
+            "passed": self.passed,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+            "receipt": str(self.receipt) if self.receipt else None,
+            "items": [
+                {"id": r.id, "status": r.status, "message": r.message, "duration": round(r.outcome.duration, 4)}
+                for r in self.items
+            ],
+        }
+
+
+def rehearse_plan(
+    plan: Plan,
+    *,
+    provider: str | None = None,
+    dsn: str | None = None,
+    select: str | None = None,
+    exitfirst: bool = False,
+    on_item: OnItem | None = None,
+) -> RehearsalResult:
+    """Rehearse *plan* on a throwaway server and write its receipt when every item passed.
+
+    *provider* and *dsn* override the plan's rehearsal server; *select* keeps
+    only items whose id contains it (no receipt is written then);
+    *exitfirst* stops at the first failure; *on_item* is called after each
+    item.  The server is started on first use and always stopped.
+    """
+    from .postgres import Server, start_server
+
+    chosen = provider or plan.rehearsal.provider
+    server_dsn = dsn or plan.rehearsal.dsn
+    servers: list[Server] = []
+
+    def factory() -> Server:
+        servers.append(start_server(chosen, plan.rehearsal.postgres, server_dsn))
+        return servers[0]
+
+    t0 = time.perf_counter()
+    result = RehearsalResult(plan=plan.name)
+    try:
+        with Rehearsal(plan, factory) as rehearsal:
+            items = rehearsal.items()
+            if select:
+                items = [i for i in items if select in i.id]
+            for item in items:
+                outcome = rehearsal.run(item)
+                result.items.append(ItemResult(f"{plan.name}::{item.id}", item, outcome))
+                if on_item is not None:
+                    on_item(item, outcome)
+                if exitfirst and outcome.status == FAILED:
+                    break
+            complete = not select and result.failed == 0 and result.skipped == 0 and len(result.items) == len(items)
+            if complete:
+                result.receipt = rehearsal.write_receipt()
+    finally:
+        for server in servers:
+            server.stop()
+        result.seconds = time.perf_counter() - t0
+    return result
+
+
+# --------------------------------------------------------------------------
+# Status
+
+
+def status_target(plan: Plan, dsn: str | None = None) -> tuple[str, str | None]:
+    """The database whose status to show, and a note when it is the development database.
+
+    *dsn* wins, then the plan's target; a plan without a target means its
+    running development database (apply's database for such a plan).  Raises
+    :class:`~harness.errors.ConfigError` when that is not running: status
+    never starts it.
+    """
+    if dsn:
+        return dsn, None
+    if plan.target_dsn:
+        return plan.target_dsn, None
+    from .devdb import DevDB
+
+    dev = DevDB(plan.root).status()
+    if not dev.running:
+        raise ConfigError(
+            f"no target and no dev-db running: harness dev-db start (plan {plan.name} has no target, so its "
+            f"database is the development database of {plan.root}; or give --dsn)"
+        )
+    return dev.dsn, f"the plan has no target: this is the development database of {plan.root}"
+
+
+def read_status(dsn: str, migrations: Sequence[Migration]) -> history.Status[Migration]:
+    """The history of the database at *dsn* compared with *migrations* (read only)."""
+    register_dsn(dsn)
+    where = describe_dsn(dsn)
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            applied = history.read_applied(conn)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"cannot connect to {where}: {scrub(first[0]) if first else type(exc).__name__}") from None
+    return history.compute_status(migrations, applied)
+
+
+# --------------------------------------------------------------------------
+# Runners
+
+
+class MigrationRunner:
+    """A plan with keyword overrides, run from Python: :meth:`run`, :meth:`rehearse`, :meth:`status`.
+
+    Use :class:`ProductionMigrationRunner` or :class:`DevelopmentMigrationRunner`;
+    they differ only in the mode apply runs in.  Keyword arguments (``None``:
+    keep the plan's setting):
+
+    ``backup_enabled``
+        ``False``: ``backup.mode: none``; ``True``: the plan's mode, or
+        ``full`` when the plan says ``none``.
+    ``rollback_on_failure``
+        ``health.on_failure``: ``rollback`` (True) or ``stop`` (False).
+    ``max_retries``, ``retry_delay``
+        ``guards.max_retries`` and ``guards.retry_delay`` (seconds).
+    ``health_check_url``
+        ``health.url`` (http or https).
+    ``hooks``
+        Python callables per event (``pre_run``, ``pre_migration``, ...),
+        run after the plan's own hooks with a :class:`harness.hooks.HookContext`.
+    ``target``
+        The database to migrate instead of the plan's target.
+    ``force``, ``dry_run``
+        As ``harness apply --force`` / ``--dry-run``.
+    ``yes``
+        Calling :meth:`run` is the confirmation (True, the default); False
+        asks on the terminal like ``harness apply`` does.
+    ``provider``, ``rehearsal_dsn``
+        Override the plan's rehearsal server (``harness rehearse --provider``).
+    ``out``
+        Where progress lines go (``None``, the default: nowhere; every run
+        still writes its JSON-lines log under ``<root>/logs/``).
+    """
+
+    #: The mode :meth:`run` applies in.
+    mode: ClassVar[str] = "development"
+
+    def __init__(
+        self,
+        plan: Plan | str | os.PathLike[str],
+        *,
+        backup_enabled: bool | None = None,
+        rollback_on_failure: bool | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        health_check_url: str | None = None,
+        hooks: Mapping[str, Sequence[PythonHook | Hook] | PythonHook] | None = None,
+        target: str | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+        yes: bool = True,
+        provider: str | None = None,
+        rehearsal_dsn: str | None = None,
+        out: TextIO | None = None,
+    ) -> None:
+        loaded = plan if isinstance(plan, Plan) else load_plan(Path(plan))
+        self.plan: Plan = _override(
+            loaded,
+            backup_enabled=backup_enabled,
+            rollback_on_failure=rollback_on_failure,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            health_check_url=health_check_url,
+        )
+        self.hooks: dict[str, tuple[PythonHook | Hook, ...]] = _check_hooks(hooks or {})
+        if target:
+            register_dsn(target)
+        self.target = target
+        self.force = force
+        self.dry_run = dry_run
+        self.yes = yes
+        self.provider = provider
+        self.rehearsal_dsn = rehearsal_dsn
+        if rehearsal_dsn:
+            register_dsn(rehearsal_dsn)
+        self.out = out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(plan={self.plan.name!r}, mode={self.mode!r})"
+
+    @property
+    def options(self) -> ApplyOptions:
+        """The :class:`~harness.apply.ApplyOptions` :meth:`run` passes to :func:`~harness.apply.apply_plan`."""
+        return ApplyOptions(
+            dry_run=self.dry_run,
+            force=self.force,
+            mode=self.mode,
+            yes=self.yes,
+            hooks=self.hooks,
+            target=self.target,
+        )
+
+    def run(self) -> ApplyResult:
+        """Apply the plan's pending migrations (``harness apply``); the :class:`~harness.apply.ApplyResult`.
+
+        Raises the :class:`~harness.errors.HarnessError` subclass of a failure,
+        with the partial result as ``exc.result``.
+        """
+        return apply_plan(self.plan, self.options, out=self.out)
+
+    def rehearse(
+        self, *, select: str | None = None, exitfirst: bool = False, on_item: OnItem | None = None
+    ) -> RehearsalResult:
+        """Rehearse the plan (``harness rehearse``); a fully green rehearsal writes the receipt :meth:`run` checks."""
+        return rehearse_plan(
+            self.plan, provider=self.provider, dsn=self.rehearsal_dsn, select=select, exitfirst=exitfirst,
+            on_item=on_item,
+        )
+
+    def status(self) -> history.Status[Migration]:
+        """Applied, pending, changed, missing and failed migrations of the target (``harness status``)."""
+        if self.mode == "production" and not (self.target or self.plan.target_dsn):
+            raise ConfigError(
+                f"{self.plan.display_path or self.plan.path}: production mode needs a target "
+                "(target: {dsn: ...} in the plan, or target= here)"
+            )
+        dsn, _note = status_target(self.plan, self.target)
+        return read_status(dsn, load_plan_migrations(self.plan))
+
+
+class ProductionMigrationRunner(MigrationRunner):
+    """A runner in production mode: receipt gate, drift check, backup, verification, health."""
+
+    mode: ClassVar[str] = "production"
+
+
+class DevelopmentMigrationRunner(MigrationRunner):
+    """A runner in development mode: no receipt, drift check or backup; the dev database without a target."""
+
+    mode: ClassVar[str] = "development"
+
+
+# --------------------------------------------------------------------------
+# Overrides
+
+
+def _override(
+    plan: Plan,
+    *,
+    backup_enabled: bool | None,
+    rollback_on_failure: bool | None,
+    max_retries: int | None,
+    retry_delay: float | None,
+    health_check_url: str | None,
+) -> Plan:
+    """*plan* with the runner's keyword overrides applied (validated like the plan's own values)."""
+    changes: dict[str, Any] = {}
+    if backup_enabled is not None:
+        _want(isinstance(backup_enabled, bool), "backup_enabled", "True or False", backup_enabled)
+        if not backup_enabled:
+            changes["backup"] = dataclasses.replace(plan.backup, mode="none")
+        elif plan.backup.mode == "none":
+            changes["backup"] = dataclasses.replace(plan.backup, mode="full")
+    guards: dict[str, Any] = {}
+    if max_retries is not None:
+        _want(isinstance(max_retries, int) and not isinstance(max_retries, bool) and max_retries >= 0,
+              "max_retries", "a whole number >= 0", max_retries)
+        guards["max_retries"] = max_retries
+    if retry_delay is not None:
+        _want(isinstance(retry_delay, (int, float)) and not isinstance(retry_delay, bool)
+              and math.isfinite(retry_delay) and retry_delay >= 0, "retry_delay", "seconds >= 0", retry_delay)
+        guards["retry_delay"] = float(retry_delay)
+    if guards:
+        changes["guards"] = dataclasses.replace(plan.guards, **guards)
+    health: dict[str, Any] = {}
+    if rollback_on_failure is not None:
+        _want(isinstance(rollback_on_failure, bool), "rollback_on_failure", "True or False", rollback_on_failure)
+        health["on_failure"] = "rollback" if rollback_on_failure else "stop"
+    if health_check_url is not None:
+        ok = isinstance(health_check_url, str) and health_check_url.lower().startswith(("http://", "https://"))
+        _want(ok, "health_check_url", "an http:// or https:// URL", "a value that is not one")
+        health["url"] = health_check_url
+    if health:
+        changes["health"] = dataclasses.replace(plan.health, **health)
+    return dataclasses.replace(plan, **changes) if changes else plan
+
+
+def _want(ok: bool, name: str, expected: str, got: object) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: expected {expected}, got {got!r}")
+
+
+def _check_hooks(
+    hooks: Mapping[str, Sequence[PythonHook | Hook] | PythonHook],
+) -> dict[str, tuple[PythonHook | Hook, ...]]:
+    checked: dict[str, tuple[PythonHook | Hook, ...]] = {}
+    for event, value in hooks.items():
+        if event not in EVENTS:
+            raise ConfigError(f"hooks: unknown event {event!r}; the events are {', '.join(EVENTS)}")
+        listed = (value,) if callable(value) and not isinstance(value, Hook) else tuple(value)  # type: ignore[arg-type]
+        for hook in listed:
+            if not (callable(hook) or isinstance(hook, Hook)):
+                raise ConfigError(f"hooks[{event!r}]: {hook!r} is not callable; pass functions taking a HookContext")
+        checked[event] = listed
+    return checked
