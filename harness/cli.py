@@ -259,13 +259,13 @@ def _lint(args: argparse.Namespace) -> int:
             findings += lint.lint_files([path])
             files += 1
             continue
-        own = plan is not None and path.resolve() == plan.migrations_dir.resolve()
+        own = plan if plan is not None and path.resolve() == plan.migrations_dir.resolve() else None
         migrations, quirks = layouts.read_folder(
-            path, plan.layout if own else "auto", substitutions=plan.substitutions if own else ()
+            path, own.layout if own else "auto", substitutions=own.substitutions if own else ()
         )
         files += len(migrations)
         settings: dict[str, Any] = (
-            {"severities": plan.lint_severity, "require_lock_timeout": plan.require_lock_timeout} if own else {}
+            {"severities": own.lint_severity, "require_lock_timeout": own.require_lock_timeout} if own else {}
         )
         if all(m.path.read_text(encoding="utf-8") == m.sql for m in migrations):
             # Plain files: lint them as a history, so later files know what earlier ones created.
@@ -279,7 +279,7 @@ def _lint(args: argparse.Namespace) -> int:
                 for f in lint.lint_sql(m.sql, str(m.path), in_transaction=m.transactional, **settings)
             ]
         if own:
-            steps = {str(m.path): plan.step_for(m.id, m.version) for m in migrations}
+            steps = {str(m.path): own.step_for(m.id, m.version) for m in migrations}
             found = [
                 dataclasses.replace(f, allowed=steps[f.path].reason or "acknowledged in the plan")
                 if f.path in steps and f.rule in steps[f.path].allow and not f.allowed else f

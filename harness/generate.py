@@ -494,16 +494,16 @@ class GenerateResult:
             for item_id, status, message in self.items:
                 lines.append(f"  {_MARKS.get(status, status.upper())} {item_id}")
                 if status in ("failed", "review") or (status == "skipped" and message):
-                    lines.extend(f"       {line}" for line in message.splitlines())
+                    lines.extend(f"       {text}" for text in message.splitlines())
         if self.waiting:
             lines.append("nothing to prove yet: the migration waits for the answers to its QUESTIONs")
         elif self.error:
             lines.append(f"the proof could not finish: {self.error}")
         elif self.differences:
-            count = len(self.differences)
+            differences = len(self.differences)
             lines.append(
-                f"NOT PROVED: the migrations do not produce the desired schema: {count} difference"
-                f"{'s' if count != 1 else ''} (+ only in the desired schema, - only in the migrations, "
+                f"NOT PROVED: the migrations do not produce the desired schema: {differences} difference"
+                f"{'s' if differences != 1 else ''} (+ only in the desired schema, - only in the migrations, "
                 "~ migrations -> desired):"
             )
             lines.append(format_changes(self.differences, limit=0))

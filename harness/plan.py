@@ -287,15 +287,15 @@ class Plan:
         that does not exist (with the closest existing id) and every
         migration named by two steps.
         """
-        ids = {mid: version for mid, version in migration_ids}
+        ids = dict(migration_ids)
         by_version: dict[str, str] = {}
-        for mid, version in migration_ids:
-            by_version.setdefault(version, mid)
+        for known, version in migration_ids:
+            by_version.setdefault(version, known)
         where = _rel_dir(self.migrations_dir, self.root)
         problems: list[tuple[int, str]] = []
         claimed: dict[str, StepConfig] = {}
         for step in self.steps:
-            mid = step.migration if step.migration in ids else by_version.get(step.migration)
+            mid: str | None = step.migration if step.migration in ids else by_version.get(step.migration)
             if mid is None:
                 close = difflib.get_close_matches(step.migration, list(ids) + list(by_version), n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]}?)" if close else _known_ids_hint(list(ids))
@@ -1565,7 +1565,7 @@ class _Builder:
             name=name,
             sql=sql,
             expect=m.get("expect"),
-            rows=tuple(tuple(r) for r in rows) if "rows" in m else None,
+            rows=tuple(tuple(r) for r in rows) if rows is not None else None,
             line=line,
         )
 

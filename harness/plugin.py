@@ -145,7 +145,7 @@ class PlanFile(pytest.File):
     plan: Plan
     rehearsal: Rehearsal
 
-    def collect(self) -> Iterator[MigrationNode]:
+    def collect(self) -> Iterator[MigrationNode | AssertionItem]:
         from .plan import load_plan
         from .rehearsal import Rehearsal
 

@@ -719,7 +719,7 @@ class BinaryServer(Server):
                 # Own session: a Ctrl-C in the terminal reaches us, not the server,
                 # so we stop it in order and remove its directory.
                 start_new_session=True,
-                **_run_as_kwargs(self.run_as),  # type: ignore[arg-type]
+                **_run_as_kwargs(self.run_as),  # type: ignore[call-overload]
             )
         finally:
             logfile.close()
@@ -794,7 +794,7 @@ class DsnServer(Server):
         self._created: set[str] = set()
         self._stopped = False
         params = conninfo_to_dict(dsn)
-        self._maintenance_db = params.get("dbname") or "postgres"
+        self._maintenance_db = str(params.get("dbname") or "postgres")
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
                 self.version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]

@@ -44,7 +44,8 @@ def register_dsn(dsn: str) -> None:
         params = conninfo_to_dict(dsn)
     except Exception:  # noqa: BLE001 - an unparsable DSN still gets scrubbed textually
         return
-    register_secret(params.get("password"))
+    password = params.get("password")
+    register_secret(str(password) if password is not None else None)
 
 
 def scrub(text: str) -> str:
@@ -62,11 +63,12 @@ def describe_dsn(dsn: str) -> str:
         params = conninfo_to_dict(dsn)
     except Exception:  # noqa: BLE001 - never echo what we could not parse
         return "<unparsable connection string>"
-    register_secret(params.get("password"))
+    password = params.get("password")
+    register_secret(str(password) if password is not None else None)
     host = params.get("host") or "localhost"
     port = params.get("port") or "5432"
     db = params.get("dbname") or params.get("user") or "?"
-    user = params.get("user")
+    user = str(params["user"]) if params.get("user") else None
     where = f"{host}:{port}" if not str(host).startswith("/") else f"{host} (socket, port {port})"
     return f"{user + '@' if user else ''}{where}/{db}"
 

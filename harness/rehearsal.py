@@ -338,8 +338,9 @@ class Rehearsal:
         while self._position < index:
             nxt = self._position + 1
             self._apply(nxt)
-            if self._steps[nxt].apply_error is not None:
-                self._broken = (nxt, self._steps[nxt].apply_error)
+            error = self._steps[nxt].apply_error
+            if error is not None:
+                self._broken = (nxt, error)
                 return
             self._position = nxt
 
@@ -683,7 +684,9 @@ class Rehearsal:
         """The migrations produce exactly the plan's desired schema (``schema:``)."""
         from .generate import schema_matches
 
-        ok, message = schema_matches(self.plan, self.server, self._steps[item.index].after)
+        final = self._steps[item.index].after
+        assert final is not None  # _run applied the whole history first
+        ok, message = schema_matches(self.plan, self.server, final)
         if not ok:
             raise _Fail(message)
         return Outcome(PASSED, message)
@@ -758,7 +761,8 @@ class Rehearsal:
         assert check is not None
         self.conn.execute("BEGIN")
         try:
-            cur = self.conn.execute(check.sql)  # type: ignore[arg-type] - plan SQL is trusted
+            # Plan SQL is trusted, sent as written (psycopg types it as a literal string).
+            cur = self.conn.execute(check.sql)  # type: ignore[call-overload]
             rows = cur.fetchall() if cur.description else []
         except psycopg.Error as exc:
             raise _Fail(f"check {check.name!r} failed to run: {describe_pg_error(exc)}\n    {check.sql}") from None
