@@ -155,13 +155,29 @@ def _status(args: argparse.Namespace) -> int:
     migrations = _status_migrations(args, plan)
     where = describe_dsn(dsn)
     status = read_status(dsn, migrations)
+    foreign = _foreign_histories(dsn, migrations)  # what other tools' history tables say (Flyway, goose, ...)
     if args.json:
-        _emit({"database": where, **({"note": note} if note else {}), **status.to_dict()})
+        data = {"database": where, **({"note": note} if note else {}), **status.to_dict()}
+        _emit({**data, "foreign": [m.to_dict() for m in foreign]})
     else:
         if note:
             print(scrub(f"({note})"))
         print(scrub(history.format_status(status, where=where)))
-    return EXIT_OK if status.ok else EXIT_FAILED
+        if foreign:
+            from . import adopt
+
+            print()
+            print(scrub(adopt.format_foreign(foreign)))
+    return EXIT_OK if status.ok and not any(m.problems for m in foreign) else EXIT_FAILED
+
+
+def _foreign_histories(dsn: str, migrations: list[Any]) -> list[Any]:
+    import psycopg
+
+    from . import adopt
+
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        return [adopt.match_history(h, migrations) for h in adopt.read_foreign_histories(conn)]
 
 
 def _status_database(args: argparse.Namespace, plan: Any) -> tuple[str, str | None]:
@@ -314,39 +330,8 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _layout_handlers() -> dict[str, Any]:
-    """``adopt``, and ``status`` extended for foreign history tables."""
-    return {"adopt": _adopt, "status": _status_with_foreign}
-
-
-def _status_with_foreign(args: argparse.Namespace) -> int:
-    """``status``, plus a section per foreign history table (Flyway, golang-migrate, ...) the database has."""
-    import contextlib
-    import io
-
-    import psycopg
-
-    from . import adopt
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        code = _status(args)  # validates the arguments and reports the harness's own history
-    plan = _load_plan(args.plan) if args.plan else None
-    dsn, _note = _status_database(args, plan)  # the same database _status showed
-    migrations = _status_migrations(args, plan)
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-        matches = [adopt.match_history(h, migrations) for h in adopt.read_foreign_histories(conn)]
-    if any(m.problems for m in matches):
-        code = EXIT_FAILED
-    if args.json:
-        data = json.loads(buffer.getvalue())
-        data["foreign"] = [m.to_dict() for m in matches]
-        _emit(data)
-    else:
-        sys.stdout.write(buffer.getvalue())
-        if matches:
-            print()
-            print(scrub(adopt.format_foreign(matches)))
-    return code
+    """``adopt``: record what another tool's history table says is applied."""
+    return {"adopt": _adopt}
 
 
 def _adopt(args: argparse.Namespace) -> int:
