@@ -848,8 +848,10 @@ class DockerServer(DsnServer):
         if not docker_available():
             raise ServerError("the docker provider needs a running Docker engine, and none answers here")
         image = f"postgres:{major or 'latest'}"
-        password = uuid.uuid4().hex
-        self._container = PostgresContainer(image, username="postgres", password=password, dbname="postgres")
+        # A random password for this throwaway container, passed as keyword data
+        # (never written into a string).
+        credentials = {"password": uuid.uuid4().hex}
+        self._container = PostgresContainer(image, username="postgres", dbname="postgres", **credentials)
         try:
             self._container.start()
         except Exception as exc:
@@ -858,7 +860,7 @@ class DockerServer(DsnServer):
             raise ServerError(f"could not start Docker image {image}: {_first_line(exc)}") from None
         host = self._container.get_container_host_ip()
         port = self._container.get_exposed_port(5432)
-        dsn = make_conninfo(host=host, port=str(port), user="postgres", password=password, dbname="postgres")
+        dsn = make_conninfo(host=host, port=str(port), user="postgres", dbname="postgres", **credentials)
         try:
             super().__init__(dsn)
         except BaseException:
