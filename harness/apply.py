@@ -74,7 +74,7 @@ from .hooks import HookContext, HookFailed, PythonHook, run_hooks
 from .plan import Check, Hook, Plan
 from .receipt import Receipt, read_receipt, receipt_path, verify_receipt
 from .redact import describe_dsn, register_dsn, scrub
-from .runlog import RunLog, ensure_private_dir, utc_stamp
+from .runlog import RunLog, ensure_private_dir, human_size, utc_stamp
 from .snapshot import Snapshot, diff_snapshots, format_changes, take_snapshot
 from .sources import Migration, Statement, baseline_index, load_plan_migrations
 
@@ -231,15 +231,6 @@ def _seconds(value: float) -> str:
     if value < 1:
         return f"{value * 1000:.0f} ms"
     return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _plural(n: int, word: str) -> str:
@@ -873,7 +864,7 @@ class _Run:
 
         def written() -> str:
             dumps = sorted(directory.glob(f"{self.plan.name}-*.dump"), key=lambda p: p.stat().st_mtime)
-            return f"{_size(dumps[-1].stat().st_size)} written" if dumps else "starting"
+            return f"{human_size(dumps[-1].stat().st_size)} written" if dumps else "starting"
 
         conn = self._live()
         schema = self.snapshot.objects if self.snapshot is not None else None
@@ -896,7 +887,7 @@ class _Run:
         self.backup = info
         self.backup_path = self.result.backup = info.path
         rl.say(
-            f"  backup: {relpath(info.path)} ({_size(info.size)}, {len(info.tables)} tables, verified: "
+            f"  backup: {relpath(info.path)} ({human_size(info.size)}, {len(info.tables)} tables, verified: "
             f"{info.toc_entries} archive entries) in {_seconds(time.perf_counter() - t0)}"
         )
         rl.event("backup", **{k: v for k, v in info.to_dict().items()})

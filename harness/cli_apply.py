@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import EXIT_FAILED, EXIT_OK, ConfigError, HarnessError
 from .redact import describe_dsn, register_dsn, scrub
+from .runlog import human_size
 
 __all__ = ["add_commands"]
 
@@ -176,19 +177,10 @@ def _backups(args: argparse.Namespace) -> int:
         return EXIT_OK
     for info, state in rows:
         versions = ", ".join(info.versions) or "-"
-        print(f"{info.created_at}  {_size(info.size):>9}  {info.mode:<7}  {state}")
+        print(f"{info.created_at}  {human_size(info.size):>9}  {info.mode:<7}  {state}")
         print(f"    {info.path}")
         print(f"    before applying: {versions}")
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 # ---------------------------------------------------------------------- restore

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from .redact import scrub
 
-__all__ = ["RunLog", "utc_stamp", "create_private_file", "ensure_private_dir"]
+__all__ = ["RunLog", "utc_stamp", "create_private_file", "ensure_private_dir", "human_size"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,16 @@ def create_private_file(directory: Path, stem: str, suffix: str) -> Path:
         os.close(fd)
         return path
     raise OSError(errno.EEXIST, f"could not find a free file name for {stem}{suffix} in {directory}")
+
+
+def human_size(n: int) -> str:
+    """A byte count for people: ``812 B``, ``3.4 MB``."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
 
 
 def _now() -> str:
