@@ -1,10 +1,14 @@
 """Authoring migrations: name, version and template of a new migration (``harness new``).
 
-A migration's file names come from the plan's *layout*.  Only the native
-layout (``<version>_<name>.sql`` and ``<version>_<name>.down.sql``, version a
-UTC timestamp ``YYYYMMDDHHMMSS``) exists today; another layout plugs in by
-providing a :class:`Layout` (how versions are read from the folder and how a
-new migration's files are named) and registering it in :data:`LAYOUTS`.
+A migration's files come from the plan's *layout*: each layout of
+:data:`harness.sources.LAYOUTS` has a :class:`Layout` here (registered in
+:data:`LAYOUTS`) that reads the versions already in the folder, picks the new
+one and drafts the files the way that layout's own tool would: the native
+``<version>_<name>.sql`` and ``.down.sql``, golang-migrate's ``.up.sql`` /
+``.down.sql``, a diesel directory, one dbmate or goose file with both
+sections, Flyway's ``V``/``U`` scripts, a drizzle file plus its journal entry,
+a Sqitch plan line plus its deploy, revert and verify scripts.  What is
+written is what :mod:`harness.layouts` reads back.
 
 Everything here is file-based: no database is opened.  A new version is
 refused when it collides with an existing one or would sort before the
@@ -15,20 +19,33 @@ a different order on a database that already applied the newer ones.
 
 from __future__ import annotations
 
+import configparser
 import datetime as _dt
+import getpass
+import json
 import logging
+import os
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import ConfigError
 
 __all__ = [
     "NAME_PATTERN",
     "Layout",
+    "Draft",
     "NativeLayout",
+    "GolangMigrateLayout",
+    "DieselLayout",
+    "DbmateLayout",
+    "GooseLayout",
+    "FlywayLayout",
+    "DrizzleLayout",
+    "SqitchLayout",
     "LAYOUTS",
     "NewMigration",
     "layout_for",
@@ -46,9 +63,47 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"[a-z0-9_]+")
 _MAX_NAME = 100
 
+_UTC = _dt.timezone.utc
+_STAMP = "%Y%m%d%H%M%S"
+#: Existing versions all below this are a sequence (``1``, ``000010``), not timestamps: the next one is max + 1.
+SEQUENTIAL_BELOW = 100_000
+
+
+@dataclass(frozen=True)
+class NewMigration:
+    """A migration created on disk: its id and files.
+
+    ``up`` and ``down`` are the files holding each direction: the same file
+    for dbmate and goose (sections), and for drizzle (which has no down).
+    ``files`` lists every file created, ``updated`` the existing files a line
+    or entry was appended to (drizzle's journal, Sqitch's plan).
+    """
+
+    version: str
+    name: str
+    up: Path
+    down: Path
+    files: tuple[Path, ...] = ()
+    updated: tuple[Path, ...] = ()
+
+    @property
+    def id(self) -> str:
+        """``<version>_<name>``, as :attr:`harness.sources.Migration.id` (the version alone without a name)."""
+        return f"{self.version}_{self.name}" if self.name else self.version
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What creating a migration writes: new directories and files, and new contents of existing files."""
+
+    migration: NewMigration
+    files: tuple[tuple[Path, str], ...]
+    directories: tuple[Path, ...] = ()
+    updates: tuple[tuple[Path, str], ...] = ()
+
 
 class Layout(Protocol):
-    """How one migrations-folder layout names and orders its files."""
+    """How one migrations-folder layout names, orders and drafts its files."""
 
     name: str
 
@@ -56,21 +111,29 @@ class Layout(Protocol):
         """Every migration version in *directory* with the file it was read from, in no particular order."""
         ...
 
-    def version_at(self, moment: _dt.datetime) -> str:
-        """The version of a migration created at *moment* (UTC)."""
+    def version_at(self, moment: _dt.datetime, directory: Path | None = None) -> str:
+        """The version of a migration created at *moment* (UTC) in *directory*."""
         ...
 
     def next_version(self, version: str) -> str:
         """The version right after *version* (for a follow-up migration created at the same moment)."""
         ...
 
-    def order(self, version: str) -> int:
+    def order(self, version: str) -> tuple[int, ...]:
         """The sort key of a version."""
         ...
 
     def file_names(self, version: str, name: str) -> tuple[str, str]:
-        """The up and down file names of a migration."""
+        """The up and down file names of a migration (``harness generate``, which writes two plain files)."""
         ...
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        """The files of a new migration; raises :class:`ConfigError` when the layout's own bookkeeping refuses it."""
+        ...
+
+
+# --------------------------------------------------------------------------
+# Layouts
 
 
 class NativeLayout:
@@ -78,45 +141,381 @@ class NativeLayout:
 
     name = "native"
     _FILE = re.compile(r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9_-]+)(?:\.down)?\.sql")
-    _STAMP = "%Y%m%d%H%M%S"
+    #: Whether a folder of small sequential versions gets the next number instead of a timestamp.
+    sequential = False
+    #: How to run this layout's migration outside a transaction (a line of the up template).
+    no_transaction_hint = ""
 
     def versions(self, directory: Path) -> list[tuple[str, Path]]:
         found: list[tuple[str, Path]] = []
-        if not directory.is_dir():
-            return found
-        for entry in sorted(directory.iterdir()):
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
+        for entry in _entries(directory):
             match = self._FILE.fullmatch(entry.name)
-            if match:
+            if match and entry.is_file():
                 found.append((match["version"], entry))
         return found
 
-    def version_at(self, moment: _dt.datetime) -> str:
-        return moment.astimezone(_dt.timezone.utc).strftime(self._STAMP)
+    def version_at(self, moment: _dt.datetime, directory: Path | None = None) -> str:
+        if self.sequential and directory is not None:
+            existing = [version for version, _ in self.versions(directory)]
+            if existing and all(self.order(v)[0] < SEQUENTIAL_BELOW for v in existing):
+                # As `migrate create -seq` / `goose create -s` do: the next number, padded like the others.
+                width = max(len(v) for v in existing if v.isdigit()) if any(v.isdigit() for v in existing) else 0
+                return str(max(self.order(v)[0] for v in existing) + 1).zfill(width)
+        return moment.astimezone(_UTC).strftime(_STAMP)
 
     def next_version(self, version: str) -> str:
         try:
-            moment = _dt.datetime.strptime(version, self._STAMP).replace(tzinfo=_dt.timezone.utc)
+            moment = _dt.datetime.strptime(version, _STAMP).replace(tzinfo=_UTC)
         except ValueError:
-            return str(int(version) + 1).zfill(len(version))
+            return str(int(version.split(".")[0]) + 1).zfill(len(version) if version.isdigit() else 0)
         return self.version_at(moment + _dt.timedelta(seconds=1))
 
-    def order(self, version: str) -> int:
-        return int(version)
+    def order(self, version: str) -> tuple[int, ...]:
+        parts = tuple(int(p) for p in re.split(r"[._-]", version) if p)
+        while len(parts) > 1 and parts[-1] == 0:  # Flyway's 1.0 is 1
+            parts = parts[:-1]
+        return parts
 
     def file_names(self, version: str, name: str) -> tuple[str, str]:
         return f"{version}_{name}.sql", f"{version}_{name}.down.sql"
 
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        up_name, down_name = self.file_names(version, name)
+        migration = NewMigration(version, name, directory / up_name, directory / down_name)
+        return _two_files(migration, self._up(migration, moment), self._down(migration, moment))
+
+    def _up(self, migration: NewMigration, moment: _dt.datetime, **kwargs: Any) -> str:
+        kwargs.setdefault("undo", migration.down.name)
+        kwargs.setdefault("no_transaction", self.no_transaction_hint)
+        return up_template(migration.id, migration.name or migration.version, moment, **kwargs)
+
+    def _down(self, migration: NewMigration, moment: _dt.datetime, **kwargs: Any) -> str:
+        return down_template(migration.id, migration.name or migration.version, moment, **kwargs)
+
+
+class _ForeignLayout(NativeLayout):
+    """A layout written for another tool: ``harness generate`` cannot write it yet (it writes two plain files)."""
+
+    def file_names(self, version: str, name: str) -> tuple[str, str]:
+        raise ConfigError(
+            f"harness generate writes native migrations only, not the {self.name!r} layout yet; create the "
+            f"migration with `harness new {name}` and write the SQL that `harness check-schema` shows is missing"
+        )
+
+
+class GolangMigrateLayout(_ForeignLayout):
+    """``<version>_<name>.up.sql`` plus ``.down.sql``; timestamps, or the next number in a sequential folder."""
+
+    name = "golang-migrate"
+    _FILE = re.compile(r"V?(?P<version>[0-9]+)[_.](?P<name>.+)\.up\.sql")
+    sequential = True
+    no_transaction_hint = "golang-migrate runs a file of one statement outside a transaction: keep it alone."
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        migration = NewMigration(
+            version, name, directory / f"{version}_{name}.up.sql", directory / f"{version}_{name}.down.sql"
+        )
+        return _two_files(migration, self._up(migration, moment), self._down(migration, moment))
+
+
+class DieselLayout(_ForeignLayout):
+    """A directory ``<YYYY-MM-DD-HHMMSS>_<name>/`` holding ``up.sql`` and ``down.sql``, as diesel names them."""
+
+    name = "diesel"
+    _DIR = re.compile(r"(?P<version>[0-9][0-9-]*)_(?P<name>.+)")
+    _DIESEL_STAMP = "%Y-%m-%d-%H%M%S"
+    no_transaction_hint = "diesel: also put `run_in_transaction = false` in this migration's metadata.toml."
+
+    def versions(self, directory: Path) -> list[tuple[str, Path]]:
+        return [(m["version"], e) for e in _entries(directory)
+                if e.is_dir() and (m := self._DIR.fullmatch(e.name)) and (e / "up.sql").is_file()]
+
+    def version_at(self, moment: _dt.datetime, directory: Path | None = None) -> str:
+        return moment.astimezone(_UTC).strftime(self._DIESEL_STAMP)
+
+    def next_version(self, version: str) -> str:
+        moment = _dt.datetime.strptime(version, self._DIESEL_STAMP).replace(tzinfo=_UTC)
+        return self.version_at(moment + _dt.timedelta(seconds=1))
+
+    def order(self, version: str) -> tuple[int, ...]:
+        return (int(version.replace("-", "")),)  # as diesel does: the digits, dashes removed
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        folder = directory / f"{version}_{name}"
+        migration = NewMigration(version, name, folder / "up.sql", folder / "down.sql")
+        draft = _two_files(migration, self._up(migration, moment, undo="down.sql"), self._down(migration, moment))
+        return Draft(draft.migration, draft.files, directories=(folder,))
+
+
+class _SectionLayout(_ForeignLayout):
+    """One ``<version>_<name>.sql`` file holding the up and the down section."""
+
+    _FILE = re.compile(r"(?P<version>[0-9]+)_(?P<name>.+)\.(?:sql|go)")
+    up_mark = down_mark = ""
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        path = directory / f"{version}_{name}.sql"
+        migration = NewMigration(version, name, path, path, files=(path,))
+        text = (f"{self.up_mark}\n" + self._up(migration, moment, undo=f"the `{self.down_mark}` section below")
+                + f"{self.down_mark}\n" + self._down(migration, moment, irreversible="leave this section empty"))
+        return Draft(migration, ((path, text),))
+
+
+class DbmateLayout(_SectionLayout):
+    """``<version>_<name>.sql`` with ``-- migrate:up`` and ``-- migrate:down`` sections; UTC timestamps."""
+
+    name = "dbmate"
+    up_mark, down_mark = "-- migrate:up", "-- migrate:down"
+    no_transaction_hint = "dbmate: also mark the section `-- migrate:up transaction:false`."
+
+
+class GooseLayout(_SectionLayout):
+    """``<version>_<name>.sql`` with ``-- +goose Up`` / ``-- +goose Down``; timestamps, or the next number."""
+
+    name = "goose"
+    up_mark, down_mark = "-- +goose Up", "-- +goose Down"
+    sequential = True
+    no_transaction_hint = "goose: also add `-- +goose NO TRANSACTION` as the file's first line."
+
+    def _up(self, migration: NewMigration, moment: _dt.datetime, **kwargs: Any) -> str:
+        # goose splits at every line ending with ';': a DO block needs StatementBegin/End around it.
+        return super()._up(migration, moment, statement_block=("-- +goose StatementBegin", "-- +goose StatementEnd"),
+                           **kwargs)
+
+
+class FlywayLayout(_ForeignLayout):
+    """``V<version>__<name>.sql`` plus the undo ``U<version>__<name>.sql``; the next integer, or a timestamp.
+
+    A folder whose versions are all below :data:`SEQUENTIAL_BELOW` (``V1``,
+    ``V1.1``, ``V2``) gets the next integer above the largest first part
+    (``V3``); an empty folder, or one with timestamp versions, a UTC timestamp.
+    """
+
+    name = "flyway"
+    _FILE = re.compile(r"V(?P<version>[0-9]+(?:[._][0-9]+)*)__(?P<name>.+)\.sql")
+    sequential = True
+    no_transaction_hint = "Flyway runs a script outside a transaction when all its statements need that."
+
+    def versions(self, directory: Path) -> list[tuple[str, Path]]:
+        if not directory.is_dir():
+            return []
+        return [(m["version"], p) for p in sorted(directory.rglob("V*.sql"))
+                if p.is_file() and (m := self._FILE.fullmatch(p.name))
+                and not any(part.startswith(".") for part in p.relative_to(directory).parts)]
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        migration = NewMigration(version, name, directory / f"V{version}__{name}.sql",
+                                 directory / f"U{version}__{name}.sql")
+        return _two_files(migration, self._up(migration, moment), self._down(migration, moment))
+
+
+class DrizzleLayout(_ForeignLayout):
+    """``NNNN_<name>.sql`` (the next journal index) plus its entry in ``meta/_journal.json``."""
+
+    name = "drizzle"
+    _FILE = re.compile(r"(?P<version>[0-9]+)_(?P<name>.+)\.sql")
+    no_transaction_hint = ("drizzle runs every migration in one transaction, so CONCURRENTLY cannot run in a "
+                           "drizzle migration: build such an index outside drizzle.")
+
+    def versions(self, directory: Path) -> list[tuple[str, Path]]:
+        journal_path, journal = _journal(directory)
+        found = [(f"{i:04d}", journal_path) for i in range(len(journal["entries"]))] if journal else []
+        listed = {f"{e.get('tag')}.sql" for e in journal["entries"]} if journal else set()
+        # A numbered file missing from the journal still takes its number.
+        found += [(m["version"], e) for e in _entries(directory)
+                  if e.is_file() and e.name not in listed and (m := self._FILE.fullmatch(e.name))]
+        return found
+
+    def version_at(self, moment: _dt.datetime, directory: Path | None = None) -> str:
+        journal = _journal(directory)[1] if directory is not None else None
+        return f"{len(journal['entries']) if journal else 0:04d}"  # as drizzle-kit: idx = number of entries
+
+    def next_version(self, version: str) -> str:
+        return f"{int(version) + 1:04d}"
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        journal_path, journal = _journal(directory)
+        if journal is None:
+            journal = {"version": "7", "dialect": "postgresql", "entries": []}
+        entries: list[dict[str, Any]] = journal["entries"]
+        when = int(moment.timestamp() * 1000)
+        latest = max(entries, key=lambda e: _int(e.get("when")), default=None)
+        if latest is not None and _int(latest.get("when")) >= when:
+            raise ConfigError(
+                f"the new migration's time {when} (now, ms) is not after {latest.get('tag')}'s "
+                f"({latest.get('when')}) in {journal_path}: drizzle skips a migration older than the last one a "
+                "database applied, so it would never run there. Is this machine's clock behind? Fix the clock or "
+                "that entry's `when`"
+            )
+        tag = f"{version}_{name}"
+        # As drizzle-kit writes it (two-space JSON); keep a final newline someone added.
+        ending = "\n" if journal_path.is_file() and journal_path.read_text(encoding="utf-8").endswith("\n") else ""
+        last = entries[-1] if entries else {}
+        entry = {"idx": len(entries), "version": str(last.get("version", journal.get("version", "7"))),
+                 "when": when, "tag": tag, "breakpoints": bool(last.get("breakpoints", True))}
+        journal["entries"] = [*entries, entry]
+        path = directory / f"{tag}.sql"
+        migration = NewMigration(version, name, path, path, files=(path,), updated=(journal_path,))
+        text = "-- Custom SQL migration file, put your code below! --\n" + self._up(
+            migration, moment, undo="a later migration (drizzle has no down migrations)",
+            extra="drizzle-kit separates statements with a line `--> statement-breakpoint`; do the same.",
+        )
+        return Draft(migration, ((path, text),), directories=() if journal_path.parent.is_dir() else
+                     (journal_path.parent,), updates=((journal_path, json.dumps(journal, indent=2) + ending),))
+
+
+class SqitchLayout(_ForeignLayout):
+    """A change line appended to ``sqitch.plan`` plus ``deploy/``, ``revert/`` and ``verify/<name>.sql``.
+
+    The harness reads a Sqitch change with its name as version; the order is
+    the plan's, so a new change always comes last.
+    """
+
+    name = "sqitch"
+    no_transaction_hint = "Sqitch: also remove this script's BEGIN; and COMMIT;."
+
+    def versions(self, directory: Path) -> list[tuple[str, Path]]:
+        return [(str(i), directory / "sqitch.plan") for i, _ in enumerate(_sqitch_changes(directory))]
+
+    def version_at(self, moment: _dt.datetime, directory: Path | None = None) -> str:
+        return str(len(_sqitch_changes(directory)) if directory is not None else 0)
+
+    def next_version(self, version: str) -> str:
+        return str(int(version) + 1)
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        plan_path = directory / "sqitch.plan"
+        try:
+            text = plan_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {plan_path} ({exc.strerror or exc}); run `sqitch init` first") from None
+        changes = _sqitch_changes(directory)
+        for number, change, planned in changes:
+            if change == name:
+                raise ConfigError(
+                    f"change {name!r} is already in {plan_path} (line {number}); pick another name (to change a "
+                    "deployed change, use `sqitch rework`)"
+                )
+        newest = max((planned for _, _, planned in changes if planned is not None), default=None)
+        if newest is not None and moment.astimezone(_UTC) < newest:
+            raise ConfigError(
+                f"now ({_sqitch_time(moment)}) is before the newest change's planned time "
+                f"({_sqitch_time(newest)}) in {plan_path}: is this machine's clock behind? Fix the clock, or that "
+                "change's timestamp"
+            )
+        project = next((line.partition("=")[2].strip() for line in text.splitlines()
+                        if line.startswith("%project=")), directory.resolve().name)
+        planner, email = _sqitch_planner()
+        line = f"{name} {_sqitch_time(moment)} {planner} <{email}> # {_title(name).capitalize()}.\n"
+        updated = text + ("" if text.endswith("\n") or not text else "\n") + line
+        deploy, revert, verify = (directory / part / f"{name}.sql" for part in ("deploy", "revert", "verify"))
+        migration = NewMigration(name, "", deploy, revert, files=(deploy, revert, verify), updated=(plan_path,))
+        up = (f"-- Deploy {project}:{name} to pg\n\n"
+              + self._up(migration, moment, undo=f"revert/{name}.sql", below="between BEGIN; and COMMIT; below")
+              + "BEGIN;\n\n-- XXX Add DDLs here.\n\nCOMMIT;\n")
+        down = (f"-- Revert {project}:{name} from pg\n\n"
+                + self._down(migration, moment)
+                + "BEGIN;\n\n-- XXX Add DDLs here.\n\nCOMMIT;\n")
+        check = f"-- Verify {project}:{name} on pg\n\nBEGIN;\n\n-- XXX Add verifications here.\n\nROLLBACK;\n"
+        return Draft(
+            migration, ((deploy, up), (revert, down), (verify, check)),
+            directories=tuple(d for d in (deploy.parent, revert.parent, verify.parent) if not d.is_dir()),
+            updates=((plan_path, updated),),
+        )
+
 
 #: Layouts that can name new migrations, by plan ``layout`` value (supabase uses the native files).
-LAYOUTS: dict[str, Layout] = {"native": NativeLayout(), "supabase": NativeLayout()}
+LAYOUTS: dict[str, Layout] = {
+    "native": NativeLayout(),
+    "supabase": NativeLayout(),
+    "golang-migrate": GolangMigrateLayout(),
+    "diesel": DieselLayout(),
+    "dbmate": DbmateLayout(),
+    "goose": GooseLayout(),
+    "flyway": FlywayLayout(),
+    "drizzle": DrizzleLayout(),
+    "sqitch": SqitchLayout(),
+}
+
+
+def _entries(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return [e for e in sorted(directory.iterdir()) if not e.name.startswith(".")]
+
+
+def _two_files(migration: NewMigration, up: str, down: str) -> Draft:
+    files = ((migration.up, up), (migration.down, down))
+    return Draft(NewMigration(migration.version, migration.name, migration.up, migration.down,
+                              files=(migration.up, migration.down)), files)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _journal(directory: Path) -> tuple[Path, dict[str, Any] | None]:
+    path = directory / "meta" / "_journal.json"
+    if not path.is_file():
+        return path, None
+    try:
+        journal = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read drizzle's journal ({exc}); fix it before adding a migration") from None
+    if not isinstance(journal, dict) or not isinstance(journal.get("entries"), list):
+        raise ConfigError(f"{path}: drizzle's journal needs an entries list; fix it before adding a migration")
+    return path, journal
+
+
+_SQITCH_CHANGE = re.compile(r"[+-]?(?P<name>[^\s\[@#%:\\]+)(?:\s+\[[^\]]*\])?\s+(?P<planned>[0-9]{4}-\S+)(?:\s.*)?")
+
+
+def _sqitch_changes(directory: Path) -> list[tuple[int, str, _dt.datetime | None]]:
+    """Plan line, name and planned time of every change of ``sqitch.plan`` (tags and pragmas skipped)."""
+    try:
+        text = (directory / "sqitch.plan").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    changes = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        match = _SQITCH_CHANGE.fullmatch(raw.strip())
+        if match and not raw.strip().startswith(("#", "%", "@")):
+            try:
+                planned: _dt.datetime | None = _dt.datetime.fromisoformat(match["planned"].replace("Z", "+00:00"))
+            except ValueError:
+                planned = None
+            changes.append((number, match["name"], planned))
+    return changes
+
+
+def _sqitch_time(moment: _dt.datetime) -> str:
+    return moment.astimezone(_UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sqitch_planner() -> tuple[str, str]:
+    """The planner's name and email, looked up as Sqitch does: environment, user config, then the system."""
+    name = os.environ.get("SQITCH_USER_NAME") or os.environ.get("SQITCH_FULLNAME")
+    email = os.environ.get("SQITCH_USER_EMAIL") or os.environ.get("SQITCH_EMAIL")
+    if not (name and email):
+        config = configparser.ConfigParser(strict=False, interpolation=None)
+        try:
+            config.read(Path(os.environ.get("SQITCH_USER_CONFIG") or Path.home() / ".sqitch" / "sqitch.conf"),
+                        encoding="utf-8")
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            pass
+        name = name or config.get("user", "name", fallback=None)
+        email = email or config.get("user", "email", fallback=None)
+    user = getpass.getuser()
+    return (name or user).strip(), (email or f"{user}@{socket.gethostname()}").strip("<> ")
 
 
 def layout_for(name: str, directory: Path | None = None) -> Layout:
     """The :class:`Layout` for a plan's ``layout`` value (``auto``: detected from *directory*).
 
-    Raises :class:`ConfigError` for a layout that cannot name new files yet.
+    Raises :class:`ConfigError` for a layout that cannot name new files.
     """
     detected = ""
     if name == "auto":
@@ -128,24 +527,9 @@ def layout_for(name: str, directory: Path | None = None) -> Layout:
         return LAYOUTS[name]
     except KeyError:
         raise ConfigError(
-            f"creating migrations in the {name!r} layout{detected} is not supported yet (supported: "
+            f"creating migrations in the {name!r} layout{detected} is not supported (supported: "
             f"{', '.join(sorted(LAYOUTS))}); create the files the way that tool does"
         ) from None
-
-
-@dataclass(frozen=True)
-class NewMigration:
-    """A migration created on disk: its id and files."""
-
-    version: str
-    name: str
-    up: Path
-    down: Path
-
-    @property
-    def id(self) -> str:
-        """``<version>_<name>``."""
-        return f"{self.version}_{self.name}"
 
 
 def check_name(name: str) -> str:
@@ -170,13 +554,13 @@ def plan_versions(
     existing version or sort before the newest existing migration.
     """
     moment = now or _dt.datetime.now(_dt.timezone.utc)
-    versions = [layout.version_at(moment)]
+    versions = [layout.version_at(moment, directory)]
     while len(versions) < count:
         versions.append(layout.next_version(versions[-1]))
     existing = layout.versions(directory)
     if not existing:
         return versions
-    by_order: dict[int, Path] = {}
+    by_order: dict[tuple[int, ...], Path] = {}
     # Name the up file when a version has both.
     for version, path in sorted(existing, key=lambda vp: (vp[1].name.endswith(".down.sql"), vp[1].name)):
         by_order.setdefault(layout.order(version), path)
@@ -202,17 +586,32 @@ def _title(name: str) -> str:
     return name.replace("_", " ")
 
 
-def up_template(migration_id: str, name: str, created: _dt.datetime) -> str:
+def up_template(
+    migration_id: str,
+    name: str,
+    created: _dt.datetime,
+    *,
+    undo: str | None = None,
+    no_transaction: str = "",
+    statement_block: tuple[str, str] | None = None,
+    below: str = "below",
+    extra: str = "",
+) -> str:
     """The text of a new up migration: a header and the idempotent patterns of docs/authoring.md, commented.
 
-    Prose comments start with ``-- ``; the example SQL is indented by four more spaces.
+    Prose comments start with ``-- ``; the example SQL is indented by four more spaces.  *undo* says where
+    the down migration is (default ``<id>.down.sql``), *no_transaction* how the layout runs a migration
+    outside a transaction, *statement_block* the markers a DO block needs (goose), *extra* a layout note.
     """
     stamp = created.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    begin, end = (f"--     {statement_block[0]}\n", f"--     {statement_block[1]}\n") if statement_block else ("", "")
+    no_tx = f"-- {no_transaction}\n" if no_transaction else ""
+    note = f"-- {extra}\n--\n" if extra else ""
     return f"""\
 -- {migration_id}: {_title(name)}
--- Created by `harness new` on {stamp}; undo it in {migration_id}.down.sql.
+-- Created by `harness new` on {stamp}; undo it in {undo or migration_id + ".down.sql"}.
 --
--- Write it so that a second run changes nothing (the rehearsal's `idempotent`
+{note}-- Write it so that a second run changes nothing (the rehearsal's `idempotent`
 -- item checks that) and so that it does not lock busy tables (`harness lint`).
 -- Patterns (docs/authoring.md), uncomment and adapt:
 --
@@ -224,14 +623,14 @@ def up_template(migration_id: str, name: str, created: _dt.datetime) -> str:
 --     ALTER TABLE public.orders ADD COLUMN IF NOT EXISTS note text;
 --
 -- Types have no IF NOT EXISTS: guard them with a DO block.
---     DO $$
+{begin}--     DO $$
 --     BEGIN
 --         IF to_regtype('public.order_status') IS NULL THEN
 --             CREATE TYPE public.order_status AS ENUM ('new', 'paid');
 --         END IF;
 --     END
 --     $$;
---     ALTER TYPE public.order_status ADD VALUE IF NOT EXISTS 'shipped';
+{end}--     ALTER TYPE public.order_status ADD VALUE IF NOT EXISTS 'shipped';
 --
 -- Constraints on existing tables: NOT VALID first (no scan), VALIDATE later
 -- (no write lock; ideally in the next migration). ADD CONSTRAINT has no
@@ -243,14 +642,16 @@ def up_template(migration_id: str, name: str, created: _dt.datetime) -> str:
 -- Indexes on existing tables: CONCURRENTLY, in a migration of their own that
 -- holds nothing else (CONCURRENTLY cannot run in a transaction):
 --     CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_user_id_idx ON public.orders (user_id);
---
--- The harness refuses a migration without statements: write yours below.
+{no_tx}--
+-- The harness refuses a migration without statements: write yours {below}.
 
 """
 
 
-def down_template(migration_id: str, name: str, created: _dt.datetime) -> str:
-    """The text of a new down migration: how to undo, commented."""
+def down_template(
+    migration_id: str, name: str, created: _dt.datetime, *, irreversible: str = "delete this file"
+) -> str:
+    """The text of a new down migration: how to undo, commented (*irreversible*: what to do when it cannot)."""
     return f"""\
 -- {migration_id}.down: undo {migration_id} ({_title(name)})
 -- The rehearsal checks that up -> down -> up restores the schema exactly.
@@ -262,7 +663,7 @@ def down_template(migration_id: str, name: str, created: _dt.datetime) -> str:
 --     DROP TABLE IF EXISTS public.orders;
 --     DROP TYPE IF EXISTS public.order_status;
 --
--- If the migration cannot be undone, delete this file and declare
+-- If the migration cannot be undone, {irreversible} and declare
 -- `rollback: none` for its step in the plan.
 
 """
@@ -275,10 +676,12 @@ def create_migration(
     layout: Layout | None = None,
     now: _dt.datetime | None = None,
 ) -> NewMigration:
-    """Create the up and down files of a new migration named *name* in *directory*.
+    """Create the files of a new migration named *name* in *directory*, in *layout* (default: detected).
 
-    Raises :class:`ConfigError` for an invalid name, a missing folder, or a
-    version that collides with or sorts before an existing migration.
+    Raises :class:`ConfigError` for an invalid name, a missing folder, a
+    version that collides with or sorts before an existing migration, or a
+    name or time the layout's own bookkeeping (Sqitch plan, drizzle journal)
+    refuses.  Nothing is written then.
     """
     check_name(name)
     layout = layout or layout_for("auto", directory)
@@ -288,14 +691,44 @@ def create_migration(
         )
     moment = now or _dt.datetime.now(_dt.timezone.utc)
     (version,) = plan_versions(directory, layout, 1, now=moment)
-    up_name, down_name = layout.file_names(version, name)
-    migration = NewMigration(version, name, directory / up_name, directory / down_name)
-    write_new_files(
-        [(migration.up, up_template(migration.id, name, moment)),
-         (migration.down, down_template(migration.id, name, moment))]
-    )
-    log.info("created %s and %s", migration.up, migration.down)
+    draft = layout.draft(directory, version, name, moment)
+    _write(draft)
+    migration = draft.migration
+    log.info("created %s%s", ", ".join(str(p) for p in migration.files),
+             "; updated " + ", ".join(str(p) for p in migration.updated) if migration.updated else "")
     return migration
+
+
+def _write(draft: Draft) -> None:
+    """Create the draft's directories and files, then replace the updated files; undo it all on failure."""
+    made: list[Path] = []
+    try:
+        for folder in draft.directories:
+            try:
+                folder.mkdir(parents=True)
+            except FileExistsError:
+                raise ConfigError(f"{folder} already exists; not overwriting it") from None
+            made.append(folder)
+        write_new_files(draft.files)
+        try:
+            for path, text in draft.updates:
+                # Written aside and renamed, so the tool never reads a half-written plan or journal.
+                aside = path.with_name(f".{path.name}.harness-new")
+                aside.write_text(text, encoding="utf-8")
+                os.replace(aside, path)
+        except BaseException:
+            for path, _ in draft.files:
+                path.unlink(missing_ok=True)
+            for path, _ in draft.updates:
+                path.with_name(f".{path.name}.harness-new").unlink(missing_ok=True)
+            raise
+    except BaseException:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                log.warning("could not remove %s after a failed `harness new`", folder)
+        raise
 
 
 def write_new_files(files: Sequence[tuple[Path, str]]) -> None:

@@ -423,8 +423,10 @@ def _new(args: argparse.Namespace) -> int:
     from .execute import relpath
 
     created = create_migration(directory, args.name, layout=layout)
-    print(f"created {relpath(created.up)}")
-    print(f"created {relpath(created.down)}")
+    for path in created.files or (created.up, created.down):
+        print(f"created {relpath(path)}")
+    for path in created.updated:
+        print(f"updated {relpath(path)}")
     print("write the SQL: the harness refuses a migration without statements (patterns: docs/authoring.md)")
     return EXIT_OK
 

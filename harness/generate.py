@@ -551,6 +551,8 @@ def generate(
     """
     check_name(name)
     layout = layout_for(plan.layout, plan.migrations_dir)
+    # Refuse before any schema work: file_names raises for layouts generate cannot write yet.
+    layout.file_names("0", name)
     moment = now or _dt.datetime.now(_dt.timezone.utc)
     desired = _desired_catalog(plan, server)
     current, _count = _current_catalog(plan, server)
