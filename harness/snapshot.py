@@ -146,8 +146,21 @@ _COMMENT = (
 _SORTED_TEXT_ARRAY = "CASE WHEN {arr} IS NOT NULL THEN (SELECT json_agg(x ORDER BY x) FROM unnest({arr}) x) END"
 
 
-def _acl(expr: str) -> str:
-    return _ACL.format(acl=expr)
+def _acl(expr: str, kind: str = "", owner: str = "") -> str:
+    """The ACL as sorted text, or NULL when it grants exactly the defaults.
+
+    GRANT then REVOKE leaves an explicit ACL equal to ``acldefault()`` where
+    there was NULL before: the same privileges, so the same snapshot (else a
+    correct up/down pair that grants and revokes looks like a leftover).  A
+    column's default is no privileges, written NULL or ``{}``.
+    """
+    if not kind:
+        return _ACL.format(acl=f"CASE WHEN cardinality({expr}) = 0 THEN NULL ELSE {expr} END")
+    default = (
+        f"(SELECT array_agg(a::text ORDER BY a::text) FROM unnest({expr}) a) IS NOT DISTINCT FROM "
+        f"(SELECT array_agg(a::text ORDER BY a::text) FROM unnest(acldefault('{kind}', {owner})) a)"
+    )
+    return _ACL.format(acl=f"CASE WHEN {expr} IS NOT NULL AND {default} THEN NULL ELSE {expr} END")
 
 
 def _comment(oid: str, catalog: str, sub: str = "0") -> str:
@@ -227,7 +240,7 @@ flags AS MATERIALIZED (
     SELECT EXISTS (SELECT FROM pg_description d WHERE d.objoid >= {_FIRST_NORMAL_OID}) AS comments
 ),
 ns AS MATERIALIZED (
-    SELECT n.oid, quote_ident(n.nspname) AS q, n.nspacl
+    SELECT n.oid, quote_ident(n.nspname) AS q, n.nspacl, n.nspowner
     FROM pg_namespace n
     WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
       AND n.nspname <> ALL ($1)
@@ -236,7 +249,7 @@ ns AS MATERIALIZED (
 rel AS MATERIALIZED (
     SELECT c.oid, c.relkind, c.relpersistence, c.relrowsecurity,
            c.relforcerowsecurity, c.relispartition, c.relpartbound, c.reloptions,
-           c.relacl, ns.q || '.' || quote_ident(c.relname) AS q
+           c.relacl, c.relowner, ns.q || '.' || quote_ident(c.relname) AS q
     FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'i', 'I')
       AND {_not_member('pg_class', 'c.oid')}
@@ -260,7 +273,7 @@ inh AS MATERIALIZED (
 ),
 ty AS MATERIALIZED (
     SELECT t.oid, t.typtype, t.typbasetype, t.typtypmod, t.typnotnull, t.typdefaultbin,
-           t.typcollation, t.typrelid, t.typacl, ns.q || '.' || quote_ident(t.typname) AS q
+           t.typcollation, t.typrelid, t.typacl, t.typowner, ns.q || '.' || quote_ident(t.typname) AS q
     FROM ns {_in_schema('pg_type', 't')}
     JOIN pg_type t ON t.oid = td.objid AND t.typnamespace = ns.oid
     WHERE t.typtype IN ('e', 'd', 'c', 'r')
@@ -269,7 +282,7 @@ ty AS MATERIALIZED (
 ),
 objects(o) AS (
     SELECT json_build_array(
-        {_acl('ns.nspacl')},
+        {_acl('ns.nspacl', 'n', 'ns.nspowner')},
         {_comment('ns.oid', 'pg_namespace')},
         'schema ' || ns.q)
     FROM ns
@@ -294,7 +307,7 @@ objects(o) AS (
             JOIN pg_foreign_server fs ON fs.oid = ft.ftserver WHERE ft.ftrelid = r.oid) END,
         {_sorted('r.reloptions')},
         coalesce(co.names, '[]'),
-        {_acl('r.relacl')},
+        {_acl('r.relacl', 'r', 'r.relowner')},
         {_comment('r.oid', 'pg_class')},
         'table ' || r.q)
     FROM rel r
@@ -367,7 +380,7 @@ objects(o) AS (
            AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0
          LIMIT 1),
         CASE r.relpersistence WHEN 'p' THEN 'permanent' WHEN 'u' THEN 'unlogged' ELSE 'temporary' END,
-        {_acl('r.relacl')},
+        {_acl('r.relacl', 's', 'r.relowner')},
         {_comment('r.oid', 'pg_class')},
         'sequence ' || r.q)
     FROM rel r JOIN pg_sequence s ON s.seqrelid = r.oid
@@ -379,7 +392,7 @@ objects(o) AS (
     SELECT json_build_array(
         pg_get_viewdef(r.oid),
         {_sorted('r.reloptions')},
-        {_acl('r.relacl')},
+        {_acl('r.relacl', 'r', 'r.relowner')},
         {_comment('r.oid', 'pg_class')},
         CASE r.relkind WHEN 'v' THEN 'view ' ELSE 'materialized_view ' END || r.q)
     FROM rel r WHERE r.relkind IN ('v', 'm')
@@ -402,7 +415,7 @@ objects(o) AS (
         encode(sha256(convert_to(
             coalesce(p.prosrc, '') || chr(10) || coalesce(p.probin, '') || chr(10) || coalesce({sqlbody}, ''),
             'UTF8')), 'hex'),
-        {_acl('p.proacl')},
+        {_acl('p.proacl', 'f', 'p.proowner')},
         {_comment('p.oid', 'pg_proc')},
         CASE p.prokind WHEN 'p' THEN 'procedure ' ELSE 'function ' END
             || ns.q || '.' || quote_ident(p.proname) || '(' || oidvectortypes(p.proargtypes) || ')')
@@ -451,7 +464,7 @@ objects(o) AS (
     SELECT json_build_array(
         coalesce((SELECT json_agg(e.enumlabel::text ORDER BY e.enumsortorder)
                   FROM pg_enum e WHERE e.enumtypid = ty.oid), '[]'),
-        {_acl('ty.typacl')},
+        {_acl('ty.typacl', 'T', 'ty.typowner')},
         {_comment('ty.oid', 'pg_type')},
         'enum ' || ty.q)
     FROM ty WHERE ty.typtype = 'e'
@@ -467,7 +480,7 @@ objects(o) AS (
             WHERE co.oid = ty.typcollation) END,
         coalesce((SELECT json_object_agg(quote_ident(c.conname), pg_get_constraintdef(c.oid))
                   FROM pg_constraint c WHERE c.contypid = ty.oid AND c.contype <> 'n'), '{{}}'),
-        {_acl('ty.typacl')},
+        {_acl('ty.typacl', 'T', 'ty.typowner')},
         {_comment('ty.oid', 'pg_type')},
         'domain ' || ty.q)
     FROM ty JOIN pg_type bt ON bt.oid = ty.typbasetype WHERE ty.typtype = 'd'
@@ -478,7 +491,7 @@ objects(o) AS (
             SELECT json_agg(json_build_array(quote_ident(a.attname), format_type(a.atttypid, a.atttypmod))
                             ORDER BY a.attnum)
             FROM pg_attribute a WHERE a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped), '[]'),
-        {_acl('ty.typacl')},
+        {_acl('ty.typacl', 'T', 'ty.typowner')},
         {_comment('ty.oid', 'pg_type')},
         'composite ' || ty.q)
     FROM ty WHERE ty.typtype = 'c'
@@ -486,7 +499,7 @@ objects(o) AS (
     UNION ALL
     SELECT json_build_array(
         format_type(rg.rngsubtype, NULL),
-        {_acl('ty.typacl')},
+        {_acl('ty.typacl', 'T', 'ty.typowner')},
         {_comment('ty.oid', 'pg_type')},
         'range ' || ty.q)
     FROM ty JOIN pg_range rg ON rg.rngtypid = ty.oid WHERE ty.typtype = 'r'

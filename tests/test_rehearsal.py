@@ -248,6 +248,12 @@ CORRECT = {
         """,
         "5_view.down.sql": "DROP VIEW IF EXISTS active_users;\nDROP FUNCTION IF EXISTS user_count();",
     },
+    "grant in the up, revoke in the down": {
+        "1_users.sql": USERS,
+        "1_users.down.sql": USERS_DOWN,
+        "2_grant.sql": "GRANT SELECT ON users TO PUBLIC;",
+        "2_grant.down.sql": "REVOKE SELECT ON users FROM PUBLIC;",
+    },
     "file wrapped in BEGIN/COMMIT, no down file": {
         "1_users.sql": "BEGIN;\n" + USERS + "\nCOMMIT;\n",
     },

@@ -774,3 +774,28 @@ def test_fingerprint_tables_and_quoting(conn: psycopg.Connection) -> None:
     assert prints['"My Schema"."Odd ""Name"""'][0] == 2
     assert named["public.parent"][0] == 1
     assert named['"My Schema"."Odd ""Name"""'] == prints['"My Schema"."Odd ""Name"""']
+
+
+def test_grant_then_revoke_restores_the_default_acl_snapshot(db_dsn: str) -> None:
+    """An explicit ACL equal to the defaults is the same schema as NULL; a real grant is not."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE g (id int, secret text)")
+        conn.execute("CREATE SEQUENCE gs")
+        conn.execute("CREATE FUNCTION gf() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        conn.execute("CREATE SCHEMA gn")
+        conn.execute("CREATE TYPE gt AS ENUM ('a')")
+        before = take_snapshot(conn)
+        grants = [
+            ("GRANT SELECT ON g TO PUBLIC", "REVOKE SELECT ON g FROM PUBLIC"),
+            ("GRANT SELECT (secret) ON g TO PUBLIC", "REVOKE SELECT (secret) ON g FROM PUBLIC"),
+            ("GRANT USAGE ON SEQUENCE gs TO PUBLIC", "REVOKE USAGE ON SEQUENCE gs FROM PUBLIC"),
+            ("REVOKE EXECUTE ON FUNCTION gf() FROM PUBLIC", "GRANT EXECUTE ON FUNCTION gf() TO PUBLIC"),
+            ("GRANT USAGE ON SCHEMA gn TO PUBLIC", "REVOKE USAGE ON SCHEMA gn FROM PUBLIC"),
+            ("REVOKE USAGE ON TYPE gt FROM PUBLIC", "GRANT USAGE ON TYPE gt TO PUBLIC"),
+        ]
+        for grant, revoke in grants:
+            conn.execute(grant)
+            granted = take_snapshot(conn)
+            assert diff_snapshots(before, granted), f"{grant} must show in the snapshot"
+            conn.execute(revoke)
+            assert diff_snapshots(before, take_snapshot(conn)) == [], f"{grant} then {revoke} must restore it"
