@@ -59,6 +59,7 @@ from psycopg import sql
 
 from . import adopt, history
 from .batch import BatchSpec, BatchState, next_batch, resolve_target
+from .checks import check_problem
 from .backup import BackupInfo, prune_backups, take_backup, touched_tables
 from .errors import (
     BackupError,
@@ -70,7 +71,7 @@ from .errors import (
     MigrationError,
 )
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
-from .hooks import HookContext, HookFailed, PythonHook, run_hooks
+from .hooks import HookContext, PythonHook, run_hooks
 from .plan import Check, Hook, Plan
 from .receipt import Receipt, read_receipt, receipt_path, verify_receipt
 from .redact import describe_dsn, register_dsn, scrub
@@ -1353,7 +1354,7 @@ class _Run:
         except psycopg.Error as exc:
             self.rl.event("health_check", name=check.name, outcome="error", error=describe_pg_error(exc))
             raise _HealthFailed(f"check {check.name!r} failed to run: {describe_pg_error(exc)}\n    {check.sql}") from None
-        problem = _check_problem(check, rows)
+        problem = check_problem(check, rows)
         self.rl.event("health_check", name=check.name, outcome="failed" if problem else "passed", problem=problem)
         if problem:
             raise _HealthFailed(problem)
@@ -1745,33 +1746,3 @@ def _schema_is_empty(conn: psycopg.Connection[Any]) -> bool:
     """
     row = conn.execute(_SCHEMA_IS_EMPTY).fetchone()
     return bool(row and row[0])
-
-
-def _normalise(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_normalise(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    return str(value)
-
-
-def _check_problem(check: Check, rows: list[tuple[Any, ...]]) -> str | None:
-    """What is wrong with a health check's result, or ``None`` when it passed."""
-    got = [_normalise(list(r)) for r in rows]
-    if check.rows is not None:
-        want = [_normalise(list(r)) for r in check.rows]
-        if got != want and [[str(v) for v in r] for r in got] != [[str(v) for v in r] for r in want]:
-            return (f"check {check.name!r}: rows differ\n    expected: {json.dumps(want, default=str)}\n"
-                    f"    got:      {json.dumps(got, default=str)}\n    sql: {check.sql}")
-        return None
-    if check.expect is not None:
-        if len(got) != 1 or len(got[0]) != 1:
-            return (f"check {check.name!r}: expected one value {check.expect!r}, got {len(got)} rows\n"
-                    f"    sql: {check.sql}")
-        value = got[0][0]
-        if value != check.expect and str(value) != str(check.expect):
-            return f"check {check.name!r}: expected {check.expect!r}, got {value!r}\n    sql: {check.sql}"
-        return None
-    if len(got) == 1 and len(got[0]) == 1 and not got[0][0]:
-        return f"check {check.name!r}: returned {got[0][0]!r}, expected a true value\n    sql: {check.sql}"
-    return None

@@ -18,7 +18,6 @@ working database, made with ``CREATE DATABASE ... TEMPLATE``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -31,15 +30,16 @@ import psycopg
 from psycopg import sql
 
 from . import lint as lint_mod
+from .checks import check_problem, check_summary
 from .compat import breaking_changes
 from .errors import HarnessError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
 from .locks import LockReport, judge, pre_existing_relations, run_measured  # locks (issue 5)
-from .plan import Check, Plan, StepConfig
+from .plan import Check, Plan
 from .postgres import Server
 from .redact import scrub
 from .snapshot import Snapshot, diff_snapshots, format_changes, table_fingerprints, take_snapshot
-from .sources import Migration, Statement, baseline_index, load_plan_migrations, parse_sql
+from .sources import Migration, baseline_index, load_plan_migrations, parse_sql
 
 __all__ = ["Item", "Outcome", "Rehearsal", "ASSERTIONS", "PASSED", "FAILED", "SKIPPED"]
 
@@ -905,35 +905,8 @@ def _data_changes(before: dict[str, tuple[int, str]], after: dict[str, tuple[int
     return "\n".join(lines)
 
 
-def _normalise(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_normalise(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    return str(value)
-
-
 def _compare_check(check: Check, rows: list[tuple[Any, ...]]) -> str:
-    got_rows = [_normalise(list(r)) for r in rows]
-    if check.rows is not None:
-        want = [_normalise(list(r)) for r in check.rows]
-        if got_rows != want and [[str(v) for v in r] for r in got_rows] != [[str(v) for v in r] for r in want]:
-            raise _Fail(
-                f"check {check.name!r}: rows differ\n    expected: {json.dumps(want, default=str)}\n"
-                f"    got:      {json.dumps(got_rows, default=str)}\n    sql: {check.sql}"
-            )
-        return f"{len(got_rows)} rows as expected"
-    if check.expect is not None:
-        if len(got_rows) != 1 or len(got_rows[0]) != 1:
-            raise _Fail(
-                f"check {check.name!r}: expected one value {check.expect!r}, got {len(got_rows)} rows: "
-                f"{json.dumps(got_rows[:5], default=str)}\n    sql: {check.sql}"
-            )
-        value = got_rows[0][0]
-        if value != check.expect and str(value) != str(check.expect):
-            raise _Fail(f"check {check.name!r}: expected {check.expect!r}, got {value!r}\n    sql: {check.sql}")
-        return f"value {value!r} as expected"
-    if len(got_rows) == 1 and len(got_rows[0]) == 1 and not got_rows[0][0]:
-        raise _Fail(f"check {check.name!r}: returned {got_rows[0][0]!r}, expected a true value\n    sql: {check.sql}")
-    return "ran without error"
-
+    problem = check_problem(check, rows)
+    if problem:
+        raise _Fail(problem)
+    return check_summary(check, rows)
