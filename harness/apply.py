@@ -777,7 +777,7 @@ class _Run:
         r = self.plan.rehearsal
         server = start_server(r.provider, r.postgres, r.dsn)
         try:
-            with Rehearsal(self.plan, server, migrations=self.migrations) as rehearsal:
+            with Rehearsal(self.plan, server, migrations=self.migrations, measure=False) as rehearsal:
                 return rehearsal.schema_after(index)
         finally:
             server.stop()

@@ -341,7 +341,7 @@ def _current_catalog(plan: Plan, server: Server) -> tuple[Catalog, int]:
     """The schema the plan's migrations produce, and how many migrations there are."""
     from .rehearsal import Rehearsal  # the engine may import this module for its schema item
 
-    with Rehearsal(plan, server) as rehearsal:
+    with Rehearsal(plan, server, measure=False) as rehearsal:
         snapshot = rehearsal.schema_after(len(rehearsal.migrations) - 1)
         return read_catalog(rehearsal.conn, snapshot), len(rehearsal.migrations)
 

@@ -132,9 +132,13 @@ class Rehearsal:
         server: Server | Callable[[], Server],
         *,
         migrations: Sequence[Migration] | None = None,
+        measure: bool = True,
     ) -> None:
         self.plan = plan
         self._server = server
+        # False when only the schema at some version is wanted (apply's drift
+        # check, generate): no lock measurement, failure rehearsal or batched run.
+        self._measure = measure
         # Layouts and substitutions (issue 6): the plan says how to read its folder.
         self.migrations = list(migrations) if migrations is not None else load_plan_migrations(plan)
         plan.bind([(m.id, m.version) for m in self.migrations])
@@ -349,9 +353,9 @@ class Rehearsal:
         cfg = self.configs[migration.id]
         step = self._steps[index]
         self._before(index)
-        if migration.batches:  # batch (issue 7): the batched run needs the state before, so it goes first
+        if self._measure and migration.batches:  # batch (issue 7): the batched run needs the state before, first
             step.batched = self._batched_run(migration)
-        if cfg.rollback and migration.down_statements is None and migration.transactional:
+        if self._measure and cfg.rollback and migration.down_statements is None and migration.transactional:
             step.failure_rehearsal = self._failure_rehearsal(migration, step)
             step.failure_rehearsal_run = True
         t0 = time.perf_counter()
@@ -452,7 +456,7 @@ class Rehearsal:
     def _run_up(self, index: int) -> None:
         """Run migration *index*'s up statements; measure its locks when its ``locks`` item is on."""
         migration = self.migrations[index]
-        if not self.configs[migration.id].locks.enabled or index <= self._baseline:
+        if not self._measure or not self.configs[migration.id].locks.enabled or index <= self._baseline:
             run_statements(self.conn, migration.statements, migration.path)
             return
         step = self._steps[index]
