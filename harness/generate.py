@@ -210,8 +210,12 @@ def _render(
         up.blank()
         for stmt in action.up:
             up.statement(stmt)
-    for question, acts in questions:
-        first = phase == min(p for p in phases if any(a.phase == p or a.phase not in phases for a in question.actions))
+    # A question's rename is written in the first phase that touches it (once, in up and down).
+    firsts = [
+        phase == min(p for p in phases if any(a.phase == p or a.phase not in phases for a in question.actions))
+        for question, _acts in questions
+    ]
+    for (question, acts), first in zip(questions, firsts):
         up.blank()
         up.comment(f"QUESTION: rename? {question.message}.")
         if first:
@@ -242,8 +246,7 @@ def _render(
         down.blank()
         for stmt in action.down:
             down.statement(stmt)
-    for question, acts in questions:
-        first = phase == min(p for p in phases if any(a.phase == p or a.phase not in phases for a in question.actions))
+    for (question, acts), first in zip(questions, firsts):
         down.blank()
         down.comment(f"QUESTION: rename? {question.message} (see the up migration).")
         if first:

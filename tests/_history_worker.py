@@ -21,6 +21,8 @@ from harness.history import compute_status, ensure_table, read_applied, record_a
 
 @dataclass(frozen=True)
 class FakeMigration:
+    """Stand-in for harness.sources.Migration (only the attributes history uses)."""
+
     version: str
     name: str
     checksum: str

@@ -10,7 +10,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -36,18 +35,14 @@ from harness.history import (
 WORKER = Path(__file__).with_name("_history_worker.py")
 WAIT = 10.0  # upper bound for every wait: a regression fails, it does not hang
 
+# Shared with the worker process and the apply tests rather than written again.
+from _apply_helpers import wait_until as _wait_until  # noqa: E402
+from _history_worker import FakeMigration  # noqa: E402
 
-@dataclass(frozen=True)
-class FakeMigration:
-    """Stand-in for harness.sources.Migration (only the attributes history uses)."""
 
-    version: str
-    name: str
-    checksum: str
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    return _wait_until(predicate, what, timeout)
 
-    @property
-    def id(self) -> str:  # noqa: A003 - the domain's name
-        return f"{self.version}_{self.name}"
 
 
 def mig(version: str, name: str | None = None, checksum: str | None = None) -> FakeMigration:
@@ -65,16 +60,6 @@ def row(version: str, *, checksum: str | None = None, success: bool = True, minu
         mode="development",
         success=success,
     )
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
