@@ -17,6 +17,10 @@ from harness.postgres import Server, start_server
 
 pytest_plugins = ["pytester"]
 
+# Every incremental snapshot a rehearsal takes during the suite is compared
+# with a full one (harness/tracking.py): the whole corpus checks the tracking.
+os.environ.setdefault("HARNESS_SNAPSHOTS", "verify")
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:

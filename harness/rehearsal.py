@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from . import lint as lint_mod
+from . import tracking
 from .checks import check_problem, check_summary
 from .compat import breaking_changes
 from .errors import HarnessError
@@ -38,8 +39,15 @@ from .locks import LockReport, judge, pre_existing_relations, run_measured  # lo
 from .plan import Check, Plan
 from .postgres import Server
 from .redact import scrub
-from .snapshot import Snapshot, diff_snapshots, format_changes, table_fingerprints, take_snapshot
-from .sources import Migration, baseline_index, load_plan_migrations, parse_sql
+from .snapshot import (
+    Snapshot,
+    diff_snapshots,
+    format_changes,
+    table_fingerprints,
+    take_rooted_snapshot,
+    take_snapshot,
+)
+from .sources import Migration, Statement, baseline_index, load_plan_migrations, parse_sql
 
 __all__ = ["Item", "Outcome", "Rehearsal", "ASSERTIONS", "PASSED", "FAILED", "SKIPPED"]
 
@@ -110,6 +118,13 @@ class _Step:
     apply_seconds: float = 0.0
     locks: LockReport | None = None  # locks (issue 5): measured while the up migration ran
     batched: _BatchedRun | None = None  # batch (issue 7): the migration run in batches, on a copy of the state before
+    # Tracked runs (see harness/tracking.py): the state after up, the objects
+    # up changed, and what the second up, the down and the up after it changed.
+    after_state: tracking.State | None = None
+    up_keys: frozenset[str] = frozenset()
+    again: tracking.Delta | None = None
+    down: tracking.Delta | None = None
+    reup: tracking.Delta | None = None
 
 
 @dataclass
@@ -160,6 +175,13 @@ class Rehearsal:
         # relfilenode) inside its transaction, so only those are re-read.
         self._data: dict[str, tuple[int, str]] = {}
         self._nodes: dict[str, int] = {}
+        self._nodes_stale = False  # a tracked run moved on without reading the storage files
+        # Incremental snapshots (harness/tracking.py): on unless HARNESS_SNAPSHOTS=full
+        # or the rehearsal role cannot create event triggers.
+        self._track_mode = tracking.mode()
+        self._tracking = False
+        self._state: tracking.State | None = None  # schema, roots and data at the current position
+        self._tracked = False  # some state came from a delta: check the last one against a full snapshot
 
     # ------------------------------------------------------------------ setup
 
@@ -189,12 +211,22 @@ class Rehearsal:
                 run_statements(self.conn, statements, seed)
             except StatementFailed as exc:
                 raise HarnessError(f"the rehearsal seed failed to load: {exc}") from None
+        # After the seed: a seed dumped from a managed database may create the harness schema itself.
+        if self._track_mode != "full":
+            self._tracking = tracking.install(self.conn)
         self._refresh_data()
 
     def _refresh_data(self) -> None:
         """Read the data of every table (after the seed, or a non-transactional migration)."""
         self._nodes = _counters(self.conn).nodes
+        self._nodes_stale = False
         self._data = table_fingerprints(self.conn, self._nodes) if self._nodes else {}
+
+    def _sync_nodes(self) -> None:
+        """Make ``_nodes`` current again after tracked runs (the untracked paths compare against it)."""
+        if self._nodes_stale:
+            self._nodes = _counters(self.conn).nodes
+            self._nodes_stale = False
 
     def _connect(self) -> None:
         self._conn = self.server.connect(self.dbname, autocommit=True)
@@ -326,6 +358,13 @@ class Rehearsal:
     def _snapshot(self) -> Snapshot:
         return take_snapshot(self.conn)
 
+    def _current_state(self) -> tracking.State:
+        """The schema (with roots) and data at the current position, read in full when not known."""
+        if self._state is None:
+            snapshot, roots = take_rooted_snapshot(self.conn)
+            self._state = tracking.State(snapshot, roots, dict(self._data))
+        return self._state
+
     def _before(self, index: int) -> None:
         """Make sure the before-state of migration *index* is recorded."""
         step = self._steps[index]
@@ -333,6 +372,8 @@ class Rehearsal:
             prev = self._steps[index - 1] if index > 0 else None
             if prev is not None and prev.after is not None and self._position == index - 1:
                 step.before = prev.after
+            elif self._tracking:
+                step.before = self._current_state().snapshot
             else:
                 step.before = self._snapshot()
             step.before_data, step.before_nodes = self._data, self._nodes
@@ -349,13 +390,23 @@ class Rehearsal:
             self._position = nxt
 
     def _apply(self, index: int) -> None:
+        if self._trackable(index):
+            self._apply_tracked(index)
+            return
+        self._apply_untracked(index)
+
+    def _apply_untracked(self, index: int) -> None:
         migration = self.migrations[index]
         cfg = self.configs[migration.id]
         step = self._steps[index]
+        self._sync_nodes()
         self._before(index)
         if self._measure and migration.batches:  # batch (issue 7): the batched run needs the state before, first
             step.batched = self._batched_run(migration)
-        if self._measure and cfg.rollback and migration.down_statements is None and migration.transactional:
+        if (
+            self._measure and cfg.rollback and migration.down_statements is None and migration.transactional
+            and not step.failure_rehearsal_run
+        ):
             step.failure_rehearsal = self._failure_rehearsal(migration, step)
             step.failure_rehearsal_run = True
         t0 = time.perf_counter()
@@ -373,7 +424,7 @@ class Rehearsal:
             data = {t: v for t, v in self._data.items() if t in now.nodes}
             if touched:
                 data.update(table_fingerprints(self.conn, touched))
-            step.after = self._snapshot()
+            step.after, roots = take_rooted_snapshot(self.conn)
             self.conn.execute("COMMIT")
             self._data, self._nodes = data, now.nodes
             step.touched = frozenset(touched)
@@ -384,11 +435,114 @@ class Rehearsal:
                 step.apply_error = scrub(str(exc))
                 return
             step.apply_seconds = time.perf_counter() - t0
-            step.after = self._snapshot()
+            step.after, roots = take_rooted_snapshot(self.conn)
             self._refresh_data()
             step.touched = frozenset(self._nodes)
         step.applied = True
         step.after_data = self._data
+        self._state = tracking.State(step.after, roots, dict(self._data))
+
+    # ---------------------------------------------------------------- tracked runs (harness/tracking.py)
+
+    def _trackable(self, index: int) -> bool:
+        """Whether migration *index* can be applied and proved with incremental snapshots."""
+        migration = self.migrations[index]
+        return self._tracking and migration.transactional and _trackable_statements(migration.statements)
+
+    def _exchange(self, script: str) -> list[tracking.Delta]:
+        """Send *script* (several statements, one message) and return its deltas in order."""
+        cur = self.conn.cursor()
+        # Migration text is trusted SQL, sent as written.
+        cur.execute(script.encode(self.conn.info.encoding), prepare=False)  # type: ignore[call-overload]
+        deltas = []
+        while True:
+            description = cur.description
+            if description and description[0].name == tracking.DELTA_COLUMN:
+                row = cur.fetchone()
+                assert row is not None
+                deltas.append(tracking.parse_delta(row[0]))
+            if not cur.nextset():
+                return deltas
+
+    def _recover(self) -> None:
+        """Leave a transaction that a failed message left open."""
+        if self.conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            self.conn.execute("ROLLBACK")
+
+    def _apply_tracked(self, index: int) -> None:
+        """Apply migration *index* in one message, then try it again, down and up again in a second one.
+
+        Each run is measured by the tracking functions; the assertions judge
+        the deltas later.  When a message fails, the untracked path runs the
+        statements one by one again and reports exactly what failed.
+        """
+        migration = self.migrations[index]
+        cfg = self.configs[migration.id]
+        step = self._steps[index]
+        state = self._current_state()
+        if step.before is None:
+            step.before, step.before_data, step.before_nodes = state.snapshot, dict(state.data), None
+        if self._measure and cfg.rollback and migration.down_statements is None:
+            step.failure_rehearsal = self._failure_rehearsal(migration, step)
+            step.failure_rehearsal_run = True
+        up = _script(migration.statements)
+        changes = tracking.changes_sql(verify=self._track_mode == "verify")
+        measured = self._measure and cfg.locks.enabled and index > self._baseline
+        try:
+            if measured:  # locks (issue 5): statement by statement, watching pg_locks
+                self.conn.execute(f"BEGIN; {tracking.mark_sql(state)}".encode(), prepare=False)  # type: ignore[call-overload]
+                t0 = time.perf_counter()
+                self._run_up(index)
+                seconds = time.perf_counter() - t0
+                (delta,) = self._exchange(f"{changes}; COMMIT")
+            else:
+                (delta,) = self._exchange(f"BEGIN; {tracking.mark_sql(state)}; {up}; {changes}; COMMIT")
+                seconds = delta.seconds
+        except StatementFailed as exc:
+            self._recover()
+            step.apply_error = scrub(str(exc))
+            return
+        except psycopg.Error:
+            self._recover()
+            self._apply_untracked(index)
+            return
+        after, keys = tracking.advance(state, delta)
+        self._tracked = True
+        step.after, step.after_state, step.up_keys = after.snapshot, after, keys
+        step.after_data = dict(after.data)
+        step.touched = frozenset(name for oid, name in after.tables.items() if oid in delta.touched)
+        step.apply_seconds = seconds
+        step.applied = True
+        self._state, self._data, self._nodes_stale = after, dict(after.data), True
+
+        again = cfg.idempotent
+        down = (
+            cfg.rollback and migration.down_statements is not None and migration.down_transactional
+            and _trackable_statements(migration.down_statements)
+        )
+        if not (again or down):
+            return
+        mark = tracking.mark_sql(after)
+        parts = []
+        if again:
+            parts.append(f"BEGIN; {mark}; {up}; {changes}; ROLLBACK")
+        if down:
+            assert migration.down_statements is not None
+            parts.append(
+                f"BEGIN; {mark}; {_script(migration.down_statements)}; {changes}; {mark}; {up}; {changes}; ROLLBACK"
+            )
+        try:
+            deltas = self._exchange("; ".join(parts))
+        except psycopg.Error:
+            # A statement failed: the items run again untracked and say which.
+            self._recover()
+            return
+        if again:
+            step.again = deltas.pop(0)
+        if down:
+            step.down, step.reup = deltas
+
+    # ---------------------------------------------------------------- end tracked runs
 
     @contextlib.contextmanager
     def _scratch(self, transactional: bool) -> Iterator[tuple[psycopg.Connection, _Counters | None]]:
@@ -535,16 +689,13 @@ class Rehearsal:
         migration = item.migration
         step = self._steps[item.index]
         assert step.after is not None
-        self._require_position(item)
-        with self._scratch(migration.transactional) as (conn, start):
-            try:
-                run_statements(conn, migration.statements, migration.path)
-            except StatementFailed as exc:
-                raise _Fail(f"applying {migration.id} a second time fails:\n{exc}") from None
-            data, catalog_written = _changed_data(conn, start, self._nodes)
-            # No catalog row written means the schema cannot have changed: skip the snapshot.
-            again = take_snapshot(conn) if catalog_written else step.after
-        changes = diff_snapshots(step.after, again)
+        if step.again is not None and step.after_state is not None:
+            again_state, keys = tracking.advance(step.after_state, step.again)
+            again, data = again_state.snapshot, _touched_data(again_state, step.again)
+            changes = diff_snapshots(step.after, again, keys)
+        else:
+            again, data = self._apply_again(item)
+            changes = diff_snapshots(step.after, again)
         if changes:
             raise _Fail(
                 f"applying {migration.id} a second time changes the schema:\n{format_changes(changes)}"
@@ -553,6 +704,23 @@ class Rehearsal:
         if changed:
             raise _Fail(f"applying {migration.id} a second time changes data:\n{changed}")
         return Outcome(PASSED, "second apply succeeded and changed nothing")
+
+    def _apply_again(self, item: Item) -> tuple[Snapshot, dict[str, tuple[int, str]]]:
+        """Apply the migration a second time (untracked): the schema then, and the data it changed."""
+        migration = item.migration
+        step = self._steps[item.index]
+        assert step.after is not None
+        self._require_position(item)
+        self._sync_nodes()
+        with self._scratch(migration.transactional) as (conn, start):
+            try:
+                run_statements(conn, migration.statements, migration.path)
+            except StatementFailed as exc:
+                raise _Fail(f"applying {migration.id} a second time fails:\n{exc}") from None
+            data, catalog_written = _changed_data(conn, start, self._nodes)
+            # No catalog row written means the schema cannot have changed: skip the snapshot.
+            again = take_snapshot(conn) if catalog_written else step.after
+        return again, data
 
     def _failure_rehearsal(self, migration: Migration, step: _Step) -> str | None:
         """Run the up migration in a transaction that is rolled back; report what survived."""
@@ -588,7 +756,11 @@ class Rehearsal:
                 "no down migration: a failure rehearsal (up inside a rolled-back transaction) left nothing behind",
             )
         assert migration.down_path is not None
+        if step.down is not None and step.reup is not None and step.after_state is not None:
+            self._rollback_tracked(item)
+            return Outcome(PASSED, "up → down → up: down restores the previous schema and data, up reproduces it")
         self._require_position(item)
+        self._sync_nodes()
         transactional = migration.transactional and migration.down_transactional
         with self._scratch(transactional) as (conn, start):
             try:
@@ -623,6 +795,32 @@ class Rehearsal:
                     f"{format_changes(changes)}"
                 )
         return Outcome(PASSED, "up → down → up: down restores the previous schema and data, up reproduces it")
+
+    def _rollback_tracked(self, item: Item) -> None:
+        """Judge the tracked down and up-again runs of the item's migration (messages as the untracked path)."""
+        migration = item.migration
+        step = self._steps[item.index]
+        assert step.before is not None and step.after_state is not None
+        assert step.down is not None and step.reup is not None
+        down, down_keys = tracking.advance(step.after_state, step.down)
+        changes = diff_snapshots(step.before, down.snapshot, down_keys | step.up_keys)
+        if changes:
+            raise _Fail(
+                f"after down, the schema differs from before {migration.id} (before → after down):\n"
+                f"{format_changes(changes)}"
+            )
+        before_data = step.before_data or {}
+        suspects = (set(_touched_data(down, step.down)) | step.touched) & set(before_data)
+        lost = _data_changes({t: before_data[t] for t in suspects}, {t: down.data[t] for t in suspects if t in down.data})
+        if lost:
+            raise _Fail(f"after down, data of tables that existed before {migration.id} differs:\n{lost}")
+        again, again_keys = tracking.advance(down, step.reup)
+        changes = diff_snapshots(step.after_state.snapshot, again.snapshot, down_keys | again_keys)
+        if changes:
+            raise _Fail(
+                f"up → down → up does not reproduce the schema after the first up (first → second):\n"
+                f"{format_changes(changes)}"
+            )
 
     def _chain_rollback(self, item: Item) -> Outcome:
         """Every down from head back to the base, each compared with the state it must restore.
@@ -783,7 +981,18 @@ class Rehearsal:
     def final_snapshot(self) -> Snapshot | None:
         """The schema after the last migration, if the whole history applied."""
         if self._position == len(self.migrations) - 1 and self.migrations:
-            return self._steps[-1].after
+            final = self._steps[-1].after
+            if self._tracked and final is not None:
+                # The incremental snapshots built this one: it must equal a full one.
+                self._tracked = False
+                changes = diff_snapshots(take_snapshot(self.conn), final)
+                if changes:
+                    raise HarnessError(
+                        "the schema the rehearsal tracked differs from the database's (a migration changed the "
+                        "catalogs without a DDL command, or a bug in migration-harness); rerun with "
+                        "HARNESS_SNAPSHOTS=full. database → tracked:\n" + format_changes(changes)
+                    )
+            return final
         if not self.migrations and self._started:
             return self._snapshot()
         return None
@@ -892,6 +1101,33 @@ def _changed_data(
         return (table_fingerprints(conn, now.nodes) if now.nodes else {}), True
     now, touched = _touched(conn, start, nodes_before)
     return (table_fingerprints(conn, touched) if touched else {}), now.catalog > start.catalog
+
+
+def _script(statements: Sequence[Statement]) -> str:
+    """Statements as one script; a newline before each semicolon ends a trailing ``--`` comment."""
+    return "\n;\n".join(s.sql for s in statements)
+
+
+def _trackable_statements(statements: Sequence[Statement]) -> bool:
+    """Whether *statements* can run in one message with their changes tracked.
+
+    Not: COPY ... FROM STDIN (needs the copy protocol), RESET ALL (would
+    reset the record of changes) and SET event_triggers (would stop it).
+    """
+    for statement in statements:
+        node = statement.node
+        if statement.kind == "CopyStmt" and getattr(node, "is_from", False) and not getattr(node, "filename", None):
+            return False
+        if statement.kind == "VariableSetStmt":
+            name = (getattr(node, "name", None) or "").lower()
+            if name in ("", "all", "event_triggers"):
+                return False
+    return True
+
+
+def _touched_data(state: tracking.State, delta: tracking.Delta) -> dict[str, tuple[int, str]]:
+    """Row count and hash of the tables *delta* wrote, by name in *state*."""
+    return {name: state.data[name] for oid, name in state.tables.items() if oid in delta.touched and name in state.data}
 
 
 def _data_changes(before: dict[str, tuple[int, str]], after: dict[str, tuple[int, str]]) -> str:

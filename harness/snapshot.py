@@ -222,7 +222,15 @@ _ATTRIBUTES["materialized_view"] = _ATTRIBUTES["view"]
 _ATTRIBUTES["procedure"] = _ATTRIBUTES["function"]
 
 
-def _catalog_query(server_version: int) -> str:
+def _catalog_query(server_version: int, *, restricted: bool = False, exclude: str = "$1", roots: str = "") -> str:
+    """The catalog query: every object (``restricted=False``), or only the objects of some roots.
+
+    Each row starts with the object's *root*: the OID of the catalog row
+    whose change can change it (a table for its columns; every other object
+    its own OID; see ``harness/tracking.py``).  The restricted form is the
+    same query with each object list filtered on *roots* (an ``oid[]``
+    expression), for the incremental snapshots of a rehearsal.
+    """
     # Functions with an SQL-standard body (BEGIN ATOMIC, PostgreSQL 14+) keep
     # it in prosqlbody, not prosrc.
     sqlbody = (
@@ -230,8 +238,32 @@ def _catalog_query(server_version: int) -> str:
         if server_version >= 140000
         else "NULL::text"
     )
+
+    def only(oid: str) -> str:
+        return f"AND {oid} = ANY({roots})" if restricted else ""
+
+    if restricted:
+        # Tables whose rows the object lists join: the roots, and the tables
+        # of root constraints, indexes, triggers, rules and policies.
+        relroots = f"""
+relroots AS MATERIALIZED (
+    SELECT unnest({roots}) AS oid
+    UNION SELECT x.conrelid FROM pg_constraint x WHERE x.oid = ANY({roots}) AND x.conrelid <> 0
+    UNION SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = ANY({roots})
+    UNION SELECT x.tgrelid FROM pg_trigger x WHERE x.oid = ANY({roots})
+    UNION SELECT x.ev_class FROM pg_rewrite x WHERE x.oid = ANY({roots})
+    UNION SELECT x.polrelid FROM pg_policy x WHERE x.oid = ANY({roots})
+),"""
+        rel_from = "relroots rr JOIN pg_class c ON c.oid = rr.oid JOIN ns ON ns.oid = c.relnamespace"
+        ty_from = f"ns JOIN pg_type t ON t.typnamespace = ns.oid AND t.oid = ANY({roots})"
+        proc_from = f"ns JOIN pg_proc p ON p.pronamespace = ns.oid AND p.oid = ANY({roots})"
+    else:
+        relroots = ""
+        rel_from = "pg_class c JOIN ns ON ns.oid = c.relnamespace"
+        ty_from = f"ns {_in_schema('pg_type', 't')}\n    JOIN pg_type t ON t.oid = td.objid AND t.typnamespace = ns.oid"
+        proc_from = f"ns {_in_schema('pg_proc', 'p')}\n    JOIN pg_proc p ON p.oid = pd.objid AND p.pronamespace = ns.oid"
     return f"""
-WITH
+WITH{relroots}
 ext AS MATERIALIZED (
     SELECT e.classid, e.objid FROM pg_depend e
     WHERE e.refclassid = 'pg_extension'::regclass AND e.deptype = 'e'
@@ -243,14 +275,14 @@ ns AS MATERIALIZED (
     SELECT n.oid, quote_ident(n.nspname) AS q, n.nspacl, n.nspowner
     FROM pg_namespace n
     WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
-      AND n.nspname <> ALL ($1)
+      AND n.nspname <> ALL ({exclude})
       AND {_not_member('pg_namespace', 'n.oid')}
 ),
 rel AS MATERIALIZED (
     SELECT c.oid, c.relkind, c.relpersistence, c.relrowsecurity,
            c.relforcerowsecurity, c.relispartition, c.relpartbound, c.reloptions,
            c.relacl, c.relowner, ns.q || '.' || quote_ident(c.relname) AS q
-    FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+    FROM {rel_from}
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'i', 'I')
       AND {_not_member('pg_class', 'c.oid')}
 ),
@@ -274,26 +306,27 @@ inh AS MATERIALIZED (
 ty AS MATERIALIZED (
     SELECT t.oid, t.typtype, t.typbasetype, t.typtypmod, t.typnotnull, t.typdefaultbin,
            t.typcollation, t.typrelid, t.typacl, t.typowner, ns.q || '.' || quote_ident(t.typname) AS q
-    FROM ns {_in_schema('pg_type', 't')}
-    JOIN pg_type t ON t.oid = td.objid AND t.typnamespace = ns.oid
+    FROM {ty_from}
     WHERE t.typtype IN ('e', 'd', 'c', 'r')
       AND (t.typtype <> 'c' OR (SELECT tc.relkind FROM pg_class tc WHERE tc.oid = t.typrelid) = 'c')
       AND {_not_member('pg_type', 't.oid')}
 ),
 objects(o) AS (
     SELECT json_build_array(
+        ns.oid,
         {_acl('ns.nspacl', 'n', 'ns.nspowner')},
         {_comment('ns.oid', 'pg_namespace')},
         'schema ' || ns.q)
-    FROM ns
+    FROM ns WHERE true {only('ns.oid')}
 
     UNION ALL
-    SELECT json_build_array(x.extversion, xn.nspname::text, 'extension ' || quote_ident(x.extname))
+    SELECT json_build_array(x.oid, x.extversion, xn.nspname::text, 'extension ' || quote_ident(x.extname))
     FROM pg_extension x JOIN pg_namespace xn ON xn.oid = x.extnamespace
-    WHERE xn.nspname <> ALL ($1)
+    WHERE xn.nspname <> ALL ({exclude}) {only('x.oid')}
 
     UNION ALL
     SELECT json_build_array(
+        r.oid,
         CASE r.relkind WHEN 'r' THEN 'ordinary' WHEN 'p' THEN 'partitioned' ELSE 'foreign' END,
         CASE r.relpersistence WHEN 'p' THEN 'permanent' WHEN 'u' THEN 'unlogged' ELSE 'temporary' END,
         r.relrowsecurity,
@@ -314,12 +347,13 @@ objects(o) AS (
     LEFT JOIN inh ON inh.inhrelid = r.oid
     LEFT JOIN (SELECT att.relid, json_agg(quote_ident(att.attname) ORDER BY att.attnum) AS names
                FROM att GROUP BY att.relid) co ON co.relid = r.oid
-    WHERE r.relkind IN ('r', 'p', 'f')
+    WHERE r.relkind IN ('r', 'p', 'f') {only('r.oid')}
 
     UNION ALL
     -- A column's collation is shown when it differs from its type's; a
     -- column of a type without collations has collation 0, like its type.
     SELECT json_build_array(
+        a.relid,
         format_type(a.atttypid, a.atttypmod),
         NOT a.attnotnull,
         CASE WHEN a.attgenerated = '' THEN pg_get_expr(ad.adbin, ad.adrelid) END,
@@ -336,11 +370,13 @@ objects(o) AS (
         'column ' || a.relq || '.' || quote_ident(a.attname))
     FROM att a
     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.relid AND ad.adnum = a.attnum
+    WHERE true {only('a.relid')}
 
     UNION ALL
     -- NOT NULL constraints (pg_constraint rows since PostgreSQL 18) are
     -- reported as the column's "nullable", the same on every version.
     SELECT json_build_array(
+        c.oid,
         CASE c.contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique' WHEN 'c' THEN 'check'
              WHEN 'f' THEN 'foreign key' WHEN 'x' THEN 'exclusion' WHEN 't' THEN 'trigger'
              ELSE c.contype::text END,
@@ -349,22 +385,24 @@ objects(o) AS (
         {_comment('c.oid', 'pg_constraint')},
         'constraint ' || r.q || '.' || quote_ident(c.conname))
     FROM rel r JOIN pg_constraint c ON c.conrelid = r.oid
-    WHERE c.contype <> 'n'
+    WHERE c.contype <> 'n' {only('c.oid')}
 
     UNION ALL
     SELECT json_build_array(
+        r.oid,
         tr.q,
         pg_get_indexdef(i.indexrelid),
         i.indisvalid,
         {_comment('r.oid', 'pg_class')},
         'index ' || r.q)
     FROM rel r JOIN pg_index i ON i.indexrelid = r.oid JOIN rel tr ON tr.oid = i.indrelid
-    WHERE r.relkind IN ('i', 'I')
+    WHERE r.relkind IN ('i', 'I') {only('r.oid')}
 
     UNION ALL
     -- The sequence's current value is data, not schema: left out.  Identity
     -- sequences are part of their column ("identity").
     SELECT json_build_array(
+        r.oid,
         format_type(s.seqtypid, NULL),
         s.seqstart,
         s.seqincrement,
@@ -384,23 +422,25 @@ objects(o) AS (
         {_comment('r.oid', 'pg_class')},
         'sequence ' || r.q)
     FROM rel r JOIN pg_sequence s ON s.seqrelid = r.oid
-    WHERE r.relkind = 'S'
+    WHERE r.relkind = 'S' {only('r.oid')}
       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                       AND d.objid = r.oid AND d.deptype = 'i')
 
     UNION ALL
     SELECT json_build_array(
+        r.oid,
         pg_get_viewdef(r.oid),
         {_sorted('r.reloptions')},
         {_acl('r.relacl', 'r', 'r.relowner')},
         {_comment('r.oid', 'pg_class')},
         CASE r.relkind WHEN 'v' THEN 'view ' ELSE 'materialized_view ' END || r.q)
-    FROM rel r WHERE r.relkind IN ('v', 'm')
+    FROM rel r WHERE r.relkind IN ('v', 'm') {only('r.oid')}
 
     UNION ALL
     -- Functions made by the system for a type (range constructors) belong to
     -- the type.
     SELECT json_build_array(
+        p.oid,
         CASE p.prokind WHEN 'f' THEN 'function' WHEN 'a' THEN 'aggregate' WHEN 'w' THEN 'window'
              WHEN 'p' THEN 'procedure' END,
         pg_get_function_arguments(p.oid),
@@ -419,8 +459,7 @@ objects(o) AS (
         {_comment('p.oid', 'pg_proc')},
         CASE p.prokind WHEN 'p' THEN 'procedure ' ELSE 'function ' END
             || ns.q || '.' || quote_ident(p.proname) || '(' || oidvectortypes(p.proargtypes) || ')')
-    FROM ns {_in_schema('pg_proc', 'p')}
-    JOIN pg_proc p ON p.oid = pd.objid AND p.pronamespace = ns.oid
+    FROM {proc_from}
     JOIN pg_language l ON l.oid = p.prolang
     WHERE {_not_member('pg_proc', 'p.oid')}
       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
@@ -428,26 +467,29 @@ objects(o) AS (
 
     UNION ALL
     SELECT json_build_array(
+        tg.oid,
         pg_get_triggerdef(tg.oid),
         CASE tg.tgenabled WHEN 'O' THEN 'origin' WHEN 'D' THEN 'disabled'
              WHEN 'R' THEN 'replica' WHEN 'A' THEN 'always' END,
         {_comment('tg.oid', 'pg_trigger')},
         'trigger ' || r.q || '.' || quote_ident(tg.tgname))
     FROM rel r JOIN pg_trigger tg ON tg.tgrelid = r.oid
-    WHERE NOT tg.tgisinternal
+    WHERE NOT tg.tgisinternal {only('tg.oid')}
 
     UNION ALL
     SELECT json_build_array(
+        rw.oid,
         pg_get_ruledef(rw.oid),
         CASE rw.ev_enabled WHEN 'O' THEN 'origin' WHEN 'D' THEN 'disabled'
              WHEN 'R' THEN 'replica' WHEN 'A' THEN 'always' END,
         {_comment('rw.oid', 'pg_rewrite')},
         'rule ' || r.q || '.' || quote_ident(rw.rulename))
     FROM rel r JOIN pg_rewrite rw ON rw.ev_class = r.oid
-    WHERE rw.rulename <> '_RETURN'
+    WHERE rw.rulename <> '_RETURN' {only('rw.oid')}
 
     UNION ALL
     SELECT json_build_array(
+        po.oid,
         CASE po.polcmd WHEN '*' THEN 'ALL' WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT'
              WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' END,
         po.polpermissive,
@@ -458,10 +500,11 @@ objects(o) AS (
         pg_get_expr(po.polwithcheck, po.polrelid),
         {_comment('po.oid', 'pg_policy')},
         'policy ' || r.q || '.' || quote_ident(po.polname))
-    FROM rel r JOIN pg_policy po ON po.polrelid = r.oid
+    FROM rel r JOIN pg_policy po ON po.polrelid = r.oid WHERE true {only('po.oid')}
 
     UNION ALL
     SELECT json_build_array(
+        ty.oid,
         coalesce((SELECT json_agg(e.enumlabel::text ORDER BY e.enumsortorder)
                   FROM pg_enum e WHERE e.enumtypid = ty.oid), '[]'),
         {_acl('ty.typacl', 'T', 'ty.typowner')},
@@ -471,6 +514,7 @@ objects(o) AS (
 
     UNION ALL
     SELECT json_build_array(
+        ty.oid,
         format_type(ty.typbasetype, ty.typtypmod),
         ty.typnotnull,
         pg_get_expr(ty.typdefaultbin, 0),
@@ -487,6 +531,7 @@ objects(o) AS (
 
     UNION ALL
     SELECT json_build_array(
+        ty.oid,
         coalesce((
             SELECT json_agg(json_build_array(quote_ident(a.attname), format_type(a.atttypid, a.atttypmod))
                             ORDER BY a.attnum)
@@ -498,6 +543,7 @@ objects(o) AS (
 
     UNION ALL
     SELECT json_build_array(
+        ty.oid,
         format_type(rg.rngsubtype, NULL),
         {_acl('ty.typacl', 'T', 'ty.typowner')},
         {_comment('ty.oid', 'pg_type')},
@@ -506,6 +552,36 @@ objects(o) AS (
 )
 SELECT coalesce(json_agg(o), '[]')::text FROM objects
 """
+
+
+#: The object lists of the catalog query, in order, by the type of object each emits.
+_SECTIONS = (
+    "schema", "extension", "table", "column", "constraint", "index", "sequence", "view", "function",
+    "trigger", "rule", "policy", "enum", "domain", "composite", "range",
+)
+_OBJECTS_START = "objects(o) AS (\n"
+_OBJECTS_END = "\n)\nSELECT coalesce(json_agg(o), '[]')::text FROM objects"
+
+
+def _catalog_sections(
+    server_version: int, groups: Sequence[Sequence[str]], *, exclude: str, roots: str
+) -> list[str]:
+    """The restricted catalog query as one statement per group of object lists (types of :data:`_SECTIONS`).
+
+    A statement that finds nothing still pays for starting up every branch
+    of a query; split in groups, only the lists a change can touch cost
+    anything.  Each statement returns a JSON array (text) of rows.
+    """
+    query = _catalog_query(server_version, restricted=True, exclude=exclude, roots=roots)
+    head, _, rest = query.partition(_OBJECTS_START)
+    body, _, _ = rest.rpartition(_OBJECTS_END)
+    parts = body.split("\n    UNION ALL\n")
+    assert len(parts) == len(_SECTIONS), "the catalog query's object lists changed: update _SECTIONS"
+    by_name = dict(zip(_SECTIONS, parts))
+    return [
+        head + _OBJECTS_START + "\n    UNION ALL\n".join(by_name[name] for name in group) + _OBJECTS_END
+        for group in groups
+    ]
 
 
 _QUERY_CACHE: dict[int, tuple[str, str]] = {}
@@ -523,13 +599,19 @@ def _query_for(server_version: int) -> tuple[str, str]:
     return found
 
 
-def _objects_from(document: str) -> dict[str, dict[str, Any]]:
-    """The objects of the catalog query's JSON document, each as a dict of its attributes."""
+def _objects_from(document: str | list[Any], roots: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """The objects of the catalog query's JSON document, each as a dict of its attributes.
+
+    Each row is ``[root, attribute values..., key]``; when *roots* is a
+    dict, it receives each key's root.
+    """
     objects: dict[str, dict[str, Any]] = {}
-    for row in json.loads(document):
+    for row in json.loads(document) if isinstance(document, str) else document:
         key = row[-1]
         # zip stops at the last attribute name: the key at the end is left out.
-        objects[key] = dict(zip(_ATTRIBUTES[key[: key.index(" ")]], row))
+        objects[key] = dict(zip(_ATTRIBUTES[key[: key.index(" ")]], row[1:]))
+        if roots is not None:
+            roots[key] = int(row[0])
     return objects
 
 
@@ -640,6 +722,19 @@ def take_snapshot(conn: psycopg.Connection[Any], *, exclude_schemas: Iterable[st
     (some milliseconds).  Connections that take many snapshots between DDL
     should set ``conn.prepare_threshold = None``.
     """
+    return Snapshot(objects=_objects_from(_document(conn, exclude_schemas)))
+
+
+def take_rooted_snapshot(
+    conn: psycopg.Connection[Any], *, exclude_schemas: Iterable[str] = ("harness",)
+) -> tuple[Snapshot, dict[str, int]]:
+    """:func:`take_snapshot`, and each object's root (see ``harness/tracking.py``)."""
+    roots: dict[str, int] = {}
+    objects = _objects_from(_document(conn, exclude_schemas), roots)
+    return Snapshot(objects=objects), roots
+
+
+def _document(conn: psycopg.Connection[Any], exclude_schemas: Iterable[str]) -> str:
     exclude = (exclude_schemas,) if isinstance(exclude_schemas, str) else tuple(exclude_schemas)
     script = _script_for(conn, exclude)
     if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
@@ -654,7 +749,7 @@ def take_snapshot(conn: psycopg.Connection[Any], *, exclude_schemas: Iterable[st
         # would do.  In a failed transaction this raises like any statement.
         with conn.transaction():
             document = _run_in_transaction(conn, script)
-    return Snapshot(objects=_objects_from(document))
+    return document
 
 
 # --------------------------------------------------------------------------
@@ -891,15 +986,19 @@ def _sort_key(change: Change) -> tuple[int, str, int, str]:
     )
 
 
-def diff_snapshots(before: Snapshot, after: Snapshot) -> list[Change]:
+def diff_snapshots(before: Snapshot, after: Snapshot, keys: Iterable[str] | None = None) -> list[Change]:
     """The differences from *before* to *after*, in a deterministic order.
 
     Ordered by object type (schemas first, policies last), then name, then
-    removed/added/changed, then attribute.
+    removed/added/changed, then attribute.  *keys*, when given, are the only
+    objects that can differ (what an incremental snapshot re-read): the
+    others are not compared.
     """
     changes: list[Change] = []
     old, new = before.objects, after.objects
-    for key in old.keys() | new.keys():
+    for key in (old.keys() | new.keys()) if keys is None else keys:
+        if key not in old and key not in new:
+            continue
         object_type, name = _split_key(key)
         if key not in new:
             changes.append(Change("removed", object_type, name, None, old[key], None))

@@ -1,0 +1,544 @@
+"""Incremental schema snapshots for the rehearsal: what a migration changed, computed on the server.
+
+A full catalog snapshot (``harness/snapshot.py``) costs milliseconds; a
+rehearsal needs four states per migration (after up, after a second up,
+after down, after up again).  Here the rehearsal database records what each
+statement changed and the snapshot is brought up to date by re-reading only
+those objects:
+
+* Two event triggers (``ddl_command_end`` and ``sql_drop``, enabled ALWAYS so
+  ``session_replication_role`` does not silence them) append the
+  ``classid:objid`` of every object a command created, altered or dropped to
+  the session settings ``harness.changed`` and ``harness.dropped``.  Session
+  settings, not ``SET LOCAL``, so DDL run inside a function with its own
+  ``SET`` clauses is still recorded; they are transactional, so a rolled-back
+  transaction or savepoint forgets what it did.
+* ``harness.mark()`` starts a measurement: it clears those settings and
+  records each user table's storage file and write counters
+  (``pg_stat_get_xact_*``) and the write counters of the system catalogs.
+* ``harness.changes(exclude, verify)`` ends it and returns one JSON document:
+  the *roots* to re-read and their objects (the snapshot query restricted to
+  them), and the row count and hash of every table written, rewritten or
+  created since the mark.
+
+Every snapshot object has a root (see :func:`harness.snapshot._catalog_query`):
+its table for a column, its own OID for every other object.  The roots to
+re-read are the changed and dropped objects, mapped to roots, plus every
+object that depends on a changed one, transitively (``pg_depend``): a renamed
+table, column, type or function changes how its dependents print (an index
+or view definition, a foreign key, a column's type), and those dependents are
+exactly what ``pg_depend`` records.  Names print schema-qualified (the
+snapshot pins ``search_path``), so creating an object never changes how
+another one prints.
+
+When the record cannot be trusted the document says ``full`` and carries a
+full snapshot instead: a command reported without an object (GRANT and
+REVOKE), a changed schema (relations record no dependency on their schema)
+or extension, written role catalogs (shared objects fire no event
+triggers), or catalog writes with no command recorded at all (an UPDATE of a
+system catalog).  A rehearsal also compares its last incremental snapshot
+with a full one (:class:`~harness.errors.HarnessError` on a difference), and
+``HARNESS_SNAPSHOTS=verify`` compares every one of them (the test suite runs
+that way); ``HARNESS_SNAPSHOTS=full`` turns tracking off.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from .errors import ConfigError
+from .snapshot import (
+    _PINNED_SETTINGS,
+    Snapshot,
+    _catalog_query,
+    _catalog_sections,
+    _objects_from,
+    diff_snapshots,
+    format_changes,
+)
+
+__all__ = ["State", "Delta", "install", "mode", "mark_sql", "changes_sql", "DELTA_COLUMN", "parse_delta", "advance"]
+
+log = logging.getLogger(__name__)
+
+DELTA_COLUMN = "harness.delta"
+
+_MODES = ("incremental", "full", "verify")
+
+
+def mode() -> str:
+    """How rehearsals take snapshots: ``incremental`` (default), ``full`` or ``verify`` (``HARNESS_SNAPSHOTS``)."""
+    value = os.environ.get("HARNESS_SNAPSHOTS", "incremental").strip().lower() or "incremental"
+    if value not in _MODES:
+        raise ConfigError(f"HARNESS_SNAPSHOTS={value!r} is not one of {', '.join(_MODES)}")
+    return value
+
+
+# Classes whose rows are roots themselves when dropped (a dropped column
+# reports its table, with a sub-id).
+_ROOT_CLASSES = ("pg_class", "pg_type", "pg_proc", "pg_constraint", "pg_trigger", "pg_rewrite", "pg_policy")
+# A change to these cannot be followed object by object: take a full snapshot.
+_FULL_CLASSES = ("pg_namespace", "pg_extension")
+_ROLE_CATALOGS = ("pg_authid", "pg_auth_members")
+# The catalogs a snapshot reads: writes to them with no command recorded mean
+# someone changed them directly.
+_SNAPSHOT_CATALOGS = (
+    "pg_namespace", "pg_class", "pg_attribute", "pg_attrdef", "pg_constraint", "pg_index", "pg_type", "pg_proc",
+    "pg_enum", "pg_range", "pg_description", "pg_trigger", "pg_rewrite", "pg_policy", "pg_sequence", "pg_inherits",
+    "pg_depend", "pg_extension", "pg_language", "pg_collation", "pg_foreign_table",
+)
+
+# Object lists of the catalog query read together, and the kinds of root
+# that make each group worth reading.  Schemas and extensions are missing: a
+# change to them takes a full snapshot.
+_GROUPS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("table", "column", "constraint", "index"), ("table", "constraint", "index")),
+    (("sequence",), ("sequence",)),
+    (("view",), ("view",)),
+    (("function",), ("function",)),
+    (("trigger",), ("trigger",)),
+    (("rule",), ("rule",)),
+    (("policy",), ("policy",)),
+    (("enum", "domain", "composite", "range"), ("type",)),
+)
+
+_USER_NAMESPACES = (
+    "(SELECT n.oid FROM pg_catalog.pg_namespace n "
+    "WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' AND n.nspname <> 'harness')"
+)
+
+
+def _writes(oid: str) -> str:
+    return (
+        f"(pg_catalog.pg_stat_get_xact_tuples_inserted({oid}) + pg_catalog.pg_stat_get_xact_tuples_updated({oid})"
+        f" + pg_catalog.pg_stat_get_xact_tuples_deleted({oid}))"
+    )
+
+
+# A handful of objects: the planner, planning once for any number of them,
+# would rather scan whole catalogs than probe their indexes.
+_INDEX_PROBES = "\n".join(
+    f"SET {name} = off" for name in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin", "enable_bitmapscan")
+)
+
+
+def _install_sql(server_version: int, catalogs: list[int], roles: list[int]) -> str:
+    catalog_array = "'{" + ",".join(map(str, catalogs)) + "}'::pg_catalog.oid[]"
+    role_array = "'{" + ",".join(map(str, roles)) + "}'::pg_catalog.oid[]"
+    # search_path is a list: quoted, it would be one schema named "pg_catalog, pg_temp".
+    pinned = "\n".join(
+        f"SET {name} = {value if name == 'search_path' else repr(value)}" for name, value in _PINNED_SETTINGS
+    )
+    full = _catalog_query(server_version, exclude="p_exclude")
+    statements = _catalog_sections(
+        server_version, [lists for lists, _ in _GROUPS], exclude="p_exclude", roots="v_roots"
+    )
+    sections = []
+    for (_, kinds), statement in zip(_GROUPS, statements):
+        wanted = " OR ".join(f"'{kind}' = ANY (v_kinds)" for kind in kinds)
+        sections.append(
+            f"    IF {wanted} THEN\n        {statement.strip()} INTO v_part;\n"
+            f"        v_out := v_out || v_part::pg_catalog.jsonb;\n    END IF;"
+        )
+    restricted = "\n".join(sections)
+    root_classes = ", ".join(f"'{c}'::pg_catalog.regclass" for c in _ROOT_CLASSES)
+    full_classes = ", ".join(f"'{c}'::pg_catalog.regclass" for c in _FULL_CLASSES)
+    # Fingerprint of one table: the same as snapshot.table_fingerprints.
+    table_hash = (
+        "SELECT count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint), 0)::text, "
+        "coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint), 0)::text "
+        "FROM (SELECT md5(to_jsonb(r)::text) AS h FROM ONLY %s AS r) AS rows"
+    )
+    return f"""
+CREATE SCHEMA IF NOT EXISTS harness;
+
+CREATE OR REPLACE FUNCTION harness.track_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_catalog.set_config('harness.changed',
+        coalesce(pg_catalog.current_setting('harness.changed', true), '')
+        || coalesce((SELECT pg_catalog.string_agg(coalesce(c.classid::text || ':' || c.objid::text, '*'), ' ')
+                     FROM pg_catalog.pg_event_trigger_ddl_commands() c), '') || ' ',
+        false);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION harness.track_drop() RETURNS event_trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_catalog.set_config('harness.dropped',
+        coalesce(pg_catalog.current_setting('harness.dropped', true), '')
+        || coalesce((SELECT pg_catalog.string_agg(d.classid::text || ':' || d.objid::text, ' ')
+                     FROM pg_catalog.pg_event_trigger_dropped_objects() d), '') || ' ',
+        false);
+END
+$fn$;
+
+DROP EVENT TRIGGER IF EXISTS harness_track_ddl;
+DROP EVENT TRIGGER IF EXISTS harness_track_drop;
+CREATE EVENT TRIGGER harness_track_ddl ON ddl_command_end EXECUTE FUNCTION harness.track_ddl();
+CREATE EVENT TRIGGER harness_track_drop ON sql_drop EXECUTE FUNCTION harness.track_drop();
+ALTER EVENT TRIGGER harness_track_ddl ENABLE ALWAYS;
+ALTER EVENT TRIGGER harness_track_drop ENABLE ALWAYS;
+
+CREATE OR REPLACE FUNCTION harness.mark(p_tables pg_catalog.oid[]) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_catalog.set_config('harness.changed', '', false),
+           pg_catalog.set_config('harness.dropped', '', false),
+           pg_catalog.set_config('harness.mark', pg_catalog.jsonb_build_array(
+               pg_catalog.clock_timestamp(),
+               (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({catalog_array}) o),
+               (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({role_array}) o),
+               (SELECT coalesce(pg_catalog.jsonb_object_agg(t, pg_catalog.jsonb_build_array(
+                           pg_catalog.pg_relation_filenode(t), {_writes('t')})), '{{}}')
+                FROM pg_catalog.unnest(p_tables) t))::text, false);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION harness.snapshot_all(p_exclude pg_catalog.name[])
+RETURNS pg_catalog.json LANGUAGE plpgsql
+{pinned}
+AS $fn$
+DECLARE
+    v_doc pg_catalog.json;
+BEGIN
+    {full.strip()} INTO v_doc;
+    RETURN v_doc;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION harness.snapshot_rows(p_exclude pg_catalog.name[], v_roots pg_catalog.oid[])
+RETURNS pg_catalog.json LANGUAGE plpgsql
+{pinned}
+{_INDEX_PROBES}
+AS $fn$
+DECLARE
+    v_part text;
+    v_out pg_catalog.jsonb := '[]';
+    v_kinds text[];
+BEGIN
+    IF v_roots IS NULL THEN
+        RETURN harness.snapshot_all(p_exclude);
+    END IF;
+    SELECT pg_catalog.array_agg(DISTINCT k.kind) INTO v_kinds FROM (
+        SELECT CASE WHEN c.relkind IN ('r', 'p', 'f') THEN 'table' WHEN c.relkind IN ('i', 'I') THEN 'index'
+                    WHEN c.relkind = 'S' THEN 'sequence' WHEN c.relkind IN ('v', 'm') THEN 'view' END
+        FROM pg_catalog.pg_class c WHERE c.oid = ANY (v_roots)
+        UNION ALL SELECT 'constraint' FROM pg_catalog.pg_constraint x WHERE x.oid = ANY (v_roots)
+        UNION ALL SELECT 'function' FROM pg_catalog.pg_proc x WHERE x.oid = ANY (v_roots)
+        UNION ALL SELECT 'type' FROM pg_catalog.pg_type x WHERE x.oid = ANY (v_roots)
+        UNION ALL SELECT 'trigger' FROM pg_catalog.pg_trigger x WHERE x.oid = ANY (v_roots)
+        UNION ALL SELECT 'rule' FROM pg_catalog.pg_rewrite x WHERE x.oid = ANY (v_roots)
+        UNION ALL SELECT 'policy' FROM pg_catalog.pg_policy x WHERE x.oid = ANY (v_roots)
+    ) k(kind);
+    IF v_kinds IS NULL THEN
+        RETURN '[]';
+    END IF;
+{restricted}
+    RETURN v_out::pg_catalog.json;
+END
+$fn$;
+
+-- One table's row count and hash, as snapshot.table_fingerprints computes them.
+CREATE OR REPLACE FUNCTION harness.table_hash(p_table pg_catalog.regclass, OUT n bigint, OUT high text, OUT low text)
+LANGUAGE plpgsql
+{pinned}
+{_INDEX_PROBES}
+AS $fn$
+BEGIN
+    EXECUTE pg_catalog.format('{table_hash.replace("'", "''")}', p_table) INTO n, high, low;
+END
+$fn$;
+
+-- The same settings as the functions it calls: switching them costs more than the work.
+CREATE OR REPLACE FUNCTION harness.changes(p_exclude pg_catalog.name[], p_verify boolean)
+RETURNS text LANGUAGE plpgsql
+{pinned}
+{_INDEX_PROBES}
+AS $fn$
+DECLARE
+    v_mark pg_catalog.jsonb := pg_catalog.current_setting('harness.mark', true)::pg_catalog.jsonb;
+    v_changed text := trim(coalesce(pg_catalog.current_setting('harness.changed', true), ''));
+    v_dropped text := trim(coalesce(pg_catalog.current_setting('harness.dropped', true), ''));
+    v_full boolean := false;
+    v_why text := NULL;
+    v_roots pg_catalog.oid[];
+    v_touched pg_catalog.jsonb := '{{}}';
+    v_count bigint;
+    v_high text;
+    v_low text;
+    r record;
+BEGIN
+    IF v_mark IS NULL THEN
+        RAISE EXCEPTION 'harness.changes() without harness.mark()';
+    END IF;
+    IF v_changed LIKE '%*%' THEN
+        v_full := true; v_why := 'a command without an object (GRANT, REVOKE)';
+    ELSIF EXISTS (
+        SELECT FROM pg_catalog.unnest(pg_catalog.string_to_array(v_changed || ' ' || v_dropped, ' ')) t
+        WHERE t LIKE '%:%' AND pg_catalog.split_part(t, ':', 1)::pg_catalog.oid IN ({full_classes})) THEN
+        v_full := true; v_why := 'a schema or extension changed';
+    ELSIF (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({role_array}) o)
+          > (v_mark->>2)::bigint THEN
+        v_full := true; v_why := 'roles changed';
+    ELSIF v_changed = '' AND v_dropped = ''
+          AND (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({catalog_array}) o)
+              > (v_mark->>1)::bigint THEN
+        v_full := true; v_why := 'system catalogs written without a DDL command';
+    END IF;
+
+    IF v_full THEN
+        NULL;
+    ELSIF v_changed = '' AND v_dropped = '' THEN
+        v_roots := '{{}}';
+    ELSE
+        WITH RECURSIVE
+        changed(classid, objid) AS (
+            SELECT DISTINCT pg_catalog.split_part(t, ':', 1)::pg_catalog.oid,
+                            pg_catalog.split_part(t, ':', 2)::pg_catalog.oid
+            FROM pg_catalog.unnest(pg_catalog.string_to_array(v_changed, ' ')) t WHERE t LIKE '%:%'
+        ),
+        closure(classid, objid) AS (
+            SELECT c.classid, c.objid FROM changed c
+            UNION
+            SELECT d.classid, d.objid FROM closure c
+            JOIN pg_catalog.pg_depend d ON d.refclassid = c.classid AND d.refobjid = c.objid
+        ),
+        mapped(root) AS (
+            SELECT CASE
+                WHEN c.classid = 'pg_class'::pg_catalog.regclass THEN (
+                    SELECT CASE
+                        WHEN x.relkind = 'c' THEN x.reltype
+                        WHEN x.relkind = 't' THEN NULL
+                        -- an identity sequence is part of its column, which its table reports
+                        WHEN x.relkind = 'S' AND EXISTS (
+                            SELECT FROM pg_catalog.pg_depend i
+                            WHERE i.classid = 'pg_class'::pg_catalog.regclass AND i.objid = x.oid
+                              AND i.deptype = 'i') THEN NULL
+                        ELSE x.oid END
+                    FROM pg_catalog.pg_class x WHERE x.oid = c.objid)
+                WHEN c.classid = 'pg_type'::pg_catalog.regclass THEN (
+                    SELECT CASE
+                        WHEN x.typrelid <> 0 THEN (
+                            SELECT CASE WHEN y.relkind = 'c' THEN x.oid ELSE y.oid END
+                            FROM pg_catalog.pg_class y WHERE y.oid = x.typrelid)
+                        WHEN x.typtype = 'b' AND x.typcategory = 'A' THEN NULL
+                        ELSE x.oid END
+                    FROM pg_catalog.pg_type x WHERE x.oid = c.objid)
+                WHEN c.classid = 'pg_constraint'::pg_catalog.regclass THEN (
+                    SELECT CASE WHEN x.contypid <> 0 THEN x.contypid ELSE x.oid END
+                    FROM pg_catalog.pg_constraint x WHERE x.oid = c.objid)
+                WHEN c.classid = 'pg_attrdef'::pg_catalog.regclass THEN (
+                    SELECT x.adrelid FROM pg_catalog.pg_attrdef x WHERE x.oid = c.objid)
+                WHEN c.classid = 'pg_rewrite'::pg_catalog.regclass THEN (
+                    SELECT CASE WHEN x.rulename = '_RETURN' THEN x.ev_class ELSE x.oid END
+                    FROM pg_catalog.pg_rewrite x WHERE x.oid = c.objid)
+                WHEN c.classid IN ('pg_proc'::pg_catalog.regclass, 'pg_trigger'::pg_catalog.regclass,
+                                   'pg_policy'::pg_catalog.regclass) THEN c.objid
+                END
+            FROM closure c
+            UNION
+            SELECT pg_catalog.split_part(t, ':', 2)::pg_catalog.oid
+            FROM pg_catalog.unnest(pg_catalog.string_to_array(v_dropped, ' ')) t
+            WHERE t LIKE '%:%' AND pg_catalog.split_part(t, ':', 1)::pg_catalog.oid IN ({root_classes})
+        )
+        SELECT coalesce(pg_catalog.array_agg(m.root ORDER BY m.root), '{{}}')
+        INTO v_roots FROM mapped m WHERE m.root IS NOT NULL;
+    END IF;
+
+    -- Data: every table of the mark, and every new one (all user tables after
+    -- a full snapshot), that was written, rewritten or created since the
+    -- mark, by OID.  A new table without writes is empty.
+    FOR r IN
+        SELECT x.oid, v_mark->3->(x.oid::text) AS m, pg_catalog.pg_relation_filenode(x.oid) AS relfilenode,
+               {_writes('x.oid')} AS writes
+        FROM (
+            SELECT k::pg_catalog.oid AS oid FROM pg_catalog.jsonb_object_keys(v_mark->3) k
+            UNION
+            SELECT t FROM pg_catalog.unnest(v_roots) t
+            WHERE NOT v_full AND (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t) = 'r'
+            UNION
+            SELECT c.oid FROM pg_catalog.pg_class c
+            WHERE v_full AND c.relkind = 'r' AND c.relnamespace IN {_USER_NAMESPACES}
+        ) x
+    LOOP
+        CONTINUE WHEN r.relfilenode IS NULL;
+        IF r.m IS NULL AND r.writes = 0 THEN
+            v_count := 0; v_high := '0'; v_low := '0';
+        ELSIF r.m IS NULL OR (r.m->>0)::pg_catalog.oid <> r.relfilenode OR (r.m->>1)::bigint < r.writes THEN
+            SELECT h.n, h.high, h.low INTO v_count, v_high, v_low FROM harness.table_hash(r.oid) h;
+        ELSE
+            CONTINUE;
+        END IF;
+        v_touched := v_touched || pg_catalog.jsonb_build_object(r.oid::text, pg_catalog.jsonb_build_array(v_count, v_high, v_low));
+    END LOOP;
+
+    RETURN pg_catalog.json_build_object(
+        'full', v_full,
+        'why', v_why,
+        'roots', v_roots,
+        'objects', harness.snapshot_rows(p_exclude, CASE WHEN v_full THEN NULL ELSE v_roots END),
+        'verify', CASE WHEN p_verify AND NOT v_full THEN harness.snapshot_rows(p_exclude, NULL) END,
+        'touched', v_touched,
+        'ms', extract(epoch FROM pg_catalog.clock_timestamp() - (v_mark->>0)::timestamptz) * 1000
+    )::text;
+END
+$fn$;
+"""
+
+
+def install(conn: psycopg.Connection[Any]) -> bool:
+    """Install the tracking functions and event triggers in *conn*'s database; False when not possible.
+
+    Event triggers need a superuser; without one (a rehearsal on scratch
+    databases of a shared server, say) rehearsals take full snapshots.
+    """
+    row = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
+    if not row or not row[0]:
+        log.info("not a superuser: rehearsal snapshots are taken in full (event triggers need a superuser)")
+        return False
+    catalogs = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = 'pg_catalog'::regnamespace "
+            "AND relname = ANY(%s) ORDER BY oid",
+            (list(_SNAPSHOT_CATALOGS),),
+        ).fetchall()
+    ]
+    roles = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = 'pg_catalog'::regnamespace "
+            "AND relname = ANY(%s) ORDER BY oid",
+            (list(_ROLE_CATALOGS),),
+        ).fetchall()
+    ]
+    text = _install_sql(conn.info.server_version, catalogs, roles)
+    with conn.transaction():
+        conn.execute(text.encode(), prepare=False)  # type: ignore[call-overload]
+    return True
+
+
+def mark_sql(state: State) -> str:
+    """The statement that starts a measurement from *state* (its tables' write counters are the baseline)."""
+    return "SELECT harness.mark('{" + ",".join(map(str, state.tables)) + "}')"
+
+
+def changes_sql(exclude: Iterable[str] = ("harness",), *, verify: bool = False) -> str:
+    """The statement that ends a measurement; its one value (column :data:`DELTA_COLUMN`) is the JSON document."""
+    names = ", ".join("'" + name.replace("'", "''") + "'" for name in exclude)
+    return (
+        f"SELECT harness.changes(ARRAY[{names}]::pg_catalog.name[], {'true' if verify else 'false'}) "
+        f'AS "{DELTA_COLUMN}"'
+    )
+
+
+# --------------------------------------------------------------------------
+# The Python side: a state per position, advanced by deltas.
+
+
+@dataclass(frozen=True)
+class State:
+    """The schema and data of the working database at one moment, with each object's root."""
+
+    snapshot: Snapshot
+    roots: Mapping[str, int]
+    data: Mapping[str, tuple[int, str]]
+
+    @functools.cached_property
+    def tables(self) -> dict[int, str]:
+        """The ordinary tables (the ones that hold rows): OID → qualified name."""
+        return {
+            self.roots[key]: key[6:]
+            for key, attrs in self.snapshot.objects.items()
+            if key.startswith("table ") and attrs.get("kind") == "ordinary"
+        }
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What one measurement found (see the module docs)."""
+
+    full: bool
+    why: str | None
+    roots: frozenset[int]
+    objects: dict[str, dict[str, Any]]
+    object_roots: dict[str, int]
+    touched: dict[int, tuple[int, str]]  # table OID → (row count, hash)
+    seconds: float
+    verify: dict[str, dict[str, Any]] | None
+
+
+def _digest(count: int, high: str, low: str) -> tuple[int, str]:
+    return int(count), hashlib.sha256(f"{count}:{high}:{low}".encode()).hexdigest()[:32]
+
+
+def parse_delta(text: str) -> Delta:
+    """The document :func:`changes_sql` returned."""
+    doc = json.loads(text)
+    object_roots: dict[str, int] = {}
+    objects = _objects_from(doc["objects"] or [], object_roots)
+    verify = _objects_from(doc["verify"]) if doc.get("verify") is not None else None
+    return Delta(
+        full=bool(doc["full"]),
+        why=doc.get("why"),
+        roots=frozenset(int(r) for r in doc["roots"] or ()),
+        objects=objects,
+        object_roots=object_roots,
+        touched={int(oid): _digest(*value) for oid, value in (doc["touched"] or {}).items()},
+        seconds=float(doc["ms"] or 0.0) / 1000.0,
+        verify=verify,
+    )
+
+
+def advance(state: State, delta: Delta) -> tuple[State, frozenset[str]]:
+    """The state after *delta*, and the keys whose objects may differ from *state*'s.
+
+    Raises :class:`~harness.errors.HarnessError` when the delta carries a
+    full snapshot to verify against and the incremental one differs.
+    """
+    objects: dict[str, Mapping[str, Any]]
+    if delta.full:
+        objects = dict(delta.objects)
+        roots = dict(delta.object_roots)
+        keys = frozenset(state.snapshot.objects.keys() | objects.keys())
+    else:
+        objects = dict(state.snapshot.objects)
+        roots = dict(state.roots)
+        removed = [key for key, root in roots.items() if root in delta.roots]
+        for key in removed:
+            del objects[key]
+            del roots[key]
+        objects.update(delta.objects)
+        roots.update(delta.object_roots)
+        keys = frozenset(removed) | delta.objects.keys()
+    new = State(Snapshot(objects=objects), roots, {})
+    # Data by table OID: a renamed table keeps its rows, a dropped one is gone.
+    old_names = state.tables
+    data = new.data
+    assert isinstance(data, dict)
+    for oid, name in new.tables.items():
+        found = delta.touched.get(oid)
+        if found is None:
+            old = old_names.get(oid)
+            found = state.data.get(old) if old is not None else None
+        if found is not None:
+            data[name] = found
+    if delta.verify is not None:
+        expected = Snapshot(objects=delta.verify)
+        changes = diff_snapshots(expected, new.snapshot)
+        if changes:
+            from .errors import HarnessError
+
+            raise HarnessError(
+                "the incremental snapshot differs from a full one (a bug in migration-harness; set "
+                "HARNESS_SNAPSHOTS=full to work around it). full → incremental:\n" + format_changes(changes)
+            )
+    return new, keys
