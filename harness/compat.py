@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +94,25 @@ def _table_of(column: str) -> str:
     schema = _schema_of(column)
     rest = column[len(schema) + 1 :]
     return f"{schema}.{_schema_of(rest)}"
+
+
+def redefined_tables(changes: Sequence[Change], tables: Iterable[str]) -> set[str]:
+    """The tables of *tables* whose rows read differently after *changes*, though no row was written.
+
+    A row's data is compared as JSON, which names its columns and spells
+    enum labels and composite attributes: a changed table or column changes
+    its table's rows; a changed enum, composite, domain or range type may
+    change any table's.
+    """
+    found: set[str] = set()
+    for change in changes:
+        if change.object_type in ("enum", "composite", "domain", "range"):
+            return set(tables)
+        if change.object_type == "table":
+            found.add(change.object)
+        elif change.object_type == "column":
+            found.add(_table_of(change.object))
+    return found & set(tables)
 
 
 class _Classifier:

@@ -32,7 +32,7 @@ from psycopg import pq, sql
 from . import lint as lint_mod
 from . import tracking
 from .checks import check_problem, check_summary
-from .compat import breaking_changes
+from .compat import breaking_changes, redefined_tables
 from .errors import HarnessError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
 from .locks import LockReport, judge, pre_existing_relations, run_measured  # locks (issue 5)
@@ -421,10 +421,13 @@ class Rehearsal:
                 return
             step.apply_seconds = time.perf_counter() - t0
             now, touched = _touched(self.conn, start, self._nodes)
+            step.after, roots = take_rooted_snapshot(self.conn)
+            assert step.before is not None
+            # Tables whose rows read differently without a write (a column added or dropped).
+            touched |= redefined_tables(diff_snapshots(step.before, step.after), now.nodes)
             data = {t: v for t, v in self._data.items() if t in now.nodes}
             if touched:
                 data.update(table_fingerprints(self.conn, touched))
-            step.after, roots = take_rooted_snapshot(self.conn)
             self.conn.execute("COMMIT")
             self._data, self._nodes = data, now.nodes
             step.touched = frozenset(touched)
@@ -775,9 +778,10 @@ class Rehearsal:
                     f"after down, the schema differs from before {migration.id} (before → after down):\n"
                     f"{format_changes(changes)}"
                 )
-            # Tables the up or the down wrote must hold exactly the data they had before the up.
+            # Tables the up or the down wrote or redefined must hold exactly the data they had before the up.
             before_data = step.before_data or {}
-            suspects = (set(data) | step.touched) & set(before_data)
+            redefined = redefined_tables(diff_snapshots(step.after, down), before_data)
+            suspects = (set(data) | step.touched | redefined) & set(before_data)
             missing = suspects - set(data)
             if missing:
                 data.update(table_fingerprints(conn, missing & set(_counters(conn).nodes)))
@@ -907,7 +911,9 @@ class Rehearsal:
         assert step.before is not None and step.after is not None
         problems: list[str] = []
         acknowledged: list[str] = []
-        for breaking in breaking_changes(step.before, step.after):
+        # After a tracked apply, only the objects it re-read can differ.
+        diff = diff_snapshots(step.before, step.after, step.up_keys if step.after_state is not None else None)
+        for breaking in breaking_changes(step.before, step.after, diff):
             if breaking.code in cfg.backward_compatible.allow:
                 acknowledged.append(f"{breaking.code} {breaking.object} (allowed)")
             else:

@@ -139,6 +139,10 @@ def _install_sql(server_version: int, catalogs: list[int], roles: list[int]) -> 
         f"SET {name} = {value if name == 'search_path' else repr(value)}" for name, value in _PINNED_SETTINGS
     )
     full = _catalog_query(server_version, exclude="p_exclude")
+    xid_assigned = (
+        "pg_catalog.pg_current_xact_id_if_assigned()" if server_version >= 130000
+        else "pg_catalog.txid_current_if_assigned()"
+    )
     statements = _catalog_sections(
         server_version, [lists for lists, _ in _GROUPS], exclude="p_exclude", roots="v_roots"
     )
@@ -194,11 +198,14 @@ BEGIN
            pg_catalog.set_config('harness.dropped', '', false),
            pg_catalog.set_config('harness.mark', pg_catalog.jsonb_build_array(
                pg_catalog.clock_timestamp(),
+               {xid_assigned} IS NULL,
                (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({catalog_array}) o),
                (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({role_array}) o),
                (SELECT coalesce(pg_catalog.jsonb_object_agg(t, pg_catalog.jsonb_build_array(
                            pg_catalog.pg_relation_filenode(t), {_writes('t')})), '{{}}')
-                FROM pg_catalog.unnest(p_tables) t))::text, false);
+                FROM pg_catalog.unnest(p_tables) t),
+               (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(i.inhparent, i.inhrelid)), '[]')
+                FROM pg_catalog.pg_inherits i))::text, false);
 END
 $fn$;
 
@@ -271,13 +278,18 @@ DECLARE
     v_why text := NULL;
     v_roots pg_catalog.oid[];
     v_touched pg_catalog.jsonb := '{{}}';
-    v_count bigint;
-    v_high text;
-    v_low text;
-    r record;
 BEGIN
     IF v_mark IS NULL THEN
         RAISE EXCEPTION 'harness.changes() without harness.mark()';
+    END IF;
+    -- No transaction ID since the mark: nothing was written, neither a
+    -- catalog row nor a table row, so nothing can have changed.
+    IF (v_mark->>1)::boolean AND {xid_assigned} IS NULL THEN
+        RETURN pg_catalog.json_build_object(
+            'full', false, 'why', NULL, 'roots', '[]'::pg_catalog.json, 'objects', '[]'::pg_catalog.json,
+            'verify', CASE WHEN p_verify THEN harness.snapshot_rows(p_exclude, NULL) END,
+            'touched', '{{}}'::pg_catalog.json,
+            'ms', extract(epoch FROM pg_catalog.clock_timestamp() - (v_mark->>0)::timestamptz) * 1000)::text;
     END IF;
     IF v_changed LIKE '%*%' THEN
         v_full := true; v_why := 'a command without an object (GRANT, REVOKE)';
@@ -286,17 +298,16 @@ BEGIN
         WHERE t LIKE '%:%' AND pg_catalog.split_part(t, ':', 1)::pg_catalog.oid IN ({full_classes})) THEN
         v_full := true; v_why := 'a schema or extension changed';
     ELSIF (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({role_array}) o)
-          > (v_mark->>2)::bigint THEN
+          > (v_mark->>3)::bigint THEN
         v_full := true; v_why := 'roles changed';
     ELSIF v_changed = '' AND v_dropped = ''
           AND (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({catalog_array}) o)
-              > (v_mark->>1)::bigint THEN
+              > (v_mark->>2)::bigint THEN
         v_full := true; v_why := 'system catalogs written without a DDL command';
     END IF;
 
-    IF v_full THEN
-        NULL;
-    ELSIF v_changed = '' AND v_dropped = '' THEN
+    -- The roots, also for a full snapshot: they name the tables to hash again.
+    IF v_changed = '' AND v_dropped = '' THEN
         v_roots := '{{}}';
     ELSE
         WITH RECURSIVE
@@ -305,11 +316,25 @@ BEGIN
                             pg_catalog.split_part(t, ':', 2)::pg_catalog.oid
             FROM pg_catalog.unnest(pg_catalog.string_to_array(v_changed, ' ')) t WHERE t LIKE '%:%'
         ),
+        -- What a changed object may change: its dependents (they print its
+        -- name), what it is an internal part of (renaming a primary key's
+        -- index renames the constraint), and the tables that inherited from
+        -- it at the mark (DETACH PARTITION reports the parent only and
+        -- removes the link).
         closure(classid, objid) AS (
             SELECT c.classid, c.objid FROM changed c
             UNION
-            SELECT d.classid, d.objid FROM closure c
-            JOIN pg_catalog.pg_depend d ON d.refclassid = c.classid AND d.refobjid = c.objid
+            SELECT 'pg_class'::pg_catalog.regclass, (l->>1)::pg_catalog.oid
+            FROM changed c, pg_catalog.jsonb_array_elements(v_mark->5) l
+            WHERE c.classid = 'pg_class'::pg_catalog.regclass AND c.objid = (l->>0)::pg_catalog.oid
+            UNION
+            SELECT x.classid, x.objid FROM closure c, LATERAL (
+                SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+                WHERE d.refclassid = c.classid AND d.refobjid = c.objid
+                UNION ALL
+                SELECT d.refclassid, d.refobjid FROM pg_catalog.pg_depend d
+                WHERE d.classid = c.classid AND d.objid = c.objid AND d.deptype = 'i'
+            ) x
         ),
         mapped(root) AS (
             SELECT CASE
@@ -353,37 +378,37 @@ BEGIN
         INTO v_roots FROM mapped m WHERE m.root IS NOT NULL;
     END IF;
 
-    -- Data: every table of the mark, and every new one (all user tables after
-    -- a full snapshot), that was written, rewritten or created since the
-    -- mark, by OID.  A new table without writes is empty.
-    FOR r IN
-        SELECT x.oid, v_mark->3->(x.oid::text) AS m, pg_catalog.pg_relation_filenode(x.oid) AS relfilenode,
-               {_writes('x.oid')} AS writes
+    -- Data, by OID: every table of the mark and every new one (every user
+    -- table after a full snapshot) that was written, rewritten (new storage
+    -- file) or created since the mark, and every table among the roots: a
+    -- command changed its definition, and its rows' JSON names its columns.
+    -- A table of no blocks has no rows.
+    SELECT coalesce(pg_catalog.jsonb_object_agg(x.oid,
+               CASE WHEN pg_catalog.pg_relation_size(x.oid) = 0 THEN '[0, "0", "0"]'::pg_catalog.jsonb
+                    ELSE (SELECT pg_catalog.jsonb_build_array(h.n, h.high, h.low) FROM harness.table_hash(x.oid) h)
+               END), '{{}}')
+    INTO v_touched
+    FROM (
+        SELECT y.oid, v_mark->4->(y.oid::text) AS m, pg_catalog.pg_relation_filenode(y.oid) AS relfilenode,
+               {_writes('y.oid')} AS writes
         FROM (
-            SELECT k::pg_catalog.oid AS oid FROM pg_catalog.jsonb_object_keys(v_mark->3) k
+            SELECT k::pg_catalog.oid AS oid FROM pg_catalog.jsonb_object_keys(v_mark->4) k
             UNION
             SELECT t FROM pg_catalog.unnest(v_roots) t
-            WHERE NOT v_full AND (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t) = 'r'
+            WHERE (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t) = 'r'
             UNION
             SELECT c.oid FROM pg_catalog.pg_class c
             WHERE v_full AND c.relkind = 'r' AND c.relnamespace IN {_USER_NAMESPACES}
-        ) x
-    LOOP
-        CONTINUE WHEN r.relfilenode IS NULL;
-        IF r.m IS NULL AND r.writes = 0 THEN
-            v_count := 0; v_high := '0'; v_low := '0';
-        ELSIF r.m IS NULL OR (r.m->>0)::pg_catalog.oid <> r.relfilenode OR (r.m->>1)::bigint < r.writes THEN
-            SELECT h.n, h.high, h.low INTO v_count, v_high, v_low FROM harness.table_hash(r.oid) h;
-        ELSE
-            CONTINUE;
-        END IF;
-        v_touched := v_touched || pg_catalog.jsonb_build_object(r.oid::text, pg_catalog.jsonb_build_array(v_count, v_high, v_low));
-    END LOOP;
+        ) y
+    ) x
+    WHERE x.relfilenode IS NOT NULL
+      AND (x.m IS NULL OR (x.m->>0)::pg_catalog.oid <> x.relfilenode OR (x.m->>1)::bigint < x.writes
+           OR x.oid = ANY (v_roots));
 
     RETURN pg_catalog.json_build_object(
         'full', v_full,
         'why', v_why,
-        'roots', v_roots,
+        'roots', CASE WHEN v_full THEN NULL ELSE v_roots END,
         'objects', harness.snapshot_rows(p_exclude, CASE WHEN v_full THEN NULL ELSE v_roots END),
         'verify', CASE WHEN p_verify AND NOT v_full THEN harness.snapshot_rows(p_exclude, NULL) END,
         'touched', v_touched,
@@ -504,6 +529,8 @@ def advance(state: State, delta: Delta) -> tuple[State, frozenset[str]]:
     Raises :class:`~harness.errors.HarnessError` when the delta carries a
     full snapshot to verify against and the incremental one differs.
     """
+    if not (delta.full or delta.roots or delta.objects or delta.touched or delta.verify is not None):
+        return state, frozenset()  # nothing was written since the mark
     objects: dict[str, Mapping[str, Any]]
     if delta.full:
         objects = dict(delta.objects)
@@ -520,6 +547,16 @@ def advance(state: State, delta: Delta) -> tuple[State, frozenset[str]]:
         roots.update(delta.object_roots)
         keys = frozenset(removed) | delta.objects.keys()
     new = State(Snapshot(objects=objects), roots, {})
+    if not delta.full:
+        # The tables by OID, kept up to date instead of recomputed from every object.
+        tables = dict(state.tables)
+        for key in removed:
+            if key.startswith("table "):
+                tables.pop(state.roots[key], None)
+        for key, attrs in delta.objects.items():
+            if key.startswith("table ") and attrs.get("kind") == "ordinary":
+                tables[delta.object_roots[key]] = key[6:]
+        new.__dict__["tables"] = tables  # the cached_property's slot
     # Data by table OID: a renamed table keeps its rows, a dropped one is gone.
     old_names = state.tables
     data = new.data

@@ -199,6 +199,46 @@ def test_seed_row_counts_are_preserved_unless_declared(pg_server: Server, tmp_pa
     assert all(status == PASSED for status, _ in results.values()), results
 
 
+DATA_SEED = """
+CREATE TABLE t (id int PRIMARY KEY, note text, extra text);
+INSERT INTO t VALUES (1, 'a', 'kept'), (2, 'b', 'also kept');
+"""
+DATA_PLAN = "defaults: {idempotent: true, rollback: true, backward_compatible: false, lint: false}\n"
+
+
+@pytest.mark.parametrize("snapshots", ["verify", "full"])
+def test_a_down_that_adds_back_a_dropped_column_loses_its_data(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snapshots: str
+) -> None:
+    """The schema after down is the same (the column is back, last again), but its values are gone."""
+    monkeypatch.setenv("HARNESS_SNAPSHOTS", snapshots)
+    migrations = {
+        "1_drop.sql": "ALTER TABLE t DROP COLUMN IF EXISTS extra;",
+        "1_drop.down.sql": "ALTER TABLE t ADD COLUMN IF NOT EXISTS extra text;",
+    }
+    results = rehearse(pg_server, make_project(tmp_path, migrations, DATA_PLAN, seed=DATA_SEED))
+    status, message = results["1_drop::rollback"]
+    assert status == FAILED, message
+    assert "after down, data of tables that existed before 1_drop differs" in message
+    assert "public.t: same row count (2) but row contents changed" in message
+
+
+@pytest.mark.parametrize("snapshots", ["verify", "full"])
+def test_data_checks_see_columns_added_without_writes(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snapshots: str
+) -> None:
+    """A column added by one migration is part of the data the next one's rollback must restore."""
+    monkeypatch.setenv("HARNESS_SNAPSHOTS", snapshots)
+    migrations = {
+        "1_add.sql": "ALTER TABLE t ADD COLUMN IF NOT EXISTS flag int;",
+        "1_add.down.sql": "ALTER TABLE t DROP COLUMN IF EXISTS flag;",
+        "2_fill.sql": "UPDATE t SET flag = 1 WHERE flag IS NULL;",
+        "2_fill.down.sql": "UPDATE t SET flag = NULL;",
+    }
+    results = rehearse(pg_server, make_project(tmp_path, migrations, DATA_PLAN, seed=DATA_SEED))
+    assert all(status == PASSED for status, _ in results.values()), results
+
+
 def test_checks_compare_values_and_rows(pg_server: Server, tmp_path: Path) -> None:
     plan = DEFAULTS + textwrap.dedent(
         """
