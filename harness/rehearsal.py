@@ -40,6 +40,7 @@ from .plan import Check, Plan
 from .postgres import Server
 from .redact import scrub
 from .snapshot import (
+    Change,
     Snapshot,
     diff_snapshots,
     format_changes,
@@ -848,29 +849,12 @@ class Rehearsal:
             self.migrations[i].transactional and self.migrations[i].down_transactional for i in chain
         )
         column_order_only: list[str] = []
-        with self._scratch(transactional) as (conn, _start):
-            for index in chain:
-                migration = self.migrations[index]
-                assert migration.down_statements is not None and migration.down_path is not None
-                try:
-                    run_statements(conn, migration.down_statements, migration.down_path)
-                except StatementFailed as exc:
-                    raise _Fail(
-                        f"rolling the chain back from head, the down migration of {migration.id} fails "
-                        f"(it may rely on state that a later down removed):\n{exc}"
-                    ) from None
-                expected = self.snapshot_at(index - 1)
-                if expected is None:
-                    continue
-                changes = diff_snapshots(expected, take_snapshot(conn))
-                order = [c for c in changes if c.attribute == "column_order"]
-                other = [c for c in changes if c.attribute != "column_order"]
-                if other:
-                    raise _Fail(
-                        f"rolling the chain back from head, after the down of {migration.id} the schema differs "
-                        f"from the state before it (expected → got):\n{format_changes(other)}"
-                    )
-                column_order_only.extend(f"after the down of {migration.id}: {c.describe()}" for c in order)
+        tracked = self._chain_tracked(chain) if transactional and self._tracking else None
+        if tracked is not None:
+            for index, changes in tracked:
+                self._judge_chain_step(index, changes, column_order_only)
+        else:
+            self._chain_untracked(chain, transactional, column_order_only)
         if stop < 0:
             where = "the base"
         elif baseline:
@@ -885,6 +869,71 @@ class Rehearsal:
                 return Outcome(PASSED, f"chain rolled back to {where}; warning: {message}")
             raise _Fail(message)
         return Outcome(PASSED, f"{len(chain)} downs rolled the chain back from head to {where}, each restoring its state")
+
+    def _chain_untracked(self, chain: list[int], transactional: bool, column_order_only: list[str]) -> None:
+        """Every down of *chain* in turn, each compared with a full snapshot of the state before it."""
+        with self._scratch(transactional) as (conn, _start):
+            for index in chain:
+                migration = self.migrations[index]
+                assert migration.down_statements is not None and migration.down_path is not None
+                try:
+                    run_statements(conn, migration.down_statements, migration.down_path)
+                except StatementFailed as exc:
+                    raise _Fail(
+                        f"rolling the chain back from head, the down migration of {migration.id} fails "
+                        f"(it may rely on state that a later down removed):\n{exc}"
+                    ) from None
+                expected = self.snapshot_at(index - 1)
+                if expected is None:
+                    continue
+                self._judge_chain_step(index, diff_snapshots(expected, take_snapshot(conn)), column_order_only)
+
+    def _judge_chain_step(self, index: int, changes: list[Change], column_order_only: list[str]) -> None:
+        """After the down of migration *index*, the schema must be the one before it (column order aside)."""
+        migration = self.migrations[index]
+        order = [c for c in changes if c.attribute == "column_order"]
+        other = [c for c in changes if c.attribute != "column_order"]
+        if other:
+            raise _Fail(
+                f"rolling the chain back from head, after the down of {migration.id} the schema differs "
+                f"from the state before it (expected → got):\n{format_changes(other)}"
+            )
+        column_order_only.extend(f"after the down of {migration.id}: {c.describe()}" for c in order)
+
+    def _chain_tracked(self, chain: list[int]) -> list[tuple[int, list[Change]]] | None:
+        """Run every down of *chain* in one rolled-back transaction, tracked: per down, its diff from the state before.
+
+        ``None`` when a statement fails (the untracked path then says which)
+        or a down cannot be tracked.
+        """
+        state = self._state
+        if state is None or any(not _trackable_statements(self.migrations[i].down_statements or ()) for i in chain):
+            return None
+        changes = tracking.changes_sql(verify=self._track_mode == "verify")
+        mark = tracking.mark_sql(state)
+        parts = ["BEGIN"]
+        for index in chain:
+            statements = self.migrations[index].down_statements
+            assert statements is not None
+            parts += [mark, _script(statements), changes]
+        parts.append("ROLLBACK")
+        try:
+            deltas = self._exchange("; ".join(parts))
+        except psycopg.Error:
+            self._recover()
+            return None
+        found = []
+        # Objects that may differ from the expected state: what the ups after it and the downs so far
+        # re-read; all of them when an up was not tracked.
+        keys: set[str] | None = set() if all(self._steps[i].after_state is not None for i in chain) else None
+        for index, delta in zip(chain, deltas):
+            state, down_keys = tracking.advance(state, delta)
+            if keys is not None:
+                keys |= down_keys | self._steps[index].up_keys
+            expected = self.snapshot_at(index - 1)
+            if expected is not None:
+                found.append((index, diff_snapshots(expected, state.snapshot, keys)))
+        return found
 
     def _schema_matches(self, item: Item) -> Outcome:
         """The migrations produce exactly the plan's desired schema (``schema:``)."""
