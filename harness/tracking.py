@@ -13,30 +13,37 @@ those objects:
   settings, not ``SET LOCAL``, so DDL run inside a function with its own
   ``SET`` clauses is still recorded; they are transactional, so a rolled-back
   transaction or savepoint forgets what it did.
-* ``harness.mark()`` starts a measurement: it clears those settings and
-  records each user table's storage file and write counters
-  (``pg_stat_get_xact_*``) and the write counters of the system catalogs.
+* ``harness.mark(tables)`` starts a measurement: it clears those settings
+  and records the storage file and write counters (``pg_stat_get_xact_*``)
+  of the given tables, the write counters of the catalogs a snapshot reads
+  and of the role catalogs, the inheritance links, and whether the
+  transaction has an ID yet.
 * ``harness.changes(exclude, verify)`` ends it and returns one JSON document:
   the *roots* to re-read and their objects (the snapshot query restricted to
-  them), and the row count and hash of every table written, rewritten or
-  created since the mark.
+  them), and the row count and hash of every table written, rewritten,
+  created or redefined since the mark.  Without a transaction ID since the
+  mark nothing was written, so nothing changed: it returns at once.
 
 Every snapshot object has a root (see :func:`harness.snapshot._catalog_query`):
 its table for a column, its own OID for every other object.  The roots to
-re-read are the changed and dropped objects, mapped to roots, plus every
-object that depends on a changed one, transitively (``pg_depend``): a renamed
-table, column, type or function changes how its dependents print (an index
-or view definition, a foreign key, a column's type), and those dependents are
-exactly what ``pg_depend`` records.  Names print schema-qualified (the
-snapshot pins ``search_path``), so creating an object never changes how
-another one prints.
+re-read are the changed and dropped objects, mapped to roots, plus,
+transitively, every object that depends on a changed one (``pg_depend``: a
+renamed table, column, type or function changes how its dependents print, an
+index or view definition, a foreign key, a column's type), every object a
+changed one is an internal part of (renaming a primary key's index renames
+its constraint), and the tables that inherited from a changed one at the
+mark (DETACH PARTITION reports only the parent and removes the link).  Names
+print schema-qualified (the snapshot pins ``search_path``), so creating an
+object never changes how another one prints.  A table among the roots is
+hashed again even without a write: its rows' JSON names its columns.
 
 When the record cannot be trusted the document says ``full`` and carries a
 full snapshot instead: a command reported without an object (GRANT and
 REVOKE), a changed schema (relations record no dependency on their schema)
 or extension, written role catalogs (shared objects fire no event
 triggers), or catalog writes with no command recorded at all (an UPDATE of a
-system catalog).  A rehearsal also compares its last incremental snapshot
+system catalog; one next to DDL is not seen, nor DDL run while the
+``event_triggers`` setting is off).  A rehearsal also compares its last incremental snapshot
 with a full one (:class:`~harness.errors.HarnessError` on a difference), and
 ``HARNESS_SNAPSHOTS=verify`` compares every one of them (the test suite runs
 that way); ``HARNESS_SNAPSHOTS=full`` turns tracking off.
