@@ -459,12 +459,14 @@ class Rehearsal:
         # Migration text is trusted SQL, sent as written.
         cur.execute(script.encode(self.conn.info.encoding), prepare=False)  # type: ignore[call-overload]
         deltas = []
+        column = tracking.DELTA_COLUMN.encode()
         while True:
-            description = cur.description
-            if description and description[0].name == tracking.DELTA_COLUMN:
-                row = cur.fetchone()
-                assert row is not None
-                deltas.append(tracking.parse_delta(row[0]))
+            # The raw results: one column named DELTA_COLUMN, one text value.
+            result = cur.pgresult
+            if result is not None and result.status == pq.ExecStatus.TUPLES_OK and result.fname(0) == column:
+                value = result.get_value(0, 0)
+                assert value is not None
+                deltas.append(tracking.parse_delta(bytes(value).decode()))
             if not cur.nextset():
                 return deltas
 

@@ -279,6 +279,7 @@ RETURNS text LANGUAGE plpgsql
 AS $fn$
 DECLARE
     v_mark pg_catalog.jsonb := pg_catalog.current_setting('harness.mark', true)::pg_catalog.jsonb;
+    v_tables pg_catalog.jsonb := v_mark->4;  -- extracted once: -> copies the value
     v_changed text := trim(coalesce(pg_catalog.current_setting('harness.changed', true), ''));
     v_dropped text := trim(coalesce(pg_catalog.current_setting('harness.dropped', true), ''));
     v_full boolean := false;
@@ -396,10 +397,10 @@ BEGIN
                END), '{{}}')
     INTO v_touched
     FROM (
-        SELECT y.oid, v_mark->4->(y.oid::text) AS m, pg_catalog.pg_relation_filenode(y.oid) AS relfilenode,
+        SELECT y.oid, v_tables->(y.oid::text) AS m, pg_catalog.pg_relation_filenode(y.oid) AS relfilenode,
                {_writes('y.oid')} AS writes
         FROM (
-            SELECT k::pg_catalog.oid AS oid FROM pg_catalog.jsonb_object_keys(v_mark->4) k
+            SELECT k::pg_catalog.oid AS oid FROM pg_catalog.jsonb_object_keys(v_tables) k
             UNION
             SELECT t FROM pg_catalog.unnest(v_roots) t
             WHERE (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t) = 'r'
