@@ -389,6 +389,22 @@ class Rehearsal:
                 self._broken = (nxt, error)
                 return
             self._position = nxt
+            if nxt == len(self.migrations) - 1:
+                self._verify_tracking()
+
+    def _verify_tracking(self) -> None:
+        """At head, the schema built from deltas must equal a full snapshot (once per rehearsal)."""
+        final = self._steps[-1].after
+        if not self._tracked or final is None:
+            return
+        self._tracked = False
+        changes = diff_snapshots(take_snapshot(self.conn), final)
+        if changes:
+            raise HarnessError(
+                "the schema the rehearsal tracked differs from the database's (a migration changed the "
+                "catalogs without a DDL command, or a bug in migration-harness); rerun with "
+                "HARNESS_SNAPSHOTS=full. database → tracked:\n" + format_changes(changes)
+            )
 
     def _apply(self, index: int) -> None:
         if self._trackable(index):
@@ -521,9 +537,11 @@ class Rehearsal:
         step.applied = True
         self._state, self._data, self._nodes_stale = after, dict(after.data), True
 
-        again = cfg.idempotent
+        # Only where items will judge them: not for a schema-only rehearsal, nor inside the baseline.
+        ahead = self._measure and index > self._baseline
+        again = ahead and cfg.idempotent
         down = (
-            cfg.rollback and migration.down_statements is not None and migration.down_transactional
+            ahead and cfg.rollback and migration.down_statements is not None and migration.down_transactional
             and _trackable_statements(migration.down_statements)
         )
         if not (again or down):
@@ -1038,18 +1056,8 @@ class Rehearsal:
     def final_snapshot(self) -> Snapshot | None:
         """The schema after the last migration, if the whole history applied."""
         if self._position == len(self.migrations) - 1 and self.migrations:
-            final = self._steps[-1].after
-            if self._tracked and final is not None:
-                # The incremental snapshots built this one: it must equal a full one.
-                self._tracked = False
-                changes = diff_snapshots(take_snapshot(self.conn), final)
-                if changes:
-                    raise HarnessError(
-                        "the schema the rehearsal tracked differs from the database's (a migration changed the "
-                        "catalogs without a DDL command, or a bug in migration-harness); rerun with "
-                        "HARNESS_SNAPSHOTS=full. database → tracked:\n" + format_changes(changes)
-                    )
-            return final
+            self._verify_tracking()  # normally done when the head was reached
+            return self._steps[-1].after
         if not self.migrations and self._started:
             return self._snapshot()
         return None

@@ -437,26 +437,20 @@ def install(conn: psycopg.Connection[Any]) -> bool:
     if not row or not row[0]:
         log.info("not a superuser: rehearsal snapshots are taken in full (event triggers need a superuser)")
         return False
-    catalogs = [
-        int(r[0])
-        for r in conn.execute(
-            "SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = 'pg_catalog'::regnamespace "
-            "AND relname = ANY(%s) ORDER BY oid",
-            (list(_SNAPSHOT_CATALOGS),),
-        ).fetchall()
-    ]
-    roles = [
-        int(r[0])
-        for r in conn.execute(
-            "SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = 'pg_catalog'::regnamespace "
-            "AND relname = ANY(%s) ORDER BY oid",
-            (list(_ROLE_CATALOGS),),
-        ).fetchall()
-    ]
+    catalogs, roles = _catalog_oids(conn, _SNAPSHOT_CATALOGS), _catalog_oids(conn, _ROLE_CATALOGS)
     text = _install_sql(conn.info.server_version, catalogs, roles)
     with conn.transaction():
         conn.execute(text.encode(), prepare=False)  # type: ignore[call-overload]
     return True
+
+
+def _catalog_oids(conn: psycopg.Connection[Any], names: Iterable[str]) -> list[int]:
+    """The OIDs of the system catalogs *names*."""
+    query = (
+        "SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = 'pg_catalog'::regnamespace "
+        "AND relname = ANY(%s) ORDER BY oid"
+    )
+    return [int(r[0]) for r in conn.execute(query, (list(names),)).fetchall()]
 
 
 def mark_sql(state: State) -> str:

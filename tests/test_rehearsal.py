@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import HarnessError
 from harness.plan import load_plan
 from harness.postgres import Server
 from harness.rehearsal import FAILED, PASSED, SKIPPED, Rehearsal
@@ -236,6 +237,40 @@ def test_data_checks_see_columns_added_without_writes(
         "2_fill.down.sql": "UPDATE t SET flag = NULL;",
     }
     results = rehearse(pg_server, make_project(tmp_path, migrations, DATA_PLAN, seed=DATA_SEED))
+    assert all(status == PASSED for status, _ in results.values()), results
+
+
+HIDDEN_CHANGE = {
+    "1_t.sql": "CREATE TABLE IF NOT EXISTS t (id int);",
+    "1_t.down.sql": "DROP TABLE IF EXISTS t;",
+    # DDL next to a direct catalog UPDATE: tracking records the DDL and misses the UPDATE.
+    "2_hack.sql": "CREATE TABLE IF NOT EXISTS u (id int);\n"
+    "UPDATE pg_catalog.pg_class SET relrowsecurity = true WHERE oid = 'public.t'::regclass;",
+    "2_hack.down.sql": "DROP TABLE IF EXISTS u;\n"
+    "UPDATE pg_catalog.pg_class SET relrowsecurity = false WHERE oid = 'public.t'::regclass;",
+}
+
+
+def test_a_change_tracking_missed_is_caught_at_head(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state built from deltas is compared with a full snapshot when the history is applied."""
+    monkeypatch.setenv("HARNESS_SNAPSHOTS", "incremental")
+    plan = load_plan(make_project(tmp_path, HIDDEN_CHANGE, DEFAULTS))
+    with Rehearsal(plan, pg_server) as rehearsal:
+        items = rehearsal.items()
+        assert rehearsal.run(items[0]).status == PASSED
+        with pytest.raises(HarnessError, match="tracked differs from the database's") as caught:
+            rehearsal.run_all(items[1:])
+    assert "table public.t: rls_enabled changed: true -> false" in str(caught.value)
+    assert "HARNESS_SNAPSHOTS=full" in str(caught.value)
+
+
+def test_full_snapshots_handle_what_tracking_cannot(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HARNESS_SNAPSHOTS", "full")
+    results = rehearse(pg_server, make_project(tmp_path, HIDDEN_CHANGE, DEFAULTS))
     assert all(status == PASSED for status, _ in results.values()), results
 
 
