@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import generators, pq, sql
 
 from . import lint as lint_mod
 from . import tracking
@@ -51,6 +51,9 @@ from .snapshot import (
 from .sources import Migration, Statement, baseline_index, load_plan_migrations, parse_sql
 
 __all__ = ["Item", "Outcome", "Rehearsal", "ASSERTIONS", "PASSED", "FAILED", "SKIPPED"]
+
+# The column of the marker that ends each segment of a message sent ahead.
+_SEGMENT = "harness.segment"
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +186,8 @@ class Rehearsal:
         self._tracking = False
         self._state: tracking.State | None = None  # schema, roots and data at the current position
         self._tracked = False  # some state came from a delta: check the last one against a full snapshot
+        self._flight: list[tuple[int, str]] | None = None  # segments of the message sent and not yet read
+        self._landed: dict[int, tracking.Delta] = {}  # applies done by a message sent ahead
 
     # ------------------------------------------------------------------ setup
 
@@ -239,12 +244,19 @@ class Rehearsal:
 
     @property
     def conn(self) -> psycopg.Connection:
-        """The autocommit connection to the working database."""
+        """The autocommit connection to the working database (after landing a message in flight)."""
+        if self._flight is not None:
+            self._land()
+        return self._raw
+
+    @property
+    def _raw(self) -> psycopg.Connection:
         assert self._conn is not None
         return self._conn
 
     def close(self) -> None:
         """Drop the working database (best effort; never hides an earlier error)."""
+        self._flight = None  # closing the connection discards any results still coming
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
@@ -407,6 +419,8 @@ class Rehearsal:
             )
 
     def _apply(self, index: int) -> None:
+        if self._steps[index].applied:
+            return  # taken in early, from a message sent ahead
         if self._trackable(index):
             self._apply_tracked(index)
             return
@@ -492,11 +506,14 @@ class Rehearsal:
             self.conn.execute("ROLLBACK")
 
     def _apply_tracked(self, index: int) -> None:
-        """Apply migration *index* in one message, then try it again, down and up again in a second one.
+        """Apply migration *index* in one message; send its second up, down and up again after it.
 
         Each run is measured by the tracking functions; the assertions judge
-        the deltas later.  When a message fails, the untracked path runs the
-        statements one by one again and reports exactly what failed.
+        the deltas later.  The follow-up message goes out without waiting
+        for it (see :meth:`_send`), with the next migration's apply when the
+        items still to run need nothing from the working database.  When a
+        message fails, the untracked path runs the statements one by one
+        again and reports exactly what failed.
         """
         migration = self.migrations[index]
         cfg = self.configs[migration.id]
@@ -504,30 +521,32 @@ class Rehearsal:
         state = self._current_state()
         if step.before is None:
             step.before, step.before_data, step.before_nodes = state.snapshot, dict(state.data), None
-        if self._measure and cfg.rollback and migration.down_statements is None:
-            step.failure_rehearsal = self._failure_rehearsal(migration, step)
-            step.failure_rehearsal_run = True
-        up = _script(migration.statements)
-        changes = tracking.changes_sql(verify=self._track_mode == "verify")
-        measured = self._measure and cfg.locks.enabled and index > self._baseline
-        try:
-            if measured:  # locks (issue 5): statement by statement, watching pg_locks
-                self.conn.execute(f"BEGIN; {tracking.mark_sql(state)}".encode(), prepare=False)  # type: ignore[call-overload]
-                t0 = time.perf_counter()
-                self._run_up(index)
-                seconds = time.perf_counter() - t0
-                (delta,) = self._exchange(f"{changes}; COMMIT")
-            else:
-                (delta,) = self._exchange(f"BEGIN; {tracking.mark_sql(state)}; {up}; {changes}; COMMIT")
-                seconds = delta.seconds
-        except StatementFailed as exc:
-            self._recover()
-            step.apply_error = scrub(str(exc))
-            return
-        except psycopg.Error:
-            self._recover()
-            self._apply_untracked(index)
-            return
+        delta = self._landed.pop(index, None)  # applied by a message sent ahead
+        if delta is not None:
+            seconds = delta.seconds
+        else:
+            if self._measure and cfg.rollback and migration.down_statements is None:
+                step.failure_rehearsal = self._failure_rehearsal(migration, step)
+                step.failure_rehearsal_run = True
+            measured = self._measure and cfg.locks.enabled and index > self._baseline
+            try:
+                if measured:  # locks (issue 5): statement by statement, watching pg_locks
+                    self.conn.execute(f"BEGIN; {tracking.mark_sql()}".encode(), prepare=False)  # type: ignore[call-overload]
+                    t0 = time.perf_counter()
+                    self._run_up(index)
+                    seconds = time.perf_counter() - t0
+                    (delta,) = self._exchange(f"{self._changes}; COMMIT")
+                else:
+                    (delta,) = self._exchange(self._apply_script(index, state))
+                    seconds = delta.seconds
+            except StatementFailed as exc:
+                self._recover()
+                step.apply_error = scrub(str(exc))
+                return
+            except psycopg.Error:
+                self._recover()
+                self._apply_untracked(index)
+                return
         after, keys = tracking.advance(state, delta)
         self._tracked = True
         step.after, step.after_state, step.up_keys = after.snapshot, after, keys
@@ -537,16 +556,42 @@ class Rehearsal:
         step.applied = True
         self._state, self._data, self._nodes_stale = after, dict(after.data), True
 
+        segments: list[tuple[int, str, str]] = []
+        ahead = self._ahead_script(index, after)
+        if ahead is not None:
+            segments.append((index, "ahead", ahead))
+        nxt = index + 1
+        if nxt < len(self.migrations) and self._streamable(index) and self._apply_streamable(nxt):
+            segments.append((nxt, "apply", self._apply_script(nxt, after)))
+        if segments:
+            self._send(segments)
+
+    @property
+    def _changes(self) -> str:
+        return tracking.changes_sql(verify=self._track_mode == "verify")
+
+    def _apply_script(self, index: int, state: tracking.State) -> str:
+        migration = self.migrations[index]
+        return f"BEGIN; {tracking.mark_sql()}; {_script(migration.statements)}; {self._changes}; COMMIT"
+
+    def _ahead_parts(self, index: int) -> tuple[bool, bool]:
+        """Whether migration *index* gets a tracked second up, and a tracked down and up again."""
+        migration = self.migrations[index]
+        cfg = self.configs[migration.id]
         # Only where items will judge them: not for a schema-only rehearsal, nor inside the baseline.
         ahead = self._measure and index > self._baseline
-        again = ahead and cfg.idempotent
-        down = (
-            ahead and cfg.rollback and migration.down_statements is not None and migration.down_transactional
-            and _trackable_statements(migration.down_statements)
+        down = migration.down_statements
+        return (
+            ahead and cfg.idempotent,
+            ahead and cfg.rollback and down is not None and migration.down_transactional
+            and _trackable_statements(down),
         )
-        if not (again or down):
-            return
-        mark = tracking.mark_sql(after)
+
+    def _ahead_script(self, index: int, after: tracking.State) -> str | None:
+        """The second up, down and up again of migration *index*, each in a rolled-back transaction."""
+        migration = self.migrations[index]
+        again, down = self._ahead_parts(index)
+        mark, up, changes = tracking.mark_sql(), _script(migration.statements), self._changes
         parts = []
         if again:
             parts.append(f"BEGIN; {mark}; {up}; {changes}; ROLLBACK")
@@ -555,16 +600,92 @@ class Rehearsal:
             parts.append(
                 f"BEGIN; {mark}; {_script(migration.down_statements)}; {changes}; {mark}; {up}; {changes}; ROLLBACK"
             )
-        try:
-            deltas = self._exchange("; ".join(parts))
-        except psycopg.Error:
-            # A statement failed: the items run again untracked and say which.
-            self._recover()
+        return "; ".join(parts) if parts else None
+
+    def _streamable(self, index: int) -> bool:
+        """Whether the items of migration *index* need nothing from the working database at its position.
+
+        Then the next migration may be applied before they run.
+        """
+        migration = self.migrations[index]
+        cfg = self.configs[migration.id]
+        if cfg.checks or migration.verify_sql is not None:
+            return False
+        if cfg.backward_compatible.enabled and cfg.backward_compatible.queries:
+            return False
+        again, down = self._ahead_parts(index)
+        return not (cfg.rollback and migration.down_statements is not None and not down)
+
+    def _apply_streamable(self, index: int) -> bool:
+        """Whether migration *index* can be applied by a message sent ahead (no lock measurement, no failure rehearsal)."""
+        migration = self.migrations[index]
+        cfg = self.configs[migration.id]
+        return (
+            self._measure and index > self._baseline and self._trackable(index) and not cfg.locks.enabled
+            and not (cfg.rollback and migration.down_statements is None)
+        )
+
+    def _send(self, segments: list[tuple[int, str, str]]) -> None:
+        """Send the scripts of *segments* (index, kind, script) as one message, without waiting for the results.
+
+        A marker after each segment says it completed.  The results are read
+        when an item needs them (:meth:`_land`), or before anything else uses
+        the connection (the ``conn`` property), so the server runs the
+        message while the items of the migration before are judged.
+        """
+        text = "; ".join(
+            f'{script}; SELECT \'{index}:{kind}\' AS "{_SEGMENT}"' for index, kind, script in segments
+        )
+        conn = self._raw
+        conn.pgconn.send_query(text.encode(conn.info.encoding))
+        conn.wait(generators.send(conn.pgconn))
+        self._flight = [(index, kind) for index, kind, _ in segments]
+
+    def _land(self) -> None:
+        """Read the results of the message in flight; keep what the segments that completed found."""
+        flight, self._flight = self._flight, None
+        if flight is None:
             return
-        if again:
-            step.again = deltas.pop(0)
-        if down:
-            step.down, step.reup = deltas
+        conn = self._raw
+        results = conn.wait(generators.fetch_many(conn.pgconn))
+        deltas: list[tracking.Delta] = []
+        completed: dict[tuple[int, str], list[tracking.Delta]] = {}
+        for result in results:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                break  # the server skipped the rest; the untracked path will say what failed
+            if result.status != pq.ExecStatus.TUPLES_OK or result.nfields != 1:
+                continue
+            value = result.get_value(0, 0)
+            if result.fname(0) == tracking.DELTA_COLUMN.encode() and value is not None:
+                deltas.append(tracking.parse_delta(bytes(value).decode()))
+            elif result.fname(0) == _SEGMENT.encode() and value is not None:
+                number, _, kind = bytes(value).decode().partition(":")
+                completed[(int(number), kind)], deltas = deltas, []
+        if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        for (index, kind), found in completed.items():
+            if kind == "apply":
+                self._landed[index] = found[0]
+                continue
+            step = self._steps[index]
+            again, down = self._ahead_parts(index)
+            if again:
+                step.again = found.pop(0)
+            if down:
+                step.down, step.reup = found
+
+    def _await_ahead(self, index: int) -> None:
+        """Land the message with the second up, down and up again of migration *index*, if it is in flight.
+
+        The next migration, applied by the same message, is taken in at once
+        and its own message sent before the items of *index* are judged.
+        """
+        if self._flight is None or (index, "ahead") not in self._flight:
+            return
+        self._land()
+        nxt = index + 1
+        if nxt in self._landed and self._broken is None:
+            self._apply(nxt)
 
     # ---------------------------------------------------------------- end tracked runs
 
@@ -713,6 +834,7 @@ class Rehearsal:
         migration = item.migration
         step = self._steps[item.index]
         assert step.after is not None
+        self._await_ahead(item.index)
         if step.again is not None and step.after_state is not None:
             again_state, keys = tracking.advance(step.after_state, step.again)
             again, data = again_state.snapshot, _touched_data(again_state, step.again)
@@ -780,6 +902,7 @@ class Rehearsal:
                 "no down migration: a failure rehearsal (up inside a rolled-back transaction) left nothing behind",
             )
         assert migration.down_path is not None
+        self._await_ahead(item.index)
         if step.down is not None and step.reup is not None and step.after_state is not None:
             self._rollback_tracked(item)
             return Outcome(PASSED, "up → down → up: down restores the previous schema and data, up reproduces it")
@@ -930,7 +1053,7 @@ class Rehearsal:
         if state is None or any(not _trackable_statements(self.migrations[i].down_statements or ()) for i in chain):
             return None
         changes = tracking.changes_sql(verify=self._track_mode == "verify")
-        mark = tracking.mark_sql(state)
+        mark = tracking.mark_sql()
         parts = ["BEGIN"]
         for index in chain:
             statements = self.migrations[index].down_statements

@@ -13,16 +13,17 @@ those objects:
   settings, not ``SET LOCAL``, so DDL run inside a function with its own
   ``SET`` clauses is still recorded; they are transactional, so a rolled-back
   transaction or savepoint forgets what it did.
-* ``harness.mark(tables)`` starts a measurement: it clears those settings
-  and records the storage file and write counters (``pg_stat_get_xact_*``)
-  of the given tables, the write counters of the catalogs a snapshot reads
-  and of the role catalogs, the inheritance links, and whether the
-  transaction has an ID yet.
+* ``harness.mark()`` starts a measurement: it clears those settings and
+  records the write counters (``pg_stat_get_xact_*``) of the catalogs a
+  snapshot reads and of the role catalogs, the inheritance links, and
+  whether the transaction has an ID yet.
 * ``harness.changes(exclude, verify)`` ends it and returns one JSON document:
   the *roots* to re-read and their objects (the snapshot query restricted to
-  them), and the row count and hash of every table written, rewritten,
-  created or redefined since the mark.  Without a transaction ID since the
-  mark nothing was written, so nothing changed: it returns at once.
+  them), and the row count and hash of every table the transaction may have
+  written (a row write holds at least a RowExclusiveLock on its table until
+  the transaction ends) or whose definition changed.  Without a transaction
+  ID since the mark nothing was written, so nothing changed: it returns at
+  once.  A measurement starts and ends in one transaction.
 
 Every snapshot object has a root (see :func:`harness.snapshot._catalog_query`):
 its table for a column, its own OID for every other object.  The roots to
@@ -199,7 +200,7 @@ CREATE EVENT TRIGGER harness_track_drop ON sql_drop EXECUTE FUNCTION harness.tra
 ALTER EVENT TRIGGER harness_track_ddl ENABLE ALWAYS;
 ALTER EVENT TRIGGER harness_track_drop ENABLE ALWAYS;
 
-CREATE OR REPLACE FUNCTION harness.mark(p_tables pg_catalog.oid[]) RETURNS void LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION harness.mark() RETURNS void LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM pg_catalog.set_config('harness.changed', '', false),
            pg_catalog.set_config('harness.dropped', '', false),
@@ -208,9 +209,7 @@ BEGIN
                {xid_assigned} IS NULL,
                (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({catalog_array}) o),
                (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({role_array}) o),
-               (SELECT coalesce(pg_catalog.jsonb_object_agg(t, pg_catalog.jsonb_build_array(
-                           pg_catalog.pg_relation_filenode(t), {_writes('t')})), '{{}}')
-                FROM pg_catalog.unnest(p_tables) t),
+               NULL,  -- unused (the locks say which tables may have been written)
                (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(i.inhparent, i.inhrelid)), '[]')
                 FROM pg_catalog.pg_inherits i))::text, false);
 END
@@ -279,7 +278,6 @@ RETURNS text LANGUAGE plpgsql
 AS $fn$
 DECLARE
     v_mark pg_catalog.jsonb := pg_catalog.current_setting('harness.mark', true)::pg_catalog.jsonb;
-    v_tables pg_catalog.jsonb := v_mark->4;  -- extracted once: -> copies the value
     v_changed text := trim(coalesce(pg_catalog.current_setting('harness.changed', true), ''));
     v_dropped text := trim(coalesce(pg_catalog.current_setting('harness.dropped', true), ''));
     v_full boolean := false;
@@ -386,32 +384,28 @@ BEGIN
         INTO v_roots FROM mapped m WHERE m.root IS NOT NULL;
     END IF;
 
-    -- Data, by OID: every table of the mark and every new one (every user
-    -- table after a full snapshot) that was written, rewritten (new storage
-    -- file) or created since the mark, and every table among the roots: a
-    -- command changed its definition, and its rows' JSON names its columns.
-    -- A table of no blocks has no rows.
-    SELECT coalesce(pg_catalog.jsonb_object_agg(x.oid,
-               CASE WHEN pg_catalog.pg_relation_size(x.oid) = 0 THEN '[0, "0", "0"]'::pg_catalog.jsonb
-                    ELSE (SELECT pg_catalog.jsonb_build_array(h.n, h.high, h.low) FROM harness.table_hash(x.oid) h)
+    -- Data, by OID: every table this transaction may have written or
+    -- rewritten (a row write holds at least a RowExclusiveLock on its table
+    -- until the transaction ends; TRUNCATE and rewrites an
+    -- AccessExclusiveLock), and every table among the roots: a command
+    -- changed its definition, and its rows' JSON names its columns.  A
+    -- table of no blocks has no rows.
+    SELECT coalesce(pg_catalog.jsonb_object_agg(c.oid,
+               CASE WHEN pg_catalog.pg_relation_size(c.oid) = 0 THEN '[0, "0", "0"]'::pg_catalog.jsonb
+                    ELSE (SELECT pg_catalog.jsonb_build_array(h.n, h.high, h.low) FROM harness.table_hash(c.oid) h)
                END), '{{}}')
     INTO v_touched
     FROM (
-        SELECT y.oid, v_tables->(y.oid::text) AS m, pg_catalog.pg_relation_filenode(y.oid) AS relfilenode,
-               {_writes('y.oid')} AS writes
-        FROM (
-            SELECT k::pg_catalog.oid AS oid FROM pg_catalog.jsonb_object_keys(v_tables) k
-            UNION
-            SELECT t FROM pg_catalog.unnest(v_roots) t
-            WHERE (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t) = 'r'
-            UNION
-            SELECT c.oid FROM pg_catalog.pg_class c
-            WHERE v_full AND c.relkind = 'r' AND c.relnamespace IN {_USER_NAMESPACES}
-        ) y
+        SELECT l.relation AS oid FROM pg_catalog.pg_locks l
+        WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation'
+          AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
+          AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
+                         'AccessExclusiveLock')
+        UNION
+        SELECT t FROM pg_catalog.unnest(v_roots) t
     ) x
-    WHERE x.relfilenode IS NOT NULL
-      AND (x.m IS NULL OR (x.m->>0)::pg_catalog.oid <> x.relfilenode OR (x.m->>1)::bigint < x.writes
-           OR x.oid = ANY (v_roots));
+    JOIN pg_catalog.pg_class c ON c.oid = x.oid AND c.relkind = 'r'
+    WHERE c.relnamespace IN {_USER_NAMESPACES};
 
     RETURN pg_catalog.json_build_object(
         'full', v_full,
@@ -453,9 +447,9 @@ def _catalog_oids(conn: psycopg.Connection[Any], names: Iterable[str]) -> list[i
     return [int(r[0]) for r in conn.execute(query, (list(names),)).fetchall()]
 
 
-def mark_sql(state: State) -> str:
-    """The statement that starts a measurement from *state* (its tables' write counters are the baseline)."""
-    return "SELECT harness.mark('{" + ",".join(map(str, state.tables)) + "}')"
+def mark_sql() -> str:
+    """The statement that starts a measurement."""
+    return "SELECT harness.mark()"
 
 
 def changes_sql(exclude: Iterable[str] = ("harness",), *, verify: bool = False) -> str:

@@ -122,7 +122,7 @@ def measure(
     try:
         if prelude:
             conn.execute(prelude, prepare=False)
-        conn.execute(tracking.mark_sql(state), prepare=False)
+        conn.execute(tracking.mark_sql(), prepare=False)
         if change:
             # No parameters: the simple protocol, so several statements may go in one message.
             conn.execute(change, prepare=False)
