@@ -148,10 +148,24 @@ BROKEN = {
 }
 
 
+def without_locks(plan: str) -> str:
+    """*plan* with the locks item off: applies are then sent ahead with the migration before's follow-up."""
+    head, sep, rest = plan.partition("defaults: {")
+    assert sep, plan
+    return f"{head}defaults: {{locks: false, {rest}"
+
+
+# Each case runs twice: with the locks item on (every apply on its own) and off
+# (each apply travels with the previous migration's second up, down and up
+# again, and a failure must still be pinned on the right item).
+STREAMED = pytest.mark.parametrize("streamed", [False, True], ids=["locks", "streamed"])
+
+
+@STREAMED
 @pytest.mark.parametrize("case", list(BROKEN), ids=list(BROKEN))
-def test_broken_migration_is_caught(pg_server: Server, tmp_path: Path, case: str) -> None:
+def test_broken_migration_is_caught(pg_server: Server, tmp_path: Path, case: str, streamed: bool) -> None:
     migrations, plan, item_id, needles = BROKEN[case]
-    results = rehearse(pg_server, make_project(tmp_path, migrations, plan))
+    results = rehearse(pg_server, make_project(tmp_path, migrations, without_locks(plan) if streamed else plan))
     status, message = results[item_id]
     assert status == FAILED, f"{item_id} should fail: {results}"
     for needle in needles:
@@ -274,6 +288,64 @@ def test_full_snapshots_handle_what_tracking_cannot(
     assert all(status == PASSED for status, _ in results.values()), results
 
 
+STREAM_PLAN = "defaults: {locks: false, idempotent: true, rollback: true, backward_compatible: false, lint: false}\n"
+
+
+def test_a_failing_second_up_sent_with_the_next_apply(pg_server: Server, tmp_path: Path) -> None:
+    """The message with 1's second up also applies 2: the failure stays 1's, and 2 is applied anyway."""
+    migrations = {
+        "1_t.sql": "CREATE TABLE t (id int);",
+        "1_t.down.sql": "DROP TABLE t;",
+        "2_u.sql": "CREATE TABLE IF NOT EXISTS u (id int);",
+        "2_u.down.sql": "DROP TABLE IF EXISTS u;",
+    }
+    results = rehearse(pg_server, make_project(tmp_path, migrations, STREAM_PLAN))
+    status, message = results["1_t::idempotent"]
+    assert status == FAILED and 'relation "t" already exists' in message and "1_t.sql:1:1" in message, message
+    assert {k: v[0] for k, v in results.items() if k != "1_t::idempotent"} == dict.fromkeys(
+        ["1_t::apply", "1_t::rollback", "2_u::apply", "2_u::idempotent", "2_u::rollback", "chain_rollback"], PASSED
+    ), results
+
+
+def test_a_failing_apply_sent_ahead_is_reported_on_its_own_item(pg_server: Server, tmp_path: Path) -> None:
+    migrations = {
+        "1_t.sql": "CREATE TABLE IF NOT EXISTS t (id int);",
+        "1_t.down.sql": "DROP TABLE IF EXISTS t;",
+        "2_bad.sql": "ALTER TABLE t ADD COLUMN IF NOT EXISTS c int;\nALTER TABLE nope ADD COLUMN d int;",
+        "2_bad.down.sql": "ALTER TABLE t DROP COLUMN IF EXISTS c;",
+        "3_more.sql": "CREATE TABLE IF NOT EXISTS v (id int);",
+        "3_more.down.sql": "DROP TABLE IF EXISTS v;",
+    }
+    results = rehearse(pg_server, make_project(tmp_path, migrations, STREAM_PLAN))
+    assert all(results[f"1_t::{name}"][0] == PASSED for name in ("apply", "idempotent", "rollback")), results
+    status, message = results["2_bad::apply"]
+    assert status == FAILED and "2_bad.sql:2:" in message and 'relation "nope" does not exist' in message, message
+    assert results["3_more::apply"][0] == SKIPPED and "2_bad" in results["3_more::apply"][1]
+
+
+def test_a_check_sees_its_own_migration_even_when_applies_are_sent_ahead(
+    pg_server: Server, tmp_path: Path
+) -> None:
+    """Migration 2 empties the table 1 filled: 1's check must still count 1's rows."""
+    migrations = {
+        "1_fill.sql": "CREATE TABLE IF NOT EXISTS t (id int);\nINSERT INTO t SELECT 1 WHERE NOT EXISTS (SELECT FROM t);",
+        "1_fill.down.sql": "DROP TABLE IF EXISTS t;",
+        "2_empty.sql": "DELETE FROM t;",
+        "2_empty.down.sql": "INSERT INTO t SELECT 1 WHERE NOT EXISTS (SELECT FROM t);",
+    }
+    plan = STREAM_PLAN + textwrap.dedent(
+        """
+        steps:
+          - migration: 1_fill
+            checks:
+              - {name: one row, sql: "SELECT count(*) FROM t", expect: 1}
+        """
+    )
+    results = rehearse(pg_server, make_project(tmp_path, migrations, plan))
+    assert results["1_fill::check[one row]"][0] == PASSED, results
+    assert all(status == PASSED for status, _ in results.values()), results
+
+
 def test_checks_compare_values_and_rows(pg_server: Server, tmp_path: Path) -> None:
     plan = DEFAULTS + textwrap.dedent(
         """
@@ -335,9 +407,12 @@ CORRECT = {
 }
 
 
+@STREAMED
 @pytest.mark.parametrize("case", list(CORRECT), ids=list(CORRECT))
-def test_correct_migrations_raise_no_false_alarm(pg_server: Server, tmp_path: Path, case: str) -> None:
-    results = rehearse(pg_server, make_project(tmp_path, CORRECT[case], DEFAULTS))
+def test_correct_migrations_raise_no_false_alarm(
+    pg_server: Server, tmp_path: Path, case: str, streamed: bool
+) -> None:
+    results = rehearse(pg_server, make_project(tmp_path, CORRECT[case], without_locks(DEFAULTS) if streamed else DEFAULTS))
     failures = {k: v for k, v in results.items() if v[0] != PASSED}
     assert not failures, failures
     assert any(k.endswith("::rollback") for k in results)
