@@ -431,6 +431,10 @@ def install(conn: psycopg.Connection[Any]) -> bool:
     if not row or not row[0]:
         log.info("not a superuser: rehearsal snapshots are taken in full (event triggers need a superuser)")
         return False
+    setting = conn.execute("SELECT current_setting('event_triggers', true)").fetchone()
+    if setting and setting[0] == "off":
+        log.info("event_triggers is off on this server: rehearsal snapshots are taken in full")
+        return False
     catalogs, roles = _catalog_oids(conn, _SNAPSHOT_CATALOGS), _catalog_oids(conn, _ROLE_CATALOGS)
     text = _install_sql(conn.info.server_version, catalogs, roles)
     with conn.transaction():

@@ -1087,6 +1087,17 @@ def test_install_refuses_a_non_superuser(pg_server: Server, db_name: str) -> Non
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
+def test_install_refuses_when_event_triggers_are_off(pg_server: Server, db_name: str) -> None:
+    """With event_triggers off (PostgreSQL 17+) nothing would be recorded: take full snapshots instead."""
+    if pg_server.major < 17:
+        pytest.skip("the event_triggers setting exists from PostgreSQL 17 on")
+    with pg_server.connect(db_name, autocommit=True) as admin:
+        admin.execute("SET event_triggers = off")
+        assert tracking.install(admin) is False
+        row = admin.execute("SELECT to_regnamespace('harness') IS NULL").fetchone()
+        assert row == (True,), "install() created the harness schema although nothing would be recorded"
+
+
 def test_mode_defaults_to_incremental(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HARNESS_SNAPSHOTS", raising=False)
     assert tracking.mode() == "incremental"
