@@ -18,6 +18,7 @@ working database, made with ``CREATE DATABASE ... TEMPLATE``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -566,8 +567,9 @@ class Rehearsal:
         if segments:
             self._send(segments)
 
-    @property
+    @functools.cached_property
     def _changes(self) -> str:
+        """The statement that ends a measurement (the mode does not change during a rehearsal)."""
         return tracking.changes_sql(verify=self._track_mode == "verify")
 
     def _apply_script(self, index: int, state: tracking.State) -> str:
@@ -1052,7 +1054,7 @@ class Rehearsal:
         state = self._state
         if state is None or any(not _trackable_statements(self.migrations[i].down_statements or ()) for i in chain):
             return None
-        changes = tracking.changes_sql(verify=self._track_mode == "verify")
+        changes = self._changes
         mark = tracking.mark_sql()
         parts = ["BEGIN"]
         for index in chain:

@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from .errors import ConfigError
 from .snapshot import (
@@ -457,11 +458,14 @@ def mark_sql() -> str:
 
 
 def changes_sql(exclude: Iterable[str] = ("harness",), *, verify: bool = False) -> str:
-    """The statement that ends a measurement; its one value (column :data:`DELTA_COLUMN`) is the JSON document."""
-    names = ", ".join("'" + name.replace("'", "''") + "'" for name in exclude)
+    """The statement that ends a measurement; its one value (column :data:`DELTA_COLUMN`) is the JSON document.
+
+    SQL text, to travel in a message with other statements.
+    """
     return (
-        f"SELECT harness.changes(ARRAY[{names}]::pg_catalog.name[], {'true' if verify else 'false'}) "
-        f'AS "{DELTA_COLUMN}"'
+        sql.SQL("SELECT harness.changes({}::pg_catalog.name[], {}) AS {}")
+        .format(sql.Literal(list(exclude)), sql.Literal(verify), sql.Identifier(DELTA_COLUMN))
+        .as_string(None)
     )
 
 
