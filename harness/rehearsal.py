@@ -522,6 +522,8 @@ class Rehearsal:
         state = self._current_state()
         if step.before is None:
             step.before, step.before_data, step.before_nodes = state.snapshot, dict(state.data), None
+        if self._flight is not None:
+            self._land()  # it may carry this apply (no item landed it: idempotent and rollback off, or deselected)
         delta = self._landed.pop(index, None)  # applied by a message sent ahead
         if delta is not None:
             seconds = delta.seconds

@@ -323,6 +323,29 @@ def test_a_failing_apply_sent_ahead_is_reported_on_its_own_item(pg_server: Serve
     assert results["3_more::apply"][0] == SKIPPED and "2_bad" in results["3_more::apply"][1]
 
 
+@pytest.mark.parametrize("defaults", ["idempotent: false, rollback: false", "idempotent: true, rollback: true"])
+def test_an_apply_sent_ahead_runs_once_when_no_item_reads_the_message(
+    pg_server: Server, tmp_path: Path, defaults: str
+) -> None:
+    """Applies only (no item lands the message that carries the next apply): each migration still runs once."""
+    migrations = {
+        "1_t.sql": "CREATE TABLE IF NOT EXISTS t (id int);",
+        "1_t.down.sql": "DROP TABLE IF EXISTS t;",
+        "2_u.sql": "CREATE TABLE u (id int);",  # fails if applied twice
+        "2_u.down.sql": "DROP TABLE u;",
+        "3_v.sql": "CREATE TABLE v (id int);",
+        "3_v.down.sql": "DROP TABLE v;",
+    }
+    plan_text = f"defaults: {{locks: false, {defaults}, backward_compatible: false, lint: false}}\nchain_rollback: false\n"
+    plan = load_plan(make_project(tmp_path, migrations, plan_text))
+    with Rehearsal(plan, pg_server) as rehearsal:
+        applies = [item for item in rehearsal.items() if item.assertion == "apply"]
+        outcomes = rehearsal.run_all(applies)
+        assert [o.status for _, o in outcomes] == [PASSED] * 3, [(i.id, o.message) for i, o in outcomes]
+        final = rehearsal.final_snapshot()
+    assert final is not None and {"public.t", "public.u", "public.v"} <= final.tables()
+
+
 def test_a_check_sees_its_own_migration_even_when_applies_are_sent_ahead(
     pg_server: Server, tmp_path: Path
 ) -> None:
