@@ -112,7 +112,6 @@ class _Step:
 
     before: Snapshot | None = None
     before_data: dict[str, tuple[int, str]] | None = None
-    before_nodes: dict[str, int] | None = None
     touched: frozenset[str] = frozenset()  # tables whose data or storage the up migration changed
     after: Snapshot | None = None
     after_data: dict[str, tuple[int, str]] | None = None
@@ -390,7 +389,7 @@ class Rehearsal:
                 step.before = self._current_state().snapshot
             else:
                 step.before = self._snapshot()
-            step.before_data, step.before_nodes = self._data, self._nodes
+            step.before_data = self._data
 
     def _advance(self, index: int) -> None:
         """Apply migrations up to and including *index* (each at most once)."""
@@ -521,7 +520,7 @@ class Rehearsal:
         step = self._steps[index]
         state = self._current_state()
         if step.before is None:
-            step.before, step.before_data, step.before_nodes = state.snapshot, dict(state.data), None
+            step.before, step.before_data = state.snapshot, dict(state.data)
         if self._flight is not None:
             self._land()  # it may carry this apply (no item landed it: idempotent and rollback off, or deselected)
         delta = self._landed.pop(index, None)  # applied by a message sent ahead
@@ -617,7 +616,7 @@ class Rehearsal:
             return False
         if cfg.backward_compatible.enabled and cfg.backward_compatible.queries:
             return False
-        again, down = self._ahead_parts(index)
+        _again, down = self._ahead_parts(index)
         return not (cfg.rollback and migration.down_statements is not None and not down)
 
     def _apply_streamable(self, index: int) -> bool:

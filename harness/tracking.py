@@ -210,7 +210,6 @@ BEGIN
                {xid_assigned} IS NULL,
                (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({catalog_array}) o),
                (SELECT pg_catalog.sum({_writes('o')}) FROM pg_catalog.unnest({role_array}) o),
-               NULL,  -- unused (the locks say which tables may have been written)
                (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(i.inhparent, i.inhrelid)), '[]')
                 FROM pg_catalog.pg_inherits i))::text, false);
 END
@@ -332,7 +331,7 @@ BEGIN
             SELECT c.classid, c.objid FROM changed c
             UNION
             SELECT 'pg_class'::pg_catalog.regclass, (l->>1)::pg_catalog.oid
-            FROM changed c, pg_catalog.jsonb_array_elements(v_mark->5) l
+            FROM changed c, pg_catalog.jsonb_array_elements(v_mark->4) l
             WHERE c.classid = 'pg_class'::pg_catalog.regclass AND c.objid = (l->>0)::pg_catalog.oid
             UNION
             SELECT x.classid, x.objid FROM closure c, LATERAL (
