@@ -1061,11 +1061,21 @@ ORDER BY t.i
 # column order does not matter); the table's hash is the sum of those MD5s
 # split into two 60-bit halves, which does not depend on the row order and
 # counts duplicate rows.
+# The row count and the two sums of one table's rows (harness/tracking.py
+# computes the same on the server, from the same text).
+TABLE_HASH_COLUMNS = (
+    "count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint), 0)::text, "
+    "coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint), 0)::text"
+)
 _TABLE_HASH = sql.SQL(
-    "SELECT {i}, count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint), 0)::text, "
-    "coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint), 0)::text "
+    "SELECT {i}, " + TABLE_HASH_COLUMNS + " "
     "FROM (SELECT md5(to_jsonb(r)::text) AS h FROM {only} {table} AS r) AS rows"
 )
+
+
+def table_digest(count: int, high: str, low: str) -> tuple[int, str]:
+    """A table's fingerprint, ``(row count, hash)``, from the row count and sums :data:`TABLE_HASH_COLUMNS` gives."""
+    return int(count), hashlib.sha256(f"{count}:{high}:{low}".encode()).hexdigest()[:32]
 
 
 def table_fingerprints(
@@ -1119,6 +1129,5 @@ def table_fingerprints(
     result: dict[str, tuple[int, str]] = {}
     for i, count, high, low in sorted(rows):
         qname = found[i][2]
-        digest = hashlib.sha256(f"{count}:{high}:{low}".encode()).hexdigest()[:32]
-        result[qname] = (int(count), digest)
+        result[qname] = table_digest(count, high, low)
     return result

@@ -53,7 +53,6 @@ that way); ``HARNESS_SNAPSHOTS=full`` turns tracking off.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -67,12 +66,14 @@ from psycopg import sql
 from .errors import ConfigError
 from .snapshot import (
     _PINNED_SETTINGS,
+    TABLE_HASH_COLUMNS,
     Snapshot,
     _catalog_query,
     _catalog_sections,
     _objects_from,
     diff_snapshots,
     format_changes,
+    table_digest,
 )
 
 __all__ = ["State", "Delta", "install", "mode", "mark_sql", "changes_sql", "DELTA_COLUMN", "parse_delta", "advance"]
@@ -166,11 +167,7 @@ def _install_sql(server_version: int, catalogs: list[int], roles: list[int]) -> 
     root_classes = ", ".join(f"'{c}'::pg_catalog.regclass" for c in _ROOT_CLASSES)
     full_classes = ", ".join(f"'{c}'::pg_catalog.regclass" for c in _FULL_CLASSES)
     # Fingerprint of one table: the same as snapshot.table_fingerprints.
-    table_hash = (
-        "SELECT count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint), 0)::text, "
-        "coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint), 0)::text "
-        "FROM (SELECT md5(to_jsonb(r)::text) AS h FROM ONLY %s AS r) AS rows"
-    )
+    table_hash = f"SELECT {TABLE_HASH_COLUMNS} FROM (SELECT md5(to_jsonb(r)::text) AS h FROM ONLY %s AS r) AS rows"
     return f"""
 CREATE SCHEMA IF NOT EXISTS harness;
 
@@ -504,10 +501,6 @@ class Delta:
     verify: dict[str, dict[str, Any]] | None
 
 
-def _digest(count: int, high: str, low: str) -> tuple[int, str]:
-    return int(count), hashlib.sha256(f"{count}:{high}:{low}".encode()).hexdigest()[:32]
-
-
 def parse_delta(text: str) -> Delta:
     """The document :func:`changes_sql` returned."""
     doc = json.loads(text)
@@ -520,7 +513,7 @@ def parse_delta(text: str) -> Delta:
         roots=frozenset(int(r) for r in doc["roots"] or ()),
         objects=objects,
         object_roots=object_roots,
-        touched={int(oid): _digest(*value) for oid, value in (doc["touched"] or {}).items()},
+        touched={int(oid): table_digest(*value) for oid, value in (doc["touched"] or {}).items()},
         seconds=float(doc["ms"] or 0.0) / 1000.0,
         verify=verify,
     )
