@@ -156,10 +156,8 @@ def _acl(expr: str, kind: str = "", owner: str = "") -> str:
     """
     if not kind:
         return _ACL.format(acl=f"CASE WHEN cardinality({expr}) = 0 THEN NULL ELSE {expr} END")
-    default = (
-        f"(SELECT array_agg(a::text ORDER BY a::text) FROM unnest({expr}) a) IS NOT DISTINCT FROM "
-        f"(SELECT array_agg(a::text ORDER BY a::text) FROM unnest(acldefault('{kind}', {owner})) a)"
-    )
+    # The same items either way round (an ACL holds no duplicates): no subquery per object.
+    default = f"{expr} @> acldefault('{kind}', {owner}) AND {expr} <@ acldefault('{kind}', {owner})"
     return _ACL.format(acl=f"CASE WHEN {expr} IS NOT NULL AND {default} THEN NULL ELSE {expr} END")
 
 
