@@ -539,7 +539,7 @@ class Rehearsal:
                     seconds = time.perf_counter() - t0
                     (delta,) = self._exchange(f"{self._changes}; COMMIT")
                 else:
-                    (delta,) = self._exchange(self._apply_script(index, state))
+                    (delta,) = self._exchange(self._apply_script(index))
                     seconds = delta.seconds
             except StatementFailed as exc:
                 self._recover()
@@ -559,12 +559,12 @@ class Rehearsal:
         self._state, self._data, self._nodes_stale = after, dict(after.data), True
 
         segments: list[tuple[int, str, str]] = []
-        ahead = self._ahead_script(index, after)
+        ahead = self._ahead_script(index)
         if ahead is not None:
             segments.append((index, "ahead", ahead))
         nxt = index + 1
         if nxt < len(self.migrations) and self._streamable(index) and self._apply_streamable(nxt):
-            segments.append((nxt, "apply", self._apply_script(nxt, after)))
+            segments.append((nxt, "apply", self._apply_script(nxt)))
         if segments:
             self._send(segments)
 
@@ -573,7 +573,7 @@ class Rehearsal:
         """The statement that ends a measurement (the mode does not change during a rehearsal)."""
         return tracking.changes_sql(verify=self._track_mode == "verify")
 
-    def _apply_script(self, index: int, state: tracking.State) -> str:
+    def _apply_script(self, index: int) -> str:
         migration = self.migrations[index]
         return f"BEGIN; {tracking.mark_sql()}; {_script(migration.statements)}; {self._changes}; COMMIT"
 
@@ -590,7 +590,7 @@ class Rehearsal:
             and _trackable_statements(down),
         )
 
-    def _ahead_script(self, index: int, after: tracking.State) -> str | None:
+    def _ahead_script(self, index: int) -> str | None:
         """The second up, down and up again of migration *index*, each in a rolled-back transaction."""
         migration = self.migrations[index]
         again, down = self._ahead_parts(index)
