@@ -136,9 +136,9 @@ def _writes(oid: str) -> str:
 
 # A handful of objects: the planner, planning once for any number of them,
 # would rather scan whole catalogs than probe their indexes.
-_INDEX_PROBES = "\n".join(
-    f"SET {name} = off" for name in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin", "enable_bitmapscan")
-)
+_PROBE_SETTINGS = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin", "enable_bitmapscan")
+_INDEX_PROBES = "\n".join(f"SET {name} = off" for name in _PROBE_SETTINGS)
+_WHOLE_SCANS = "\n".join(f"SET {name} = on" for name in _PROBE_SETTINGS)
 
 
 def _install_sql(server_version: int, catalogs: list[int], roles: list[int]) -> str:
@@ -160,8 +160,8 @@ def _install_sql(server_version: int, catalogs: list[int], roles: list[int]) -> 
     for (_, kinds), statement in zip(_GROUPS, statements):
         wanted = " OR ".join(f"'{kind}' = ANY (v_kinds)" for kind in kinds)
         sections.append(
-            f"    IF {wanted} THEN\n        {statement.strip()} INTO v_part;\n"
-            f"        v_out := v_out || v_part::pg_catalog.jsonb;\n    END IF;"
+            f"        IF {wanted} THEN\n            {statement.strip()} INTO v_part;\n"
+            f"            v_out := v_out || v_part::pg_catalog.jsonb;\n        END IF;"
         )
     restricted = "\n".join(sections)
     root_classes = ", ".join(f"'{c}'::pg_catalog.regclass" for c in _ROOT_CLASSES)
@@ -212,47 +212,18 @@ BEGIN
 END
 $fn$;
 
+-- Every object: whole catalogs are read, so the planner may scan them (its
+-- callers turn scans off).
 CREATE OR REPLACE FUNCTION harness.snapshot_all(p_exclude pg_catalog.name[])
 RETURNS pg_catalog.json LANGUAGE plpgsql
 {pinned}
+{_WHOLE_SCANS}
 AS $fn$
 DECLARE
     v_doc pg_catalog.json;
 BEGIN
     {full.strip()} INTO v_doc;
     RETURN v_doc;
-END
-$fn$;
-
-CREATE OR REPLACE FUNCTION harness.snapshot_rows(p_exclude pg_catalog.name[], v_roots pg_catalog.oid[])
-RETURNS pg_catalog.json LANGUAGE plpgsql
-{pinned}
-{_INDEX_PROBES}
-AS $fn$
-DECLARE
-    v_part text;
-    v_out pg_catalog.jsonb := '[]';
-    v_kinds text[];
-BEGIN
-    IF v_roots IS NULL THEN
-        RETURN harness.snapshot_all(p_exclude);
-    END IF;
-    SELECT pg_catalog.array_agg(DISTINCT k.kind) INTO v_kinds FROM (
-        SELECT CASE WHEN c.relkind IN ('r', 'p', 'f') THEN 'table' WHEN c.relkind IN ('i', 'I') THEN 'index'
-                    WHEN c.relkind = 'S' THEN 'sequence' WHEN c.relkind IN ('v', 'm') THEN 'view' END
-        FROM pg_catalog.pg_class c WHERE c.oid = ANY (v_roots)
-        UNION ALL SELECT 'constraint' FROM pg_catalog.pg_constraint x WHERE x.oid = ANY (v_roots)
-        UNION ALL SELECT 'function' FROM pg_catalog.pg_proc x WHERE x.oid = ANY (v_roots)
-        UNION ALL SELECT 'type' FROM pg_catalog.pg_type x WHERE x.oid = ANY (v_roots)
-        UNION ALL SELECT 'trigger' FROM pg_catalog.pg_trigger x WHERE x.oid = ANY (v_roots)
-        UNION ALL SELECT 'rule' FROM pg_catalog.pg_rewrite x WHERE x.oid = ANY (v_roots)
-        UNION ALL SELECT 'policy' FROM pg_catalog.pg_policy x WHERE x.oid = ANY (v_roots)
-    ) k(kind);
-    IF v_kinds IS NULL THEN
-        RETURN '[]';
-    END IF;
-{restricted}
-    RETURN v_out::pg_catalog.json;
 END
 $fn$;
 
@@ -281,6 +252,10 @@ DECLARE
     v_why text := NULL;
     v_roots pg_catalog.oid[];
     v_touched pg_catalog.jsonb := '{{}}';
+    v_kinds text[];
+    v_part text;
+    v_out pg_catalog.jsonb := '[]';
+    v_objects pg_catalog.json;
 BEGIN
     IF v_mark IS NULL THEN
         RAISE EXCEPTION 'harness.changes() without harness.mark()';
@@ -290,7 +265,7 @@ BEGIN
     IF (v_mark->>1)::boolean AND {xid_assigned} IS NULL THEN
         RETURN pg_catalog.json_build_object(
             'full', false, 'why', NULL, 'roots', '[]'::pg_catalog.json, 'objects', '[]'::pg_catalog.json,
-            'verify', CASE WHEN p_verify THEN harness.snapshot_rows(p_exclude, NULL) END,
+            'verify', CASE WHEN p_verify THEN harness.snapshot_all(p_exclude) END,
             'touched', '{{}}'::pg_catalog.json,
             'ms', extract(epoch FROM pg_catalog.clock_timestamp() - (v_mark->>0)::timestamptz) * 1000)::text;
     END IF;
@@ -312,6 +287,11 @@ BEGIN
     -- The roots, also for a full snapshot: they name the tables to hash again.
     IF v_changed = '' AND v_dropped = '' THEN
         v_roots := '{{}}';
+    ELSIF v_changed = '' THEN
+        -- Only drops (DROP TABLE, INDEX, FUNCTION...): nothing left to depend on them.
+        SELECT coalesce(pg_catalog.array_agg(DISTINCT pg_catalog.split_part(t, ':', 2)::pg_catalog.oid), '{{}}')
+        INTO v_roots FROM pg_catalog.unnest(pg_catalog.string_to_array(v_dropped, ' ')) t
+        WHERE t LIKE '%:%' AND pg_catalog.split_part(t, ':', 1)::pg_catalog.oid IN ({root_classes});
     ELSE
         WITH RECURSIVE
         changed(classid, objid) AS (
@@ -404,12 +384,32 @@ BEGIN
     JOIN pg_catalog.pg_class c ON c.oid = x.oid AND c.relkind = 'r'
     WHERE c.relnamespace IN {_USER_NAMESPACES};
 
+    IF v_full THEN
+        v_objects := harness.snapshot_all(p_exclude);
+    ELSIF v_roots <> '{{}}' THEN
+        -- The snapshot query restricted to the roots, by the kinds of object among them.
+        SELECT pg_catalog.array_agg(DISTINCT k.kind) INTO v_kinds FROM (
+            SELECT CASE WHEN c.relkind IN ('r', 'p', 'f') THEN 'table' WHEN c.relkind IN ('i', 'I') THEN 'index'
+                        WHEN c.relkind = 'S' THEN 'sequence' WHEN c.relkind IN ('v', 'm') THEN 'view' END
+            FROM pg_catalog.pg_class c WHERE c.oid = ANY (v_roots)
+            UNION ALL SELECT 'constraint' FROM pg_catalog.pg_constraint x WHERE x.oid = ANY (v_roots)
+            UNION ALL SELECT 'function' FROM pg_catalog.pg_proc x WHERE x.oid = ANY (v_roots)
+            UNION ALL SELECT 'type' FROM pg_catalog.pg_type x WHERE x.oid = ANY (v_roots)
+            UNION ALL SELECT 'trigger' FROM pg_catalog.pg_trigger x WHERE x.oid = ANY (v_roots)
+            UNION ALL SELECT 'rule' FROM pg_catalog.pg_rewrite x WHERE x.oid = ANY (v_roots)
+            UNION ALL SELECT 'policy' FROM pg_catalog.pg_policy x WHERE x.oid = ANY (v_roots)
+        ) k(kind);
+        IF v_kinds IS NOT NULL THEN
+{restricted}
+        END IF;
+    END IF;
+
     RETURN pg_catalog.json_build_object(
         'full', v_full,
         'why', v_why,
         'roots', CASE WHEN v_full THEN NULL ELSE v_roots END,
-        'objects', harness.snapshot_rows(p_exclude, CASE WHEN v_full THEN NULL ELSE v_roots END),
-        'verify', CASE WHEN p_verify AND NOT v_full THEN harness.snapshot_rows(p_exclude, NULL) END,
+        'objects', coalesce(v_objects, v_out::pg_catalog.json),
+        'verify', CASE WHEN p_verify AND NOT v_full THEN harness.snapshot_all(p_exclude) END,
         'touched', v_touched,
         'ms', extract(epoch FROM pg_catalog.clock_timestamp() - (v_mark->>0)::timestamptz) * 1000
     )::text;
