@@ -240,6 +240,11 @@ def _catalog_query(server_version: int, *, restricted: bool = False, exclude: st
     def only(oid: str) -> str:
         return f"AND {oid} = ANY({roots})" if restricted else ""
 
+    def not_member(catalog: str, oid: str) -> str:
+        # A few objects probe pg_depend one by one; all of them read the
+        # extensions' members once (thousands in a database with PostGIS).
+        return _not_in_extension(catalog, oid) if restricted else _not_member(catalog, oid)
+
     if restricted:
         # Tables whose rows the object lists join: the roots, and the tables
         # of root constraints, indexes, triggers, rules and policies.
@@ -274,7 +279,7 @@ ns AS MATERIALIZED (
     FROM pg_namespace n
     WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
       AND n.nspname <> ALL ({exclude})
-      AND {_not_member('pg_namespace', 'n.oid')}
+      AND {not_member('pg_namespace', 'n.oid')}
 ),
 rel AS MATERIALIZED (
     SELECT c.oid, c.relkind, c.relpersistence, c.relrowsecurity,
@@ -282,7 +287,7 @@ rel AS MATERIALIZED (
            c.relacl, c.relowner, ns.q || '.' || quote_ident(c.relname) AS q
     FROM {rel_from}
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'i', 'I')
-      AND {_not_member('pg_class', 'c.oid')}
+      AND {not_member('pg_class', 'c.oid')}
 ),
 att AS MATERIALIZED (
     SELECT r.oid AS relid, r.q AS relq, a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
@@ -299,6 +304,7 @@ inh AS MATERIALIZED (
            min(quote_ident(pn.nspname) || '.' || quote_ident(pc.relname)) AS parent
     FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhparent
     JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+    {"WHERE i.inhrelid IN (SELECT rel.oid FROM rel)" if restricted else ""}
     GROUP BY i.inhrelid
 ),
 ty AS MATERIALIZED (
@@ -307,7 +313,7 @@ ty AS MATERIALIZED (
     FROM {ty_from}
     WHERE t.typtype IN ('e', 'd', 'c', 'r')
       AND (t.typtype <> 'c' OR (SELECT tc.relkind FROM pg_class tc WHERE tc.oid = t.typrelid) = 'c')
-      AND {_not_member('pg_type', 't.oid')}
+      AND {not_member('pg_type', 't.oid')}
 ),
 objects(o) AS (
     SELECT json_build_array(
@@ -459,7 +465,7 @@ objects(o) AS (
             || ns.q || '.' || quote_ident(p.proname) || '(' || oidvectortypes(p.proargtypes) || ')')
     FROM {proc_from}
     JOIN pg_language l ON l.oid = p.prolang
-    WHERE {_not_member('pg_proc', 'p.oid')}
+    WHERE {not_member('pg_proc', 'p.oid')}
       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
                       AND d.objid = p.oid AND d.deptype = 'i')
 

@@ -469,6 +469,22 @@ SCENARIOS: dict[str, Scenario] = {
         "both",
     ),
     "detach partition": Scenario(PARTITIONED, "ALTER TABLE events DETACH PARTITION events_2020", "schema"),
+    # The links are recorded before the first ALTER TABLE of the measurement, whichever table it alters.
+    "detach partition after another alter table": Scenario(
+        PARTITIONED + "CREATE TABLE other (a integer);",
+        "ALTER TABLE other ADD COLUMN b integer; ALTER TABLE events DETACH PARTITION events_2020",
+        "schema",
+    ),
+    "detach partition in a DO block": Scenario(
+        PARTITIONED, "DO $$ BEGIN ALTER TABLE events DETACH PARTITION events_2020; END $$", "schema"
+    ),
+    "detach partition created in the same run": Scenario(
+        PARTITIONED,
+        "ALTER TABLE events ADD COLUMN note text;"
+        "CREATE TABLE events_2022 PARTITION OF events FOR VALUES FROM ('2022-01-01') TO ('2023-01-01');"
+        "ALTER TABLE events DETACH PARTITION events_2022",
+        "both",
+    ),
     "attach partition": Scenario(
         PARTITIONED,
         "ALTER TABLE events ATTACH PARTITION events_2021 FOR VALUES FROM ('2021-01-01') TO ('2022-01-01')",
@@ -812,6 +828,27 @@ def test_create_extension_is_a_full_fallback(conn: Conn) -> None:
     assert_consistent(m)
 
 
+def test_extension_members_stay_out_of_restricted_reads(conn: Conn) -> None:
+    """A command on an extension's own type or function makes it a root; like a full snapshot, the read leaves it out."""
+    row = conn.execute("SELECT count(*) FROM pg_catalog.pg_available_extensions WHERE name = 'citext'").fetchone()
+    if not row or not row[0]:
+        pytest.skip("citext is not available in this server's extension directory")
+    conn.execute("CREATE EXTENSION citext; CREATE TABLE emails (e citext PRIMARY KEY)", prepare=False)
+    state = rooted_state(conn)
+    m = measure(
+        conn,
+        state,
+        "COMMENT ON TYPE citext IS 'member'; COMMENT ON FUNCTION citext_eq(citext, citext) IS 'member';"
+        "ALTER TABLE emails ADD COLUMN n integer",
+    )
+    assert m.delta.full is False
+    member_type = conn.execute("SELECT 'citext'::regtype::oid").fetchone()
+    assert member_type is not None and int(member_type[0]) in m.delta.roots, "the member type was not even read"
+    assert not [key for key in m.full.objects if "citext" in key and not key.startswith("extension")]
+    assert "column public.emails.n" in m.full.objects
+    assert_consistent(m)
+
+
 def test_rename_foreign_server_used_by_a_foreign_table(conn: Conn) -> None:
     row = conn.execute("SELECT count(*) FROM pg_catalog.pg_available_extensions WHERE name = 'file_fdw'").fetchone()
     if not row or not row[0]:
@@ -1060,7 +1097,7 @@ def test_install_is_repeatable(conn: Conn) -> None:
     triggers = conn.execute(
         "SELECT evtname, evtenabled FROM pg_catalog.pg_event_trigger WHERE evtname LIKE 'harness%' ORDER BY 1"
     ).fetchall()
-    assert triggers == [("harness_track_ddl", "A"), ("harness_track_drop", "A")]
+    assert triggers == [("harness_track_ddl", "A"), ("harness_track_drop", "A"), ("harness_track_links", "A")]
 
 
 def test_changes_without_mark_fails(conn: Conn) -> None:
