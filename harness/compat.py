@@ -122,8 +122,6 @@ class _Classifier:
         self.changes = changes
         self.found: list[Breaking] = []
         self.seen: set[tuple[str, str]] = set()
-        self.tables_before = before.tables()
-        self.tables_after = after.tables()
         self.by_kind: dict[tuple[str, str], list[Change]] = {}
         for change in changes:
             self.by_kind.setdefault((change.kind, change.object_type), []).append(change)
@@ -237,7 +235,8 @@ class _Classifier:
             added.setdefault(_table_of(change.object), []).append(change)
         pairs: dict[str, str] = {}
         for table, gone in removed.items():
-            if table not in added or table not in self.tables_after or table not in self.tables_before:
+            key = f"table {table}"
+            if table not in added or key not in self.after.objects or key not in self.before.objects:
                 continue
             old_order = self.before.columns(table)
             new_order = self.after.columns(table)
@@ -261,7 +260,7 @@ class _Classifier:
         name = change.object
         table = _table_of(name)
         if change.kind == "removed":
-            if table not in self.tables_after:
+            if f"table {table}" not in self.after.objects:
                 return  # the table itself went (reported as dropped or renamed)
             if name in renamed_from:
                 self.add(
@@ -278,7 +277,7 @@ class _Classifier:
                     "Stop using it in the application first and drop it in a later release.",
                 )
         elif change.kind == "added":
-            if table not in self.tables_before or name in renamed_to:
+            if f"table {table}" not in self.before.objects or name in renamed_to:
                 return  # a new table, or the new name of a renamed column
             attrs = change.after or {}
             if not attrs.get("nullable", True) and not _has_default(attrs):

@@ -553,7 +553,7 @@ class Rehearsal:
         self._tracked = True
         step.after, step.after_state, step.up_keys = after.snapshot, after, keys
         step.after_data = dict(after.data)
-        step.touched = frozenset(name for oid, name in after.tables.items() if oid in delta.touched)
+        step.touched = frozenset(after.tables[oid] for oid in delta.touched if oid in after.tables)
         step.apply_seconds = seconds
         step.applied = True
         self._state, self._data, self._nodes_stale = after, dict(after.data), True
@@ -1147,7 +1147,8 @@ class Rehearsal:
         before = step.before_data or {}
         after = step.after_data or {}
         lost = []
-        for table, (count, _hash) in sorted(before.items()):
+        # Only the tables whose count or hash differs (most are the same objects).
+        for table, (count, _hash) in sorted(before.items() - after.items()):
             if table not in after:
                 lost.append(f"{table}: table is gone ({count} rows before)")
             elif after[table][0] != count:
@@ -1318,7 +1319,8 @@ def _trackable_statements(statements: Sequence[Statement]) -> bool:
 
 def _touched_data(state: tracking.State, delta: tracking.Delta) -> dict[str, tuple[int, str]]:
     """Row count and hash of the tables *delta* wrote, by name in *state*."""
-    return {name: state.data[name] for oid, name in state.tables.items() if oid in delta.touched and name in state.data}
+    names = (state.tables.get(oid) for oid in delta.touched)
+    return {name: state.data[name] for name in names if name is not None and name in state.data}
 
 
 def _data_changes(before: dict[str, tuple[int, str]], after: dict[str, tuple[int, str]]) -> str:

@@ -643,9 +643,12 @@ class Snapshot:
     objects: Mapping[str, Mapping[str, Any]]
 
     def __post_init__(self) -> None:
-        # A plain dict in key order (JSON-, copy- and pickle-friendly); treat
-        # it as read-only like the rest of the snapshot.
-        object.__setattr__(self, "objects", dict(sorted(self.objects.items())))
+        # A plain dict (JSON-, copy- and pickle-friendly); treat it as
+        # read-only like the rest of the snapshot.  Its order means nothing:
+        # the JSON text and every diff sort their keys, and a rehearsal
+        # builds hundreds of snapshots from the one before.
+        if type(self.objects) is not dict:
+            object.__setattr__(self, "objects", dict(self.objects))
 
     def to_json(self) -> str:
         """Canonical JSON text: sorted keys, no whitespace; equal snapshots give equal text."""

@@ -498,6 +498,14 @@ class State:
     data: Mapping[str, tuple[int, str]]
 
     @functools.cached_property
+    def keys_by_root(self) -> dict[int, tuple[str, ...]]:
+        """The keys of the objects of each root."""
+        index: dict[int, list[str]] = {}
+        for key, root in self.roots.items():
+            index.setdefault(root, []).append(key)
+        return {root: tuple(keys) for root, keys in index.items()}
+
+    @functools.cached_property
     def tables(self) -> dict[int, str]:
         """The ordinary tables (the ones that hold rows): OID → qualified name."""
         return {
@@ -547,43 +555,21 @@ def advance(state: State, delta: Delta) -> tuple[State, frozenset[str]]:
     """
     if not (delta.full or delta.roots or delta.objects or delta.touched or delta.verify is not None):
         return state, frozenset()  # nothing was written since the mark
-    objects: dict[str, Mapping[str, Any]]
     if delta.full:
-        objects = dict(delta.objects)
-        roots = dict(delta.object_roots)
-        keys = frozenset(state.snapshot.objects.keys() | objects.keys())
+        new = State(Snapshot(objects=dict(delta.objects)), dict(delta.object_roots), {})
+        keys = frozenset(state.snapshot.objects.keys() | delta.objects.keys())
+        # Data by table OID: a renamed table keeps its rows, a dropped one is gone.
+        data = new.data
+        assert isinstance(data, dict)
+        for oid, name in new.tables.items():
+            found = delta.touched.get(oid)
+            if found is None:
+                old = state.tables.get(oid)
+                found = state.data.get(old) if old is not None else None
+            if found is not None:
+                data[name] = found
     else:
-        objects = dict(state.snapshot.objects)
-        roots = dict(state.roots)
-        removed = [key for key, root in roots.items() if root in delta.roots]
-        for key in removed:
-            del objects[key]
-            del roots[key]
-        objects.update(delta.objects)
-        roots.update(delta.object_roots)
-        keys = frozenset(removed) | delta.objects.keys()
-    new = State(Snapshot(objects=objects), roots, {})
-    if not delta.full:
-        # The tables by OID, kept up to date instead of recomputed from every object.
-        tables = dict(state.tables)
-        for key in removed:
-            if key.startswith("table "):
-                tables.pop(state.roots[key], None)
-        for key, attrs in delta.objects.items():
-            if key.startswith("table ") and attrs.get("kind") == "ordinary":
-                tables[delta.object_roots[key]] = key[6:]
-        new.__dict__["tables"] = tables  # the cached_property's slot
-    # Data by table OID: a renamed table keeps its rows, a dropped one is gone.
-    old_names = state.tables
-    data = new.data
-    assert isinstance(data, dict)
-    for oid, name in new.tables.items():
-        found = delta.touched.get(oid)
-        if found is None:
-            old = old_names.get(oid)
-            found = state.data.get(old) if old is not None else None
-        if found is not None:
-            data[name] = found
+        new, keys = _advance_incrementally(state, delta)
     if delta.verify is not None:
         expected = Snapshot(objects=delta.verify)
         changes = diff_snapshots(expected, new.snapshot)
@@ -595,3 +581,49 @@ def advance(state: State, delta: Delta) -> tuple[State, frozenset[str]]:
                 "HARNESS_SNAPSHOTS=full to work around it). full → incremental:\n" + format_changes(changes)
             )
     return new, keys
+
+
+def _advance_incrementally(state: State, delta: Delta) -> tuple[State, frozenset[str]]:
+    """:func:`advance` for a delta of some roots: work in proportion to what changed, not to the schema."""
+    by_root = state.keys_by_root
+    removed = [key for root in delta.roots for key in by_root.get(root, ())]
+    objects = dict(state.snapshot.objects)
+    roots = dict(state.roots)
+    tables = dict(state.tables)
+    data = dict(state.data)
+    index = dict(by_root)
+    for root in delta.roots:
+        index.pop(root, None)
+    for key in removed:
+        del objects[key]
+        del roots[key]
+        if key.startswith("table "):
+            tables.pop(state.roots[key], None)
+            data.pop(key[6:], None)
+    objects.update(delta.objects)
+    roots.update(delta.object_roots)
+    added: dict[int, list[str]] = {}
+    for key, root in delta.object_roots.items():
+        added.setdefault(root, []).append(key)
+    index.update((root, tuple(keys)) for root, keys in added.items())
+    # Data by table OID: a table re-read keeps its rows under its (new) name
+    # unless written; a dropped one is gone; a written one is hashed again.
+    for key, attrs in delta.objects.items():
+        if key.startswith("table ") and attrs.get("kind") == "ordinary":
+            oid = delta.object_roots[key]
+            tables[oid] = key[6:]
+            found = delta.touched.get(oid)
+            if found is None:
+                old = state.tables.get(oid)
+                found = state.data.get(old) if old is not None else None
+            if found is not None:
+                data[key[6:]] = found
+    for oid, found in delta.touched.items():
+        name = tables.get(oid)
+        if name is not None:
+            data[name] = found
+    new = State(Snapshot(objects=objects), roots, data)
+    # The cached properties' slots, kept up to date instead of recomputed from every object.
+    new.__dict__["tables"] = tables
+    new.__dict__["keys_by_root"] = index
+    return new, frozenset(removed) | delta.objects.keys()
