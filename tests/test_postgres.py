@@ -171,6 +171,8 @@ def test_ctrl_c_stops_and_removes_the_server() -> None:
 
 
 def test_orphan_of_a_killed_parent_is_removed_at_next_start() -> None:
+    shm = Path("/dev/shm")
+    segments_before = {p.name for p in shm.glob("PostgreSQL.*")} if shm.is_dir() else set()
     proc, directory, pid = _start_child()
     proc.kill()  # SIGKILL: no chance to clean up
     proc.wait(30)
@@ -182,6 +184,10 @@ def test_orphan_of_a_killed_parent_is_removed_at_next_start() -> None:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+    # A killed postmaster cannot remove POSIX shared memory segments; the
+    # server keeps them as files in its directory, removed with it.
+    leaked = {p.name for p in shm.glob("PostgreSQL.*")} - segments_before if shm.is_dir() else set()
+    assert not leaked, f"shared memory segments left in /dev/shm: {sorted(leaked)}"
 
 
 def test_live_servers_of_other_processes_are_not_reaped(pg_server: postgres.Server) -> None:
