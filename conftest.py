@@ -22,6 +22,25 @@ pytest_plugins = ["pytester"]
 os.environ.setdefault("HARNESS_SNAPSHOTS", "verify")
 
 
+def _roomy_tmpfs(path: str = "/dev/shm", need: int = 2 << 30) -> bool:
+    """Whether *path* is a memory file system with at least *need* bytes free."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            if not any(line.split()[1:3] == [path, "tmpfs"] for line in mounts if len(line.split()) > 2):
+                return False
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize >= need and os.access(path, os.W_OK)
+
+
+# The suite's servers keep their data in memory when the machine has room:
+# it creates and drops thousands of relation files, and a disk file system
+# makes that the slowest part of the run (63 s -> 45 s with -n 2 here).
+if "HARNESS_RUNTIME_DIR" not in os.environ and _roomy_tmpfs():
+    os.environ["HARNESS_RUNTIME_DIR"] = "/dev/shm"
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
     """A real PostgreSQL server shared by the whole session (override to change provider)."""
