@@ -643,10 +643,10 @@ class Snapshot:
     objects: Mapping[str, Mapping[str, Any]]
 
     def __post_init__(self) -> None:
-        # A plain dict (JSON-, copy- and pickle-friendly); treat it as
-        # read-only like the rest of the snapshot.  Its order means nothing:
-        # the JSON text and every diff sort their keys, and a rehearsal
-        # builds hundreds of snapshots from the one before.
+        # A plain dict (JSON-, copy- and pickle-friendly), taken over, not
+        # copied: the caller hands it over and nobody changes it afterwards.
+        # Its order means nothing: the JSON text and every diff sort their
+        # keys, and a rehearsal builds hundreds of snapshots from the one before.
         if type(self.objects) is not dict:
             object.__setattr__(self, "objects", dict(self.objects))
 
