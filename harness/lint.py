@@ -20,6 +20,7 @@ Every rule is listed in :data:`RULES` and documented in ``docs/lint.md``.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 import re
@@ -712,6 +713,8 @@ def _split_identifiers(name: str) -> list[str]:
     return parts
 
 
+# A rehearsal lints every migration against the tables of its schema: the same names, hundreds of times.
+@functools.lru_cache(maxsize=1 << 16)
 def _qualify(name: str) -> str:
     """A table name as given by a caller (``users``, ``app.users``, ``public."Mixed"``) -> ``schema.table``.
 

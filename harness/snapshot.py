@@ -672,7 +672,12 @@ class Snapshot:
 
     def tables(self) -> frozenset[str]:
         """Qualified names of all tables (ordinary, partitioned and foreign), e.g. ``public.users``."""
-        return frozenset(key[6:] for key in self.objects if key.startswith("table "))
+        # Computed once: the lint and locks items of a migration both ask its before-state.
+        found = self.__dict__.get("_tables")
+        if found is None:
+            found = frozenset(key[6:] for key in self.objects if key.startswith("table "))
+            self.__dict__["_tables"] = found  # a cache, not a field: equality and hashing ignore it
+        return found
 
     def columns(self, table: str) -> list[str]:
         """Column names of *table* (a qualified name) in attnum order."""
