@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.postgres import Server, start_server
+from harness.postgres import Server, memory_dir, start_server
 
 pytest_plugins = ["pytester"]
 
@@ -22,23 +22,11 @@ pytest_plugins = ["pytester"]
 os.environ.setdefault("HARNESS_SNAPSHOTS", "verify")
 
 
-def _roomy_tmpfs(path: str = "/dev/shm", need: int = 2 << 30) -> bool:
-    """Whether *path* is a memory file system with at least *need* bytes free."""
-    try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            if not any(line.split()[1:3] == [path, "tmpfs"] for line in mounts if len(line.split()) > 2):
-                return False
-        st = os.statvfs(path)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize >= need and os.access(path, os.W_OK)
-
-
 # The suite's servers keep their data in memory when the machine has room:
 # it creates and drops thousands of relation files, and a disk file system
 # makes that the slowest part of the run (63 s -> 45 s with -n 2 here).
-if "HARNESS_RUNTIME_DIR" not in os.environ and _roomy_tmpfs():
-    os.environ["HARNESS_RUNTIME_DIR"] = "/dev/shm"
+if "HARNESS_RUNTIME_DIR" not in os.environ and (memory := memory_dir()) is not None:
+    os.environ["HARNESS_RUNTIME_DIR"] = str(memory)
 
 
 @pytest.fixture(scope="session")

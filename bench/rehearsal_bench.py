@@ -12,11 +12,13 @@ rollback need), as few messages as possible, with no check at all.
 Where the server keeps its files matters more to ``psql`` than to the
 rehearsal: creating and dropping relation files is most of a bare apply's
 server time, and a disk file system with many recently deleted files makes
-it several times slower than memory.  The bench prints the file system of
-the data directory; ``--runtime-dir /dev/shm`` (or ``HARNESS_RUNTIME_DIR``)
-puts it in memory.  ``--seeded`` adds a seed of 6 extensions and 500
-partitions to the plan (and loads it in the bare run too), the shape of a
-real schema that per-measurement work must not grow with.
+it several times slower than memory.  So the bench keeps the server's files
+in memory when ``/dev/shm`` has room (the strict case for the ratio) and
+prints the file system; ``--runtime-dir DIR`` (or ``HARNESS_RUNTIME_DIR``)
+puts them elsewhere, ``--runtime-dir /tmp`` on disk.  ``--seeded`` adds a
+seed of 6 extensions and 500 partitions to the plan (and loads it in the
+bare run too), the shape of a real schema that per-measurement work must not
+grow with.
 
     python bench/rehearsal_bench.py [--migrations 200] [--runs 3] [--runtime-dir DIR] [--seeded]
 """
@@ -33,7 +35,7 @@ import uuid
 from pathlib import Path
 
 from harness.plan import load_plan
-from harness.postgres import start_server
+from harness.postgres import memory_dir, start_server
 from harness.rehearsal import PASSED, Rehearsal
 from harness.sources import load_plan_migrations
 
@@ -104,11 +106,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--migrations", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--runtime-dir", help="where the server keeps its files (default: HARNESS_RUNTIME_DIR or the temp dir)")
+    parser.add_argument(
+        "--runtime-dir", help="where the server keeps its files (default: HARNESS_RUNTIME_DIR, else /dev/shm with room)"
+    )
     parser.add_argument("--seeded", action="store_true", help="add a seed of 6 extensions and 500 partitions")
     args = parser.parse_args()
     if args.runtime_dir:
         os.environ["HARNESS_RUNTIME_DIR"] = args.runtime_dir
+    elif "HARNESS_RUNTIME_DIR" not in os.environ and (memory := memory_dir()) is not None:
+        os.environ["HARNESS_RUNTIME_DIR"] = str(memory)
     with tempfile.TemporaryDirectory() as tmp, start_server("embedded") as server:
         plan_path = generate(Path(tmp), args.migrations, args.seeded)
         files = sorted(p for p in (Path(tmp) / "migrations").glob("*.sql") if not p.name.endswith(".down.sql"))

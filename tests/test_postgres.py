@@ -274,3 +274,14 @@ def test_a_spare_copy_is_prepared_and_claimed_by_the_next_start() -> None:
         with second.connect() as conn:
             assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'postgres'").fetchone() == (1,)
         assert not (second.data_dir / ".complete").exists()  # type: ignore[attr-defined]
+
+
+def test_memory_dir_only_names_a_roomy_tmpfs() -> None:
+    assert postgres.memory_dir("/nonexistent-dir") is None
+    assert postgres.memory_dir("/proc") is None  # mounted, but not a memory file system
+    assert postgres.memory_dir(room=1 << 62) is None  # no machine has that much free
+    with open("/proc/mounts", encoding="utf-8") as mounts:
+        shm_is_tmpfs = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts)
+    if not shm_is_tmpfs:
+        pytest.skip("/dev/shm is not a tmpfs on this machine")
+    assert postgres.memory_dir(room=0) == Path("/dev/shm")
