@@ -37,9 +37,8 @@ index or view definition, a foreign key, a column's type), every object a
 changed one is an internal part of (renaming a primary key's index renames
 its constraint), and the tables that inherited from a changed one before the
 first ALTER TABLE (DETACH PARTITION reports only the parent and removes the
-link).  Names
-print schema-qualified (the snapshot pins ``search_path``), so creating an
-object never changes how another one prints.  A table among the roots is
+link).  Names print schema-qualified (the snapshot pins ``search_path``), so
+creating an object never changes how another one prints.  A table among the roots is
 hashed again even without a write: its rows' JSON names its columns.
 
 When the record cannot be trusted the document says ``full`` and carries a
@@ -257,7 +256,7 @@ BEGIN
 END
 $fn$;
 
--- The same settings as the functions it calls: switching them costs more than the work.
+-- The settings of its restricted reads, which probe indexes; a full read turns scans back on.
 CREATE OR REPLACE FUNCTION harness.changes(p_exclude pg_catalog.name[], p_verify boolean)
 RETURNS text LANGUAGE plpgsql
 {pinned}
