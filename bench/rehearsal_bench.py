@@ -121,12 +121,13 @@ def main() -> None:
         if args.seeded:
             files.insert(0, Path(tmp) / "seed.sql")
         psql = str(server.bindir / "psql") if server.bindir else "psql"
+        bare_psql = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
         bare, rehearsed, floor, seed = [], [], [], []
         items = 0
         migrations = load_plan_migrations(load_plan(plan_path))
         for _ in range(args.runs):
             db = f"bench_{uuid.uuid4().hex[:8]}"
-            cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", server.dsn(db)]
+            cmd = [*bare_psql, "-d", server.dsn(db)]
             for f in files:
                 cmd += ["-f", str(f)]
             t0 = time.perf_counter()
@@ -138,8 +139,7 @@ def main() -> None:
                 db = f"bench_{uuid.uuid4().hex[:8]}"
                 t0 = time.perf_counter()
                 server.create_database(db)
-                subprocess.run(cmd[:-2 * len(files)] + ["-d", server.dsn(db), "-f", str(files[0])], check=True,
-                               capture_output=True)
+                subprocess.run([*bare_psql, "-d", server.dsn(db), "-f", str(files[0])], check=True, capture_output=True)
                 seed.append(time.perf_counter() - t0)
                 server.drop_database(db)
 
