@@ -557,3 +557,30 @@ def test_objects_are_frozen_and_node_ignored_in_comparison() -> None:
     assert "node" not in repr(a)
     with pytest.raises(AttributeError):
         a.sql = "SELECT 2"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("SELECT '-- not a comment'; SELECT 2", ["SELECT '-- not a comment'", "SELECT 2"]),
+        ("SELECT 1 -- trailing\n; /* lead */ SELECT 2 /* tail */;", ["SELECT 1", "SELECT 2"]),
+        ("SELECT 1 /* inside */ + 1;\n\t SELECT 'é' -- é\n;", ["SELECT 1 /* inside */ + 1", "SELECT 'é'"]),
+    ],
+)
+def test_statements_with_and_without_comments_are_cut_alike(text: str, expected: list[str]) -> None:
+    statements = parse_sql(text, "c.sql")
+    assert texts(statements) == expected
+    lines = text.split("\n")
+    for statement in statements:
+        start = sum(len(line) + 1 for line in lines[: statement.line - 1]) + statement.column - 1
+        assert text[start : start + len(statement.sql)] == statement.sql
+
+
+def test_parse_trees_are_built_on_first_use() -> None:
+    # Splitting and classifying read the parser's JSON; the AST (several
+    # times the cost of the parse) waits until a lint rule asks for it.
+    first, second = parse_sql("CREATE TABLE t (id int); CREATE INDEX CONCURRENTLY i ON t (id)", "l.sql")
+    assert first._trees is not None and first._trees._nodes is None
+    assert not second.transactional
+    assert second.node.concurrent and first._trees._nodes is not None
+    assert first.node.relation.relname == "t"
