@@ -110,7 +110,6 @@ def run_statements(
     Raises :class:`StatementFailed` on the first error.  When *timings* is a
     list, ``(statement, seconds)`` pairs are appended to it.
     """
-    where = relpath(path)
     for statement in statements:
         t0 = time.perf_counter()
         try:
@@ -118,8 +117,9 @@ def run_statements(
             conn.execute(statement.sql)  # type: ignore[call-overload]
         except psycopg.Error as exc:
             line, column = _position(statement, exc)
+            # The path is made relative only here: resolving it costs more than a small statement.
             raise StatementFailed(
-                Failure(where, line, column, statement.sql, exc.diag.sqlstate, describe_pg_error(exc))
+                Failure(relpath(path), line, column, statement.sql, exc.diag.sqlstate, describe_pg_error(exc))
             ) from None
         if timings is not None:
             timings.append((statement, time.perf_counter() - t0))

@@ -1307,11 +1307,12 @@ def _trackable_statements(statements: Sequence[Statement]) -> bool:
     reset the record of changes) and SET event_triggers (would stop it).
     """
     for statement in statements:
-        node = statement.node
-        if statement.kind == "CopyStmt" and getattr(node, "is_from", False) and not getattr(node, "filename", None):
-            return False
-        if statement.kind == "VariableSetStmt":
-            name = (getattr(node, "name", None) or "").lower()
+        if statement.kind == "CopyStmt":
+            node = statement.node
+            if getattr(node, "is_from", False) and not getattr(node, "filename", None):
+                return False
+        elif statement.kind == "VariableSetStmt":
+            name = (getattr(statement.node, "name", None) or "").lower()
             if name in ("", "all", "event_triggers"):
                 return False
     return True
