@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.postgres import Server, memory_dir, start_server
+from harness.postgres import Server, start_server
 
 pytest_plugins = ["pytester"]
 
@@ -21,12 +21,8 @@ pytest_plugins = ["pytester"]
 # with a full one (harness/tracking.py): the whole corpus checks the tracking.
 os.environ.setdefault("HARNESS_SNAPSHOTS", "verify")
 
-
-# The suite's servers keep their data in memory when the machine has room:
-# it creates and drops thousands of relation files, and a disk file system
-# makes that the slowest part of the run (63 s -> 45 s with -n 2 here).
-if "HARNESS_RUNTIME_DIR" not in os.environ and (memory := memory_dir()) is not None:
-    os.environ["HARNESS_RUNTIME_DIR"] = str(memory)
+# The suite's servers, like every throwaway server, keep their files in
+# memory when the machine has room (harness.postgres.server_root).
 
 
 @pytest.fixture(scope="session")

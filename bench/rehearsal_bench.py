@@ -12,9 +12,10 @@ rollback need), as few messages as possible, with no check at all.
 Where the server keeps its files matters more to ``psql`` than to the
 rehearsal: creating and dropping relation files is most of a bare apply's
 server time, and a disk file system with many recently deleted files makes
-it several times slower than memory.  So the bench keeps the server's files
-in memory when ``/dev/shm`` has room (the strict case for the ratio) and
-prints the file system; ``--runtime-dir DIR`` (or ``HARNESS_RUNTIME_DIR``)
+it several times slower than memory.  Servers keep their files in memory
+when ``/dev/shm`` has room (``harness.postgres.server_root``), the strict
+case for the ratio; the bench prints the file system, and ``--runtime-dir
+DIR`` (or ``HARNESS_RUNTIME_DIR``)
 puts them elsewhere, ``--runtime-dir /tmp`` on disk.  ``--seeded`` adds a
 seed of 6 extensions and 500 partitions to the plan (and loads it in the
 bare run too), the shape of a real schema that per-measurement work must not
@@ -35,7 +36,7 @@ import uuid
 from pathlib import Path
 
 from harness.plan import load_plan
-from harness.postgres import memory_dir, start_server
+from harness.postgres import start_server
 from harness.rehearsal import PASSED, Rehearsal
 from harness.sources import load_plan_migrations
 
@@ -113,8 +114,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.runtime_dir:
         os.environ["HARNESS_RUNTIME_DIR"] = args.runtime_dir
-    elif "HARNESS_RUNTIME_DIR" not in os.environ and (memory := memory_dir()) is not None:
-        os.environ["HARNESS_RUNTIME_DIR"] = str(memory)
     with tempfile.TemporaryDirectory() as tmp, start_server("embedded") as server:
         plan_path = generate(Path(tmp), args.migrations, args.seeded)
         files = sorted(p for p in (Path(tmp) / "migrations").glob("*.sql") if not p.name.endswith(".down.sql"))

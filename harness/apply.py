@@ -775,7 +775,7 @@ class _Run:
         from .rehearsal import Rehearsal
 
         r = self.plan.rehearsal
-        server = start_server(r.provider, r.postgres, r.dsn)
+        server = start_server(r.provider, r.postgres, r.dsn, data_bytes=r.seed_bytes)
         try:
             with Rehearsal(self.plan, server, migrations=self.migrations, measure=False) as rehearsal:
                 return rehearsal.schema_after(index)

@@ -435,7 +435,8 @@ def _rehearsal_server(plan: Any, args: argparse.Namespace) -> Any:
     from .postgres import start_server
 
     provider = args.provider or plan.rehearsal.provider
-    return start_server(provider, plan.rehearsal.postgres, args.rehearsal_dsn or plan.rehearsal.dsn)
+    dsn = args.rehearsal_dsn or plan.rehearsal.dsn
+    return start_server(provider, plan.rehearsal.postgres, dsn, data_bytes=plan.rehearsal.seed_bytes)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ two cannot drift.  ``python -m harness.plan`` rewrites the committed
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import datetime
 import difflib
@@ -152,6 +154,15 @@ class Rehearsal:
     postgres: int | None = None
     dsn: str | None = field(default=None, repr=False)
     seed: tuple[Path, ...] = ()
+
+    @property
+    def seed_bytes(self) -> int:
+        """The size of the seed files (a missing one counts 0: loading it reports it)."""
+        total = 0
+        for path in self.seed:
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+        return total
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,9 @@ class _Servers:
         if key not in self._servers:
             from .postgres import start_server
 
-            self._servers[key] = start_server(provider, plan.rehearsal.postgres, dsn)
+            self._servers[key] = start_server(
+                provider, plan.rehearsal.postgres, dsn, data_bytes=plan.rehearsal.seed_bytes
+            )
         return self._servers[key]
 
     def close(self) -> None:

@@ -163,7 +163,7 @@ def rehearse_plan(
     servers: list[Server] = []
 
     def factory() -> Server:
-        servers.append(start_server(chosen, plan.rehearsal.postgres, server_dsn))
+        servers.append(start_server(chosen, plan.rehearsal.postgres, server_dsn, data_bytes=plan.rehearsal.seed_bytes))
         return servers[0]
 
     t0 = time.perf_counter()

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -285,3 +286,29 @@ def test_memory_dir_only_names_a_roomy_tmpfs() -> None:
     if not shm_is_tmpfs:
         pytest.skip("/dev/shm is not a tmpfs on this machine")
     assert postgres.memory_dir(room=0) == Path("/dev/shm")
+
+
+def test_throwaway_servers_go_to_memory_only_with_room_for_their_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HARNESS_RUNTIME_DIR", raising=False)
+    memory = postgres.memory_dir()
+    if memory is None:
+        pytest.skip("no memory file system with 2 GiB free on this machine")
+    assert postgres.server_root() == memory
+    # A seed that could not fit eight times over keeps the server on disk.
+    assert postgres.server_root(data_bytes=1 << 60) == Path(tempfile.gettempdir())
+    monkeypatch.setenv("HARNESS_RUNTIME_DIR", "/somewhere/else")
+    assert postgres.server_root() == Path("/somewhere/else")
+
+
+def test_orphans_are_reaped_wherever_they_were_put(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server put in memory by one process is reaped by the next start even
+    # when that one keeps its own servers elsewhere.
+    memory = postgres.memory_dir(room=0)
+    if memory is None:
+        pytest.skip("no memory file system on this machine")
+    monkeypatch.delenv("HARNESS_RUNTIME_DIR", raising=False)
+    orphan = Path(tempfile.mkdtemp(prefix=postgres._SERVER_DIR_PREFIX, dir=memory))
+    (orphan / postgres._OWNER_FILE).write_text(json.dumps({"pid": 2**22 + 7, "start": "gone"}))
+    monkeypatch.setenv("HARNESS_RUNTIME_DIR", str(tmp_path))
+    assert orphan in postgres.cleanup_orphans()
+    assert not orphan.exists()
