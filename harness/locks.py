@@ -398,6 +398,21 @@ SELECT c.oid, r.name, c.relkind IN ('i', 'I'), c.relfilenode, pg_catalog.pg_stat
 FROM pg_catalog.json_array_elements_text(%s::json) AS r(name)
 JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r.name)
 """
+# The same facts for every table and index of the database, as one JSON
+# object (oid → [name, is index, storage file, scan counter]): the relations
+# a snapshot lists (user schemas but the excluded ones, no extension member).
+_RESOLVE_ALL = """
+SELECT coalesce(pg_catalog.json_object_agg(c.oid, pg_catalog.json_build_array(
+           pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), c.relkind IN ('i', 'I'),
+           c.relfilenode::bigint, pg_catalog.pg_stat_get_xact_numscans(c.oid))), '{}')::text
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'f', 'i', 'I')
+  AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' AND n.nspname <> ALL (%s::text[])
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                  AND e.objid = c.oid AND e.deptype = 'e')
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                  AND e.objid = n.oid AND e.deptype = 'e')
+"""
 # The same facts for known oids (a dropped relation has no row).
 _STATE = """
 SELECT c.oid, c.relfilenode, pg_catalog.pg_stat_get_xact_numscans(c.oid)
@@ -445,7 +460,8 @@ def run_measured(
     statements: Sequence[Statement],
     path: Path | str,
     *,
-    pre_existing: Collection[str],
+    pre_existing: Collection[str] | None = None,
+    exclude: Collection[str] = ("harness",),
     monitor: Callable[[], psycopg.Connection[Any]] | None = None,
 ) -> LockReport:
     """Execute *statements* like :func:`~harness.execute.run_statements`, measuring locks and rewrites.
@@ -454,9 +470,13 @@ def run_measured(
     accumulate until the caller commits) or idle in autocommit mode (each
     statement is its own transaction).  *pre_existing* names the tables and
     indexes that existed before the migration (see
-    :func:`pre_existing_relations`).  *monitor* opens a second connection to
-    the same server, used to sample statements that cannot run in a
-    transaction block; without it their locks are reported as not measured.
+    :func:`pre_existing_relations`); None means every table and index of the
+    database when the measurement starts, outside the schemas *exclude*
+    names and outside extensions: what a snapshot would list, read on the
+    server in one statement however large the schema.  *monitor* opens a
+    second connection to the same server, used to sample statements that
+    cannot run in a transaction block; without it their locks are reported
+    as not measured.
 
     Raises :class:`~harness.execute.StatementFailed` like ``run_statements``;
     a transaction this function opened is rolled back first.
@@ -466,21 +486,24 @@ def run_measured(
         raise ValueError(f"run_measured needs an idle connection or an open transaction, not {status.name}")
     in_transaction = status == TransactionStatus.INTRANS
     name = Path(path).name
-    names = sorted(pre_existing)
+    names = sorted(pre_existing) if pre_existing is not None else None
     timings: list[tuple[Statement, float]] = []
-    if not names:
+    if names == []:
         run_statements(conn, statements, path, timings=timings)
         return LockReport(
             tuple(StatementLocks(f"{name}:{s.line}", s.sql, t, "transaction") for s, t in timings), in_transaction
         )
 
-    rels: dict[int, _Rel] = {}
+    def resolve() -> _Rels:
+        return _Rels(_resolve(conn, names)) if names is not None else _Rels.of_database(conn, exclude)
+
+    rels = _Rels({})
     resolved = False
     measured: list[StatementLocks] = []
     sampler_conn: psycopg.Connection[Any] | None = None
     try:
         if in_transaction:
-            rels, resolved = _resolve(conn, names), True
+            rels, resolved = resolve(), True
         for statement in statements:
             where = f"{name}:{statement.line}"
             if in_transaction:
@@ -490,7 +513,7 @@ def run_measured(
             elif statement.transactional and statement.kind not in _NEEDS_BLOCK:
                 conn.execute("BEGIN")
                 try:
-                    rels = _refresh(conn, rels) if resolved else _resolve(conn, names)
+                    rels = _Rels(_refresh(conn, rels.all())) if resolved else resolve()
                     resolved = True
                     run_statements(conn, [statement], path, timings=timings)
                     found = _observe(conn, rels, keep_modes=False)
@@ -501,7 +524,7 @@ def run_measured(
                 measured.append(StatementLocks(where, statement.sql, timings[-1][1], "transaction", found))
             else:
                 if not resolved:
-                    rels, resolved = _resolve(conn, names), True
+                    rels, resolved = resolve(), True
                 if monitor is not None and sampler_conn is None:
                     try:
                         sampler_conn = monitor()
@@ -516,7 +539,7 @@ def run_measured(
                     seen = s.seen
                 else:
                     run_statements(conn, [statement], path, timings=timings)
-                found = _after_sampled(conn, rels, seen)
+                found = _after_sampled(conn, rels.all(), seen)
                 how = "sampled" if sampler_conn is not None else "not measured"
                 measured.append(StatementLocks(where, statement.sql, timings[-1][1], how, found))
     finally:
@@ -525,7 +548,7 @@ def run_measured(
                 sampler_conn.close()
             except Exception as exc:  # noqa: BLE001 - cleanup is best effort
                 log.warning("could not close the lock sampler's connection: %s", exc)
-    return LockReport(tuple(measured), in_transaction, len(names))
+    return LockReport(tuple(measured), in_transaction, len(rels))
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:
@@ -559,15 +582,52 @@ def _refresh(conn: psycopg.Connection[Any], rels: dict[int, _Rel]) -> dict[int, 
     return out
 
 
-def _observe(conn: psycopg.Connection[Any], rels: dict[int, _Rel], *, keep_modes: bool) -> tuple[RelationLock, ...]:
+class _Rels:
+    """The relations a measurement watches, by OID; each becomes a :class:`_Rel` when a lock names it.
+
+    A schema of thousands of tables and indexes costs one JSON document,
+    not an object per relation per migration.
+    """
+
+    def __init__(self, made: dict[int, _Rel], raw: dict[str, list[Any]] | None = None) -> None:
+        self.made = made
+        self._raw = raw or {}
+
+    @classmethod
+    def of_database(cls, conn: psycopg.Connection[Any], exclude: Collection[str]) -> _Rels:
+        """Every table and index of the database now, outside *exclude* and extensions."""
+        row = conn.execute(_RESOLVE_ALL, (list(exclude),)).fetchone()
+        return cls({}, json.loads(row[0]) if row else {})
+
+    def __len__(self) -> int:
+        return len(self.made) + len(self._raw)
+
+    def get(self, oid: int) -> _Rel | None:
+        rel = self.made.get(oid)
+        if rel is None:
+            row = self._raw.pop(str(oid), None)
+            if row is None:
+                return None
+            name, is_index, node, scans = row
+            rel = self.made[oid] = _Rel(name, "index" if is_index else "table", node, int(scans))
+        return rel
+
+    def all(self) -> dict[int, _Rel]:
+        """Every relation, made."""
+        for key in list(self._raw):
+            self.get(int(key))
+        return self.made
+
+
+def _observe(conn: psycopg.Connection[Any], rels: _Rels, *, keep_modes: bool) -> tuple[RelationLock, ...]:
     """After a statement inside a transaction: its locks on *rels*; updates *rels* in place."""
     held: dict[int, tuple[int | None, int, list[str]]] = {}
     for oid, node, scans, pg_mode in conn.execute(_HELD).fetchall():
-        if oid in rels:  # else created by this migration, or not a table or index
+        if rels.get(oid) is not None:  # else created by this migration, or not a table or index
             held.setdefault(oid, (node, int(scans), []))[2].append(pg_mode)
     found = []
     for oid, (node, scans, pg_modes) in held.items():
-        rel = rels[oid]
+        rel = rels.made[oid]
         modes = _modes(pg_modes)
         dropped = node is None
         rewritten = not dropped and bool(rel.node) and node != rel.node
@@ -585,7 +645,7 @@ def _observe(conn: psycopg.Connection[Any], rels: dict[int, _Rel], *, keep_modes
         )
         rel.node, rel.scans = (rel.node if dropped else node), scans
         rel.modes = modes if keep_modes else frozenset()
-    for oid, rel in rels.items():
+    for oid, rel in rels.made.items():  # only a relation a lock named has modes
         if rel.modes and oid not in held:
             rel.modes = frozenset()  # released early: a subtransaction (a DO block's exception handler) rolled back
     return tuple(sorted(found, key=lambda r: (r.kind != "table", r.relation)))

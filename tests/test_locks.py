@@ -218,9 +218,19 @@ def conn(pg_server: Server, db_name: str) -> Iterator[psycopg.Connection]:
 
 
 def measure(
-    pg_server: Server, db_name: str, conn: psycopg.Connection, text: str, *, monitor: bool = True
+    pg_server: Server,
+    db_name: str,
+    conn: psycopg.Connection,
+    text: str,
+    *,
+    monitor: bool = True,
+    named: bool = True,
 ) -> LockReport:
-    """Run *text* as a migration would run: in one transaction when it can, statement by statement otherwise."""
+    """Run *text* as a migration would run: in one transaction when it can, statement by statement otherwise.
+
+    The pre-existing relations are PRE_EXISTING by name, or (*named* false)
+    the database's own, as the rehearsal measures.
+    """
     statements = parse_sql(text, "m.sql")
     transactional = all(s.transactional for s in statements)
     if transactional:
@@ -229,7 +239,7 @@ def measure(
         conn,
         statements,
         "m.sql",
-        pre_existing=PRE_EXISTING,
+        pre_existing=PRE_EXISTING if named else None,
         monitor=(lambda: pg_server.connect(db_name, autocommit=True)) if monitor else None,
     )
     if transactional:
@@ -237,10 +247,14 @@ def measure(
     return report
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["by name", "the database's own"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_measured_locks_match_postgresql(pg_server: Server, db_name: str, conn: psycopg.Connection, case: str) -> None:
+def test_measured_locks_match_postgresql(
+    pg_server: Server, db_name: str, conn: psycopg.Connection, case: str, named: bool
+) -> None:
     text, expected = CASES[case]
-    report = measure(pg_server, db_name, conn, text)
+    report = measure(pg_server, db_name, conn, text, named=named)
+    assert report.pre_existing == len(PRE_EXISTING)
     seen = {
         rel.relation: (rel.mode, rel.rewritten, rel.scanned)
         for statement in report.statements
@@ -441,3 +455,31 @@ def test_locks_item_follows_apply_and_can_be_turned_off(pg_server: Server, tmp_p
     results = rehearse(pg_server, tmp_path, migrations, steps=plan)
     assert list(results) == ["1_users::apply", "1_users::locks", "2_m::apply"]
     assert all(status == PASSED for status, _ in results.values())
+
+
+def test_the_database_s_own_relations_are_the_ones_a_snapshot_lists(conn: psycopg.Connection) -> None:
+    conn.execute(
+        """
+        CREATE SCHEMA "Odd Name";
+        CREATE TABLE "Odd Name"."Mixed Case" (id int PRIMARY KEY);
+        CREATE TABLE part (id int, v text) PARTITION BY RANGE (id);
+        CREATE TABLE part1 PARTITION OF part FOR VALUES FROM (0) TO (10);
+        CREATE INDEX ON part (v);
+        CREATE MATERIALIZED VIEW mv AS SELECT id FROM users;
+        CREATE UNIQUE INDEX mv_id ON mv (id);
+        CREATE VIEW v AS SELECT 1 AS one;
+        CREATE SEQUENCE s;
+        CREATE TEMPORARY TABLE scratch (id int PRIMARY KEY);
+        CREATE SCHEMA harness;
+        CREATE TABLE harness.own (id int PRIMARY KEY);
+        CREATE EXTENSION IF NOT EXISTS pg_trgm;
+        """
+    )
+    from harness.locks import _Rels, pre_existing_relations
+    from harness.snapshot import take_snapshot
+
+    expected = pre_existing_relations(take_snapshot(conn))
+    with conn.transaction():
+        found = {rel.name: rel.kind for rel in _Rels.of_database(conn, ("harness",)).all().values()}
+    assert set(found) == expected
+    assert found['"Odd Name"."Mixed Case"'] == "table" and found["public.mv_id"] == "index"
