@@ -21,7 +21,7 @@ seed of 6 extensions and 500 partitions to the plan (and loads it in the
 bare run too), the shape of a real schema that per-measurement work must not
 grow with.
 
-    python bench/rehearsal_bench.py [--migrations 200] [--runs 3] [--runtime-dir DIR] [--seeded]
+    python bench/rehearsal_bench.py [--migrations 200] [--runs 3] [--runtime-dir DIR] [--seeded] [--per-file]
 """
 
 from __future__ import annotations
@@ -111,6 +111,10 @@ def main() -> None:
         "--runtime-dir", help="where the server keeps its files (default: HARNESS_RUNTIME_DIR, else /dev/shm with room)"
     )
     parser.add_argument("--seeded", action="store_true", help="add a seed of 6 extensions and 500 partitions")
+    parser.add_argument(
+        "--per-file", action="store_true",
+        help="also time one psql --single-transaction -f per file, the way a deploy script applies migrations",
+    )
     args = parser.parse_args()
     if args.runtime_dir:
         os.environ["HARNESS_RUNTIME_DIR"] = args.runtime_dir
@@ -121,7 +125,7 @@ def main() -> None:
             files.insert(0, Path(tmp) / "seed.sql")
         psql = str(server.bindir / "psql") if server.bindir else "psql"
         bare_psql = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
-        bare, rehearsed, floor, seed = [], [], [], []
+        bare, rehearsed, floor, seed, per_file = [], [], [], [], []
         items = 0
         migrations = load_plan_migrations(load_plan(plan_path))
         for _ in range(args.runs):
@@ -140,6 +144,14 @@ def main() -> None:
                 server.create_database(db)
                 subprocess.run([*bare_psql, "-d", server.dsn(db), "-f", str(files[0])], check=True, capture_output=True)
                 seed.append(time.perf_counter() - t0)
+                server.drop_database(db)
+            if args.per_file:
+                db = f"bench_{uuid.uuid4().hex[:8]}"
+                t0 = time.perf_counter()
+                server.create_database(db)
+                for f in files:
+                    subprocess.run([*bare_psql, "-d", server.dsn(db), "-f", str(f)], check=True, capture_output=True)
+                per_file.append(time.perf_counter() - t0)
                 server.drop_database(db)
 
             db = f"bench_{uuid.uuid4().hex[:8]}"
@@ -176,6 +188,10 @@ def main() -> None:
         print(f"harness rehearsal (apply+idempotent+rollback+backward_compatible): {r:.3f} s")
         print(f"ratio: {r / b:.2f}x (target <= 4x; per run {min(ratios):.2f}-{max(ratios):.2f}x); "
               f"above the floor: {r / f:.2f}x")
+        if per_file:
+            pf = statistics.median(per_file)
+            print(f"one psql --single-transaction -f per file: {pf:.3f} s (the rehearsal takes {r / pf:.2f}x that; "
+                  "context only: the target is against the single psql run)")
         if seed:
             z = statistics.median(seed)
             print(f"loading the seed alone: {z:.3f} s; above it, bare {b - z:.3f} s, harness {r - z:.3f} s "
