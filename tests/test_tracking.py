@@ -418,6 +418,28 @@ SCENARIOS: dict[str, Scenario] = {
         "schema",
     ),
     "remove comment": Scenario(T + "COMMENT ON TABLE t IS 'things';", "COMMENT ON TABLE t IS NULL", "schema"),
+    # A re-read object keeps what the restricted read's helper functions give
+    # (harness.snapshot_*): privileges, options, collations, comments, servers.
+    "re-read table with privileges, options, collation and comments": Scenario(
+        'CREATE TABLE dressed (id integer, name text COLLATE "C") WITH (fillfactor = 70);'
+        "GRANT SELECT ON dressed TO PUBLIC; GRANT UPDATE (name) ON dressed TO PUBLIC;"
+        "COMMENT ON TABLE dressed IS 'dressed'; COMMENT ON COLUMN dressed.name IS 'its name';",
+        "ALTER TABLE dressed ADD COLUMN extra integer",
+        "schema",
+    ),
+    "re-read function with settings and privileges": Scenario(
+        "CREATE FUNCTION f() RETURNS integer LANGUAGE sql SET work_mem = '8MB' SET search_path = public AS 'SELECT 1';"
+        "REVOKE EXECUTE ON FUNCTION f() FROM PUBLIC; COMMENT ON FUNCTION f() IS 'one';",
+        "CREATE OR REPLACE FUNCTION f() RETURNS integer LANGUAGE sql SET work_mem = '8MB' SET search_path = public "
+        "AS 'SELECT 2'",
+        "schema",
+    ),
+    "re-read foreign table": Scenario(
+        "CREATE EXTENSION file_fdw; CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;"
+        "CREATE FOREIGN TABLE lines (line text) SERVER files OPTIONS (filename '/dev/null');",
+        "ALTER FOREIGN TABLE lines ADD COLUMN more text",
+        "schema",
+    ),
     # Types
     "domain add constraint": Scenario(
         DOMAIN, "ALTER DOMAIN posint ADD CONSTRAINT small CHECK (VALUE < 1000)", "schema"
