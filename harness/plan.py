@@ -17,7 +17,6 @@ two cannot drift.  ``python -m harness.plan`` rewrites the committed
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 import datetime
 import difflib
