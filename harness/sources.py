@@ -777,6 +777,7 @@ def _refused_in_transaction_tree(
                 return "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY"
         return None
     if kind == "AlterEnumStmt":
+        # ADD VALUE (not RENAME VALUE) became allowed in a transaction in 12.
         if "oldVal" not in tree and target_major is not None and target_major < 12:
             return "ALTER TYPE ... ADD VALUE"
         return None
@@ -786,16 +787,16 @@ def _refused_in_transaction_tree(
 def _refused_in_transaction(node: Any, target_major: int | None) -> str | None:
     """The command PostgreSQL names when it refuses *node* in a transaction block, else None.
 
+    For the kinds :func:`_refused_in_transaction_tree` does not decide from
+    the parser's JSON (CREATE/DROP INDEX, ALTER TABLE and ALTER TYPE are
+    decided there).
+
     Mirrors the server's PreventInTransactionBlock() calls that can be
     decided from the statement alone.  Where the answer depends on the
     database (DROP SUBSCRIPTION of a subscription with a slot), the
     statement is treated as refused.  Not detectable here: REINDEX and
     CLUSTER of a partitioned table, which are refused too.
     """
-    if isinstance(node, ast.IndexStmt):
-        return "CREATE INDEX CONCURRENTLY" if node.concurrent else None
-    if isinstance(node, ast.DropStmt):
-        return "DROP INDEX CONCURRENTLY" if node.concurrent else None
     if isinstance(node, ast.ReindexStmt):
         if _option_true(node.params, "concurrently", default=False):
             return "REINDEX CONCURRENTLY"
@@ -824,11 +825,6 @@ def _refused_in_transaction(node: Any, target_major: int | None) -> str | None:
         return "CREATE TABLESPACE"
     if isinstance(node, ast.DropTableSpaceStmt):
         return "DROP TABLESPACE"
-    if isinstance(node, ast.AlterTableStmt):
-        for cmd in node.cmds or ():
-            if cmd.subtype == enums.AlterTableType.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
-                return "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY"
-        return None
     if isinstance(node, ast.CreateSubscriptionStmt):
         # connect = false implies create_slot = false.
         if not _option_true(node.options, "connect") or not _option_true(node.options, "create_slot"):
@@ -847,11 +843,6 @@ def _refused_in_transaction(node: Any, target_major: int | None) -> str | None:
             return "COMMIT PREPARED"
         if node.kind == enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED:
             return "ROLLBACK PREPARED"
-        return None
-    if isinstance(node, ast.AlterEnumStmt):
-        # ADD VALUE (not RENAME VALUE) became allowed in a transaction in 12.
-        if node.oldVal is None and target_major is not None and target_major < 12:
-            return "ALTER TYPE ... ADD VALUE"
         return None
     return None
 
