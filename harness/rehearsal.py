@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pglast import visitors
 from psycopg import generators, pq, sql
 
 from . import lint as lint_mod
@@ -1306,7 +1307,10 @@ def _trackable_statements(statements: Sequence[Statement]) -> bool:
     """Whether *statements* can run in one message with their changes tracked.
 
     Not: COPY ... FROM STDIN (needs the copy protocol), RESET ALL (would
-    reset the record of changes) and SET event_triggers (would stop it).
+    reset the record of changes), SET event_triggers (would stop it), and a
+    write to a system catalog (``UPDATE pg_attribute SET atttypmod ...``,
+    the old trick to widen a column without a rewrite): no event trigger
+    reports it, and next to a DDL command the record would look complete.
     """
     for statement in statements:
         if statement.kind == "CopyStmt":
@@ -1317,7 +1321,48 @@ def _trackable_statements(statements: Sequence[Statement]) -> bool:
             name = (getattr(statement.node, "name", None) or "").lower()
             if name in ("", "all", "event_triggers"):
                 return False
+        elif statement.kind in _MAY_WRITE_TABLES and _writes_system_catalog(statement.node):
+            return False
     return True
+
+
+# Statements whose parse tree may hold an INSERT, UPDATE, DELETE or MERGE
+# (a SELECT through a data-modifying WITH).  A DO block's body is opaque: a
+# catalog write there with no command at all still falls back to a full
+# snapshot (tracking.py), one next to a command is a known limit.
+_MAY_WRITE_TABLES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "SelectStmt"})
+
+
+class _CatalogWrites(visitors.Visitor):
+    """Finds the INSERT, UPDATE, DELETE and MERGE targets in a parse tree that are system catalogs."""
+
+    def __init__(self) -> None:
+        self.found = False
+
+    def _target(self, node: Any) -> None:
+        relation = getattr(node, "relation", None)
+        schema, name = getattr(relation, "schemaname", None), getattr(relation, "relname", None) or ""
+        # Unqualified, a pg_ name finds pg_catalog first (it is searched before the path).
+        if schema == "pg_catalog" or (schema is None and name.startswith("pg_")):
+            self.found = True
+
+    def visit_InsertStmt(self, ancestors: Any, node: Any) -> None:
+        self._target(node)
+
+    def visit_UpdateStmt(self, ancestors: Any, node: Any) -> None:
+        self._target(node)
+
+    def visit_DeleteStmt(self, ancestors: Any, node: Any) -> None:
+        self._target(node)
+
+    def visit_MergeStmt(self, ancestors: Any, node: Any) -> None:
+        self._target(node)
+
+
+def _writes_system_catalog(node: Any) -> bool:
+    walker = _CatalogWrites()
+    walker(node)
+    return walker.found
 
 
 def _touched_data(state: tracking.State, delta: tracking.Delta) -> dict[str, tuple[int, str]]:

@@ -254,14 +254,23 @@ def test_data_checks_see_columns_added_without_writes(
     assert all(status == PASSED for status, _ in results.values()), results
 
 
+CATALOG_UPDATE = "UPDATE pg_catalog.pg_class SET relrowsecurity = {} WHERE oid = 'public.t'::regclass"
 HIDDEN_CHANGE = {
     "1_t.sql": "CREATE TABLE IF NOT EXISTS t (id int);",
     "1_t.down.sql": "DROP TABLE IF EXISTS t;",
-    # DDL next to a direct catalog UPDATE: tracking records the DDL and misses the UPDATE.
+    # DDL next to a direct catalog UPDATE inside a DO block: tracking records
+    # the DDL and cannot see the UPDATE (a DO block's body is opaque).
     "2_hack.sql": "CREATE TABLE IF NOT EXISTS u (id int);\n"
-    "UPDATE pg_catalog.pg_class SET relrowsecurity = true WHERE oid = 'public.t'::regclass;",
-    "2_hack.down.sql": "DROP TABLE IF EXISTS u;\n"
-    "UPDATE pg_catalog.pg_class SET relrowsecurity = false WHERE oid = 'public.t'::regclass;",
+    f"DO $$ BEGIN {CATALOG_UPDATE.format('true')}; END $$;",
+    "2_hack.down.sql": f"DROP TABLE IF EXISTS u;\nDO $$ BEGIN {CATALOG_UPDATE.format('false')}; END $$;",
+}
+# The same as plain statements: the rehearsal sees the catalog write in the
+# parse tree and measures the migration with full snapshots.
+VISIBLE_HACK = {
+    "1_t.sql": HIDDEN_CHANGE["1_t.sql"],
+    "1_t.down.sql": HIDDEN_CHANGE["1_t.down.sql"],
+    "2_hack.sql": f"CREATE TABLE IF NOT EXISTS u (id int);\n{CATALOG_UPDATE.format('true')};",
+    "2_hack.down.sql": f"DROP TABLE IF EXISTS u;\n{CATALOG_UPDATE.format('false')};",
 }
 
 
@@ -286,6 +295,20 @@ def test_full_snapshots_handle_what_tracking_cannot(
     monkeypatch.setenv("HARNESS_SNAPSHOTS", "full")
     results = rehearse(pg_server, make_project(tmp_path, HIDDEN_CHANGE, DEFAULTS))
     assert all(status == PASSED for status, _ in results.values()), results
+
+
+def test_a_catalog_write_in_the_migration_s_own_statements_is_measured_in_full(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HARNESS_SNAPSHOTS", "incremental")
+    results = rehearse(pg_server, make_project(tmp_path, VISIBLE_HACK, DEFAULTS))
+    assert all(status == PASSED for status, _ in results.values()), results
+    # A down that forgets to undo the catalog write is caught, as with full snapshots.
+    sloppy = {**VISIBLE_HACK, "2_hack.down.sql": "DROP TABLE IF EXISTS u;"}
+    (tmp_path / "sloppy").mkdir()
+    results = rehearse(pg_server, make_project(tmp_path / "sloppy", sloppy, DEFAULTS))
+    status, message = results["2_hack::rollback"]
+    assert status == FAILED and "rls_enabled" in message, message
 
 
 STREAM_PLAN = "defaults: {locks: false, idempotent: true, rollback: true, backward_compatible: false, lint: false}\n"
