@@ -289,24 +289,25 @@ def test_a_change_tracking_missed_is_caught_at_head(
     assert "HARNESS_SNAPSHOTS=full" in str(caught.value)
 
 
-def test_full_snapshots_handle_what_tracking_cannot(
-    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("snapshots", "migrations"),
+    [("full", HIDDEN_CHANGE), ("incremental", VISIBLE_HACK)],
+    ids=["full snapshots, a write in a DO block", "tracking, a write among the migration's statements"],
+)
+def test_catalog_writes_are_measured_in_full(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snapshots: str, migrations: dict[str, str]
 ) -> None:
-    monkeypatch.setenv("HARNESS_SNAPSHOTS", "full")
-    results = rehearse(pg_server, make_project(tmp_path, HIDDEN_CHANGE, DEFAULTS))
+    monkeypatch.setenv("HARNESS_SNAPSHOTS", snapshots)
+    results = rehearse(pg_server, make_project(tmp_path, migrations, DEFAULTS))
     assert all(status == PASSED for status, _ in results.values()), results
 
 
-def test_a_catalog_write_in_the_migration_s_own_statements_is_measured_in_full(
+def test_a_down_that_forgets_a_catalog_write_fails_its_rollback(
     pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HARNESS_SNAPSHOTS", "incremental")
-    results = rehearse(pg_server, make_project(tmp_path, VISIBLE_HACK, DEFAULTS))
-    assert all(status == PASSED for status, _ in results.values()), results
-    # A down that forgets to undo the catalog write is caught, as with full snapshots.
     sloppy = {**VISIBLE_HACK, "2_hack.down.sql": "DROP TABLE IF EXISTS u;"}
-    (tmp_path / "sloppy").mkdir()
-    results = rehearse(pg_server, make_project(tmp_path / "sloppy", sloppy, DEFAULTS))
+    results = rehearse(pg_server, make_project(tmp_path, sloppy, DEFAULTS))
     status, message = results["2_hack::rollback"]
     assert status == FAILED and "rls_enabled" in message, message
 
