@@ -125,7 +125,10 @@ class _Step:
     batched: _BatchedRun | None = None  # batch (issue 7): the migration run in batches, on a copy of the state before
     # Tracked runs (see harness/tracking.py): the state after up, the objects
     # up changed, and what the second up, the down and the up after it changed.
+    # The state, the data and the deltas serve only the migration's own items
+    # and are let go when the migration two later is applied (Rehearsal._release).
     after_state: tracking.State | None = None
+    tracked: bool = False  # up was applied by a tracked run
     up_keys: frozenset[str] = frozenset()
     again: tracking.Delta | None = None
     down: tracking.Delta | None = None
@@ -424,8 +427,22 @@ class Rehearsal:
             return  # taken in early, from a message sent ahead
         if self._trackable(index):
             self._apply_tracked(index)
-            return
-        self._apply_untracked(index)
+        else:
+            self._apply_untracked(index)
+        self._release(index - 2)
+
+    def _release(self, index: int) -> None:
+        """Let go of what only the items of migration *index* use: they ran before the one after it.
+
+        A state and a data map per migration would make memory grow with the
+        history times the schema (0.31 MB a migration with 500 partitions;
+        0.18 MB with only the snapshots kept).  Items run out of order fail
+        with the usual "run the plan's items in order".
+        """
+        if index >= 0:
+            step = self._steps[index]
+            step.after_state = step.before_data = step.after_data = None
+            step.again = step.down = step.reup = None
 
     def _apply_untracked(self, index: int) -> None:
         migration = self.migrations[index]
@@ -552,7 +569,7 @@ class Rehearsal:
                 return
         after, keys = tracking.advance(state, delta)
         self._tracked = True
-        step.after, step.after_state, step.up_keys = after.snapshot, after, keys
+        step.after, step.after_state, step.up_keys, step.tracked = after.snapshot, after, keys, True
         step.after_data = dict(after.data)
         step.touched = frozenset(after.tables[oid] for oid in delta.touched if oid in after.tables)
         step.apply_seconds = seconds
@@ -1074,7 +1091,7 @@ class Rehearsal:
         found = []
         # Objects that may differ from the expected state: what the ups after it and the downs so far
         # re-read; all of them when an up was not tracked.
-        keys: set[str] | None = set() if all(self._steps[i].after_state is not None for i in chain) else None
+        keys: set[str] | None = set() if all(self._steps[i].tracked for i in chain) else None
         for index, delta in zip(chain, deltas):
             state, down_keys = tracking.advance(state, delta)
             if keys is not None:
@@ -1110,7 +1127,7 @@ class Rehearsal:
         problems: list[str] = []
         acknowledged: list[str] = []
         # After a tracked apply, only the objects it re-read can differ.
-        diff = diff_snapshots(step.before, step.after, step.up_keys if step.after_state is not None else None)
+        diff = diff_snapshots(step.before, step.after, step.up_keys if step.tracked else None)
         for breaking in breaking_changes(step.before, step.after, diff):
             if breaking.code in cfg.backward_compatible.allow:
                 acknowledged.append(f"{breaking.code} {breaking.object} (allowed)")

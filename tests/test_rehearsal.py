@@ -557,3 +557,23 @@ def test_lint_item_honours_plan_severities(pg_server: Server, tmp_path: Path) ->
     results = rehearse(pg_server, make_project(tmp_path, migrations, plan))
     status, message = results["2_idx::lint"]
     assert status == PASSED and "warning index-not-concurrent" in message
+
+
+def test_a_long_history_keeps_only_snapshots_of_migrations_whose_items_ran(pg_server: Server, tmp_path: Path) -> None:
+    """Per-migration states and data are let go two migrations later; a late item says to run in order."""
+    migrations = {}
+    for i in range(1, 6):
+        migrations[f"{i}_t{i}.sql"] = f"CREATE TABLE IF NOT EXISTS t{i} (id int PRIMARY KEY, v text);"
+        migrations[f"{i}_t{i}.down.sql"] = f"DROP TABLE IF EXISTS t{i};"
+    plan = load_plan(make_project(tmp_path, migrations, without_locks(DEFAULTS)))
+    with Rehearsal(plan, pg_server) as rehearsal:
+        items = rehearsal.items()
+        results = rehearsal.run_all(items)
+        assert all(o.status == PASSED for _, o in results), [(i.id, o.message) for i, o in results]
+        steps = rehearsal._steps
+        assert [s.after_state is None for s in steps] == [True, True, True, False, False]
+        assert all(s.after is not None and s.tracked for s in steps)  # snapshots stay: receipts, chain_rollback
+        assert rehearsal.write_receipt() is not None
+        late = next(i for i in items if i.id.endswith("1_t1::idempotent"))
+        outcome = rehearsal.run(late)
+    assert outcome.status == FAILED and "run the plan's items in order" in outcome.message
