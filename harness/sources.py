@@ -32,13 +32,12 @@ Nothing here opens a connection or executes SQL.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -349,15 +348,14 @@ def parse_sql(text: str, path: Path | str, *, target_major: int | None = None) -
         sql = stripped.rstrip()
         ((kind, tree),) = item["stmt"].items()
         line, column = lines.position(begin)
-        statement = Statement(
-            sql=sql, line=line, column=column, kind=kind, transactional=True, control=None,
-            _trees=trees, _index=number,
+        refusal = _refused_in_transaction_tree(kind, tree, functools.partial(trees.node, number), target_major)
+        control = _CONTROL.get(trees.node(number).kind) if kind == "TransactionStmt" else None
+        statements.append(
+            Statement(
+                sql=sql, line=line, column=column, kind=kind, transactional=refusal is None, control=control,
+                _trees=trees, _index=number,
+            )
         )
-        refusal = _refused_in_transaction_tree(kind, tree, statement, target_major)
-        control = _CONTROL.get(statement.node.kind) if kind == "TransactionStmt" else None
-        if refusal is not None or control is not None:
-            statement = dataclasses.replace(statement, transactional=refusal is None, control=control)
-        statements.append(statement)
     return statements
 
 
@@ -759,7 +757,7 @@ _REFUSABLE = frozenset({
 
 
 def _refused_in_transaction_tree(
-    kind: str, tree: Mapping[str, Any], statement: Statement, target_major: int | None
+    kind: str, tree: Mapping[str, Any], node: Callable[[], Any], target_major: int | None
 ) -> str | None:
     """:func:`_refused_in_transaction` from the parser's JSON *tree*, building the AST only for rare kinds."""
     if kind not in _REFUSABLE:
@@ -781,7 +779,7 @@ def _refused_in_transaction_tree(
         if "oldVal" not in tree and target_major is not None and target_major < 12:
             return "ALTER TYPE ... ADD VALUE"
         return None
-    return _refused_in_transaction(statement.node, target_major)
+    return _refused_in_transaction(node(), target_major)
 
 
 def _refused_in_transaction(node: Any, target_major: int | None) -> str | None:
