@@ -21,7 +21,7 @@ seed of 6 extensions and 500 partitions to the plan (and loads it in the
 bare run too), the shape of a real schema that per-measurement work must not
 grow with.
 
-    python bench/rehearsal_bench.py [--migrations 200] [--runs 3] [--runtime-dir DIR] [--seeded] [--per-file]
+    python bench/rehearsal_bench.py [--migrations 200] [--runs 3] [--runtime-dir DIR] [--seeded] [--per-file] [--decompose]
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ import time
 import uuid
 from pathlib import Path
 
+from harness import tracking
 from harness.plan import load_plan
-from harness.postgres import start_server
+from harness.postgres import Server, start_server
 from harness.rehearsal import PASSED, Rehearsal
-from harness.sources import load_plan_migrations
+from harness.sources import Migration, load_plan_migrations
 
 
 SEED = "\n".join(
@@ -89,6 +90,54 @@ def generate(root: Path, count: int, seeded: bool = False) -> Path:
     return plans / "bench.yaml"
 
 
+# What --decompose adds to the floor, one layer at a time: (install the
+# tracking, the statement ending an apply, the one ending each of the other
+# three runs).  "mark" as an end reads nothing: the cost of the calls alone.
+_MARK, _CHANGES = tracking.mark_sql(), tracking.changes_sql()
+LAYERS: dict[str, tuple[bool, str | None, str | None]] = {
+    "recording (event triggers on)": (True, None, None),
+    "start and end calls, reading nothing": (True, _MARK, _MARK),
+    "reading each applied state": (True, _CHANGES, _MARK),
+    "reading all four states": (True, _CHANGES, _CHANGES),
+}
+
+
+def replay(
+    server: Server, migrations: list[Migration], seeded: bool, install: bool = False,
+    apply_end: str | None = None, other_end: str | None = None,
+) -> float:
+    """Seconds to run each migration 4 times (up; up again, down, up again rolled back) on a fresh database.
+
+    In as few messages as possible, the way the rehearsal sends them.  With
+    *install*, the tracking is installed first; a measurement starts before
+    each run when an end statement is given (*apply_end* after the apply,
+    *other_end* after each of the other runs).
+    """
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
+    server.create_database(db)
+    with server.connect(db, autocommit=True) as conn:
+        if seeded:
+            conn.execute(SEED.encode())
+        if install:
+            tracking.install(conn)
+
+        def run(script: str, end: str | None) -> str:
+            return f"{_MARK}; {script}\n; {end}" if end else script
+
+        for m in migrations:
+            up = "\n;\n".join(st.sql for st in m.statements)
+            down = "\n;\n".join(st.sql for st in m.down_statements or ())
+            again = run(up, other_end)
+            conn.execute(f"BEGIN; {run(up, apply_end)}; COMMIT".encode())
+            conn.execute(
+                f"BEGIN; {again}; ROLLBACK; BEGIN; {run(down, other_end)}; {again}; ROLLBACK".encode()
+            )
+    seconds = time.perf_counter() - t0
+    server.drop_database(db)
+    return seconds
+
+
 def file_system(path: Path) -> str:
     """The type of the file system *path* is on (Linux), e.g. ``tmpfs`` or ``ext4``."""
     best, kind = "", "unknown"
@@ -112,6 +161,10 @@ def main() -> None:
     )
     parser.add_argument("--seeded", action="store_true", help="add a seed of 6 extensions and 500 partitions")
     parser.add_argument(
+        "--decompose", action="store_true",
+        help="also time the floor with the rehearsal's server-side parts added one at a time",
+    )
+    parser.add_argument(
         "--per-file", action="store_true",
         help="also time one psql --single-transaction -f per file, the way a deploy script applies migrations",
     )
@@ -126,6 +179,7 @@ def main() -> None:
         psql = str(server.bindir / "psql") if server.bindir else "psql"
         bare_psql = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
         bare, rehearsed, floor, seed, per_file = [], [], [], [], []
+        layers: dict[str, list[float]] = {}
         items = 0
         migrations = load_plan_migrations(load_plan(plan_path))
         for _ in range(args.runs):
@@ -154,19 +208,12 @@ def main() -> None:
                 per_file.append(time.perf_counter() - t0)
                 server.drop_database(db)
 
-            db = f"bench_{uuid.uuid4().hex[:8]}"
-            t0 = time.perf_counter()
-            server.create_database(db)
-            with server.connect(db, autocommit=True) as conn:
-                if args.seeded:
-                    conn.execute(SEED.encode())
-                for m in migrations:
-                    up = "\n;\n".join(st.sql for st in m.statements)
-                    down = "\n;\n".join(st.sql for st in m.down_statements or ())
-                    conn.execute(f"BEGIN; {up}\n; COMMIT".encode())
-                    conn.execute(f"BEGIN; {up}\n; ROLLBACK; BEGIN; {down}\n; {up}\n; ROLLBACK".encode())
-            floor.append(time.perf_counter() - t0)
-            server.drop_database(db)
+            floor.append(replay(server, migrations, args.seeded))
+            if args.decompose:
+                for name, (install, apply_end, other_end) in LAYERS.items():
+                    layers.setdefault(name, []).append(
+                        replay(server, migrations, args.seeded, install, apply_end, other_end)
+                    )
 
             plan = load_plan(plan_path)
             t0 = time.perf_counter()
@@ -188,6 +235,11 @@ def main() -> None:
         print(f"harness rehearsal (apply+idempotent+rollback+backward_compatible): {r:.3f} s")
         print(f"ratio: {r / b:.2f}x (target <= 4x; per run {min(ratios):.2f}-{max(ratios):.2f}x); "
               f"above the floor: {r / f:.2f}x")
+        if layers:
+            print("the floor plus, layer by layer, what the rehearsal adds (median; ratio to psql):")
+            for name, times in layers.items():
+                t = statistics.median(times)
+                print(f"  {name}: {t:.3f} s ({t / b:.2f}x)")
         if per_file:
             pf = statistics.median(per_file)
             print(f"one psql --single-transaction -f per file: {pf:.3f} s (the rehearsal takes {r / pf:.2f}x that; "
