@@ -46,6 +46,7 @@ from .snapshot import (
     Snapshot,
     diff_snapshots,
     format_changes,
+    snapshot_digests,
     table_fingerprints,
     take_rooted_snapshot,
     take_snapshot,
@@ -1240,7 +1241,8 @@ class Rehearsal:
             return None
         from .receipt import write_receipt
 
-        digests = {m.id: snap.digest for i, m in enumerate(self.migrations) if (snap := self.snapshot_at(i))}
+        known = [(m.id, snap) for i, m in enumerate(self.migrations) if (snap := self.snapshot_at(i)) is not None]
+        digests = dict(zip((mid for mid, _ in known), snapshot_digests(snap for _, snap in known)))
         return write_receipt(self.plan, self.migrations, digests, final, self.server.version)
 
     def snapshot_at(self, index: int) -> Snapshot | None:

@@ -43,6 +43,7 @@ __all__ = [
     "Snapshot",
     "Change",
     "take_snapshot",
+    "snapshot_digests",
     "diff_snapshots",
     "format_changes",
     "table_fingerprints",
@@ -665,7 +666,7 @@ class Snapshot:
     @property
     def digest(self) -> str:
         """SHA-256 (hex) of the canonical JSON: equal schemas, equal digests."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        return snapshot_digests([self])[0]
 
     def __hash__(self) -> int:
         return hash(self.to_json())
@@ -695,6 +696,34 @@ class Snapshot:
     def get(self, object_type: str, name: str) -> Mapping[str, Any] | None:
         """The attributes of one object, or None when it does not exist."""
         return self.objects.get(f"{object_type} {name}")
+
+
+def snapshot_digests(snapshots: Iterable[Snapshot]) -> list[str]:
+    """The :attr:`Snapshot.digest` of each of *snapshots*, in order.
+
+    The canonical JSON of a snapshot is its objects' texts in key order, so
+    each object's text is encoded once for all the snapshots that share it:
+    a rehearsal's snapshots share every object a migration left alone.
+    Encoding every snapshot in full made a receipt cost the history times
+    the schema (1.7 s for 800 migrations, half the rehearsal).
+    """
+    # (key, id() of its attributes) → (the attributes, b'"key":{...}');
+    # holding the attributes keeps their id from being reused meanwhile.
+    texts: dict[tuple[str, int], tuple[Mapping[str, Any], bytes]] = {}
+
+    def text(key: str, attrs: Mapping[str, Any]) -> bytes:
+        cached = texts.get((key, id(attrs)))
+        if cached is None or cached[0] is not attrs:
+            cached = texts[(key, id(attrs))] = (attrs, f"{_canonical(key)}:{_canonical(attrs)}".encode())
+        return cached[1]
+
+    digests = []
+    for snapshot in snapshots:
+        objects = snapshot.objects
+        body = b",".join([text(key, objects[key]) for key in sorted(objects)])
+        h = hashlib.sha256(b'{"objects":{' + body + b"}}")
+        digests.append(h.hexdigest())
+    return digests
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ transaction.  Tests that need autocommit or several sessions use ``db_dsn``.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 
@@ -24,6 +25,7 @@ from harness.snapshot import (
     Snapshot,
     diff_snapshots,
     format_changes,
+    snapshot_digests,
     table_fingerprints,
     take_snapshot,
 )
@@ -492,6 +494,24 @@ def test_snapshot_is_deterministic_and_round_trips(db_dsn: str) -> None:
     assert first.columns("public.users") == ["id", "email", "name", "m", "n", "g", "created"]
     with pytest.raises(KeyError, match="public.nope"):
         first.columns("public.nope")
+
+
+def test_digests_of_snapshots_sharing_objects_are_the_hash_of_their_json(db_dsn: str) -> None:
+    """snapshot_digests encodes a shared object once; each digest is still SHA-256 of that snapshot's JSON."""
+    with _connect(db_dsn) as conn:
+        conn.execute(RICH_SCHEMA)
+        base = take_snapshot(conn)
+    shared = dict(base.objects)
+    key = next(k for k in shared if k.startswith("table "))
+    renamed = dict(shared)
+    renamed["table public.ünïcode \"q\""] = renamed.pop(key)  # same attributes, another key
+    changed = dict(shared)
+    changed[key] = {**shared[key], "comment": "ß ✓"}  # same key, other attributes
+    snapshots = [base, Snapshot(objects=renamed), Snapshot(objects=changed), Snapshot(objects={}), base]
+    expected = [hashlib.sha256(snap.to_json().encode()).hexdigest() for snap in snapshots]
+    assert snapshot_digests(snapshots) == expected
+    assert [snap.digest for snap in snapshots] == expected
+    assert len(set(expected)) == 4  # the first and the last are the same snapshot
 
 
 def test_snapshot_ignores_session_settings(db_dsn: str) -> None:
