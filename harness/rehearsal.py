@@ -22,7 +22,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ __all__ = ["Item", "Outcome", "Rehearsal", "ASSERTIONS", "PASSED", "FAILED", "SK
 
 # The column of the marker that ends each segment of a message sent ahead.
 _SEGMENT = "harness.segment"
+# Every _CHECKPOINT-th migration let go keeps its schema whole (Rehearsal._release).
+_CHECKPOINT = 16
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,11 @@ class _Step:
     again: tracking.Delta | None = None
     down: tracking.Delta | None = None
     reup: tracking.Delta | None = None
+    # Once let go, a migration keeps its schema after as the objects that
+    # differ from the schema before it (None: the object is gone), except at
+    # every _CHECKPOINT-th migration (see Rehearsal.snapshot_at).
+    released: bool = False
+    after_delta: dict[str, Mapping[str, Any] | None] | None = None
 
 
 @dataclass
@@ -353,6 +360,8 @@ class Rehearsal:
             return self._lint(item)
         self._advance(item.index)
         step = self._steps[item.index]
+        if step.released and not item.plan_level:
+            self._require_position(item)
         if step.apply_error is not None:
             if item.assertion == "apply":
                 return Outcome(FAILED, step.apply_error)
@@ -438,13 +447,31 @@ class Rehearsal:
         Called when the migration two later is applied.  Kept for every
         migration, the states and data made memory grow with the history
         times the schema (0.31 MB a migration with a seed of 500 partitions;
-        0.145 MB with only the snapshots kept).  Items run out of order fail
-        with the usual "run the plan's items in order".
+        0.145 MB with only the snapshots kept).  The schema after the
+        migration stays, for receipts and chain_rollback, as what differs
+        from the schema before it; every ``_CHECKPOINT``-th one stays whole,
+        so that :meth:`snapshot_at` rebuilds any of them from a few changes.
+        Items run out of order fail with the usual "run the plan's items in
+        order".
         """
-        if index >= 0:
-            step = self._steps[index]
-            step.after_state = step.before_data = step.after_data = None
-            step.again = step.down = step.reup = None
+        if index < 0:
+            return
+        step = self._steps[index]
+        step.after_state = step.before_data = step.after_data = None
+        step.again = step.down = step.reup = None
+        step.batched = None
+        before, after = step.before, step.after
+        step.released = True
+        if before is None or after is None:
+            return  # never applied (the history broke before it): nothing to keep
+        old, new = before.objects, after.objects
+        # A tracked up names the objects it may have changed; others are compared in full.
+        keys = step.up_keys if step.tracked else old.keys() | new.keys()
+        step.after_delta = {key: new.get(key) for key in keys if old.get(key) != new.get(key)}
+        if index > 0:
+            step.before = None  # the schema after the migration before, kept (or rebuilt) there
+        if index % _CHECKPOINT:
+            step.after = None
 
     def _apply_untracked(self, index: int) -> None:
         migration = self.migrations[index]
@@ -752,7 +779,8 @@ class Rehearsal:
                 return Outcome(SKIPPED, f"depends on {self.migrations[self._broken[0]].id}, which failed to apply")
             self._before(item.index)
         # "Existed before" comes from the rehearsal's own snapshot, not from guesswork.
-        existing = set(step.before.tables()) if step.before is not None else None
+        before = step.before if not step.released else self.snapshot_at(item.index - 1)
+        existing = set(before.tables()) if before is not None else None
         findings = lint_mod.lint_sql(
             migration.sql,
             relpath(migration.path),
@@ -1227,7 +1255,7 @@ class Rehearsal:
         self._advance(index)
         if self._broken and self._broken[0] <= index:
             raise HarnessError(f"the rehearsal could not apply {self.migrations[self._broken[0]].id}: {self._broken[1]}")
-        after = self._steps[index].after
+        after = self.snapshot_at(index)
         assert after is not None
         return after
 
@@ -1241,15 +1269,45 @@ class Rehearsal:
             return None
         from .receipt import write_receipt
 
-        known = [(m.id, snap) for i, m in enumerate(self.migrations) if (snap := self.snapshot_at(i)) is not None]
-        digests = dict(zip((mid for mid, _ in known), snapshot_digests(snap for _, snap in known)))
+        # One snapshot at a time: those let go are rebuilt (see snapshot_at).
+        known = [i for i, step in enumerate(self._steps) if step.after is not None or step.after_delta is not None]
+
+        def snapshots() -> Iterator[Snapshot]:
+            for index in known:
+                snapshot = self.snapshot_at(index)
+                assert snapshot is not None
+                yield snapshot
+
+        digests = dict(zip((self.migrations[i].id for i in known), snapshot_digests(snapshots())))
         return write_receipt(self.plan, self.migrations, digests, final, self.server.version)
 
     def snapshot_at(self, index: int) -> Snapshot | None:
-        """The schema after migration *index* (``-1``: before the first), when known."""
+        """The schema after migration *index* (``-1``: before the first), when known.
+
+        A migration let go (see :meth:`_release`) has its schema rebuilt from
+        the last one kept whole before it and the changes since.
+        """
         if index < 0:
             return self._steps[0].before if self._steps else None
-        return self._steps[index].after
+        changes: list[dict[str, Mapping[str, Any] | None]] = []
+        at = index
+        while at >= 0 and self._steps[at].after is None:
+            delta = self._steps[at].after_delta
+            if delta is None:
+                return None  # not applied
+            changes.append(delta)
+            at -= 1
+        base = self._steps[at].after if at >= 0 else self._steps[0].before
+        if not changes or base is None:
+            return base
+        objects = dict(base.objects)
+        for delta in reversed(changes):
+            for key, attrs in delta.items():
+                if attrs is None:
+                    objects.pop(key, None)
+                else:
+                    objects[key] = attrs
+        return Snapshot(objects=objects)
 
 
 # Write counters are read twice, at the start of a transaction and after the

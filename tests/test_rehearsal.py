@@ -6,6 +6,7 @@ reviewer can act on; every correct case must pass with no false alarm.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from harness.errors import HarnessError
 from harness.plan import load_plan
 from harness.postgres import Server
 from harness.rehearsal import FAILED, PASSED, SKIPPED, Rehearsal
+from harness.snapshot import Snapshot
 
 USERS = "CREATE TABLE IF NOT EXISTS users (id bigint PRIMARY KEY, email text NOT NULL);"
 USERS_DOWN = "DROP TABLE IF EXISTS users;"
@@ -559,6 +561,55 @@ def test_lint_item_honours_plan_severities(pg_server: Server, tmp_path: Path) ->
     assert status == PASSED and "warning index-not-concurrent" in message
 
 
+def test_snapshots_let_go_are_rebuilt_exactly(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every migration's schema, kept as changes once let go, is rebuilt equal to the one taken at the time."""
+    import harness.rehearsal as rehearsal_mod
+
+    monkeypatch.setattr(rehearsal_mod, "_CHECKPOINT", 3)  # several windows in a short history
+    ups = [
+        "CREATE TABLE IF NOT EXISTS a (id int PRIMARY KEY, v text);",
+        "ALTER TABLE a ADD COLUMN IF NOT EXISTS w int;",
+        "ALTER TABLE a ADD COLUMN IF NOT EXISTS x int;",  # the same object as the one before, changed again
+        "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS a_v ON a (v);",  # not in a transaction: untracked
+        "ALTER TABLE a RENAME COLUMN w TO w2;",
+        "CREATE TABLE IF NOT EXISTS b (id int REFERENCES a);",
+        "DROP TABLE IF EXISTS b;",
+        "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 2 $$;",
+        "COMMENT ON TABLE a IS 'kept';",
+    ]
+    migrations = {f"{i:02d}_m.sql": up for i, up in enumerate(ups, 1)}
+    only_apply = "defaults: {lint: false, locks: false, idempotent: false, rollback: false, backward_compatible: false}\n"
+    plan = load_plan(make_project(tmp_path, migrations, only_apply))
+    taken: dict[int, Snapshot] = {}
+    with Rehearsal(plan, pg_server) as rehearsal:
+        release = rehearsal._release
+
+        def record(index: int) -> None:
+            if index >= 0:
+                taken[index] = rehearsal._steps[index].after
+            release(index)
+
+        monkeypatch.setattr(rehearsal, "_release", record)
+        results = rehearsal.run_all()
+        assert [(i.id, o.message) for i, o in results if o.status != PASSED] == []
+        steps = rehearsal._steps
+        assert [s.after is not None for s in steps] == [i % 3 == 0 or i >= 8 for i in range(10)]
+        assert not steps[4].tracked and steps[5].tracked
+        for index in range(10):
+            expected = taken.get(index, steps[index].after)
+            assert rehearsal.snapshot_at(index) == expected, index
+        base = rehearsal.snapshot_at(-1)
+        assert base is steps[0].before and "extension plpgsql" in base.objects  # the base stays whole
+        assert rehearsal.schema_after(2) == taken[2]
+        receipt = rehearsal.write_receipt()
+    assert receipt is not None
+    digests = json.loads(receipt.read_text())["digests"]
+    assert list(digests.values()) == [taken.get(i, steps[i].after).digest for i in range(10)]
+
+
 def test_a_long_history_keeps_only_snapshots_of_migrations_whose_items_ran(pg_server: Server, tmp_path: Path) -> None:
     """Per-migration states and data are let go two migrations later; a late item says to run in order."""
     migrations = {}
@@ -572,7 +623,10 @@ def test_a_long_history_keeps_only_snapshots_of_migrations_whose_items_ran(pg_se
         assert all(o.status == PASSED for _, o in results), [(i.id, o.message) for i, o in results]
         steps = rehearsal._steps
         assert [s.after_state is None for s in steps] == [True, True, True, False, False]
-        assert all(s.after is not None and s.tracked for s in steps)  # snapshots stay: receipts, chain_rollback
+        assert all(s.tracked for s in steps)
+        # Snapshots stay (receipts, chain_rollback): whole at head and every 16th, else as changes.
+        assert [s.after is not None for s in steps] == [True, False, False, True, True]
+        assert all(rehearsal.snapshot_at(i) is not None for i in range(-1, 5))
         assert rehearsal.write_receipt() is not None
         late = next(i for i in items if i.id.endswith("1_t1::idempotent"))
         outcome = rehearsal.run(late)
