@@ -24,7 +24,11 @@ from .sources import Migration
 
 __all__ = ["Receipt", "receipt_path", "write_receipt", "read_receipt", "verify_receipt"]
 
-_FORMAT = 1
+_FORMAT = 2
+# Format 1 digests hashed each snapshot's whole JSON text; format 2 ones are
+# snapshot.SchemaDigest.  A format 1 receipt is read without its digests:
+# apply then rehearses the plan to check for drift instead.
+_DIGEST_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Receipt:
             plan=data["plan"],
             plan_sha256=data["plan_sha256"],
             migrations=dict(data["migrations"]),
-            digests=dict(data.get("digests", {})),
+            digests=dict(data.get("digests", {})) if data.get("format", 1) >= _DIGEST_FORMAT else {},
             final_snapshot=Snapshot.from_json(json.dumps(data["final_snapshot"])),
             server_version=data["server_version"],
             created_at=data["created_at"],

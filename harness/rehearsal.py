@@ -43,10 +43,10 @@ from .postgres import Server
 from .redact import scrub
 from .snapshot import (
     Change,
+    SchemaDigest,
     Snapshot,
     diff_snapshots,
     format_changes,
-    snapshot_digests,
     table_fingerprints,
     take_rooted_snapshot,
     take_snapshot,
@@ -1269,16 +1269,24 @@ class Rehearsal:
             return None
         from .receipt import write_receipt
 
-        # One snapshot at a time: those let go are rebuilt (see snapshot_at).
-        known = [i for i, step in enumerate(self._steps) if step.after is not None or step.after_delta is not None]
-
-        def snapshots() -> Iterator[Snapshot]:
-            for index in known:
-                snapshot = self.snapshot_at(index)
-                assert snapshot is not None
-                yield snapshot
-
-        digests = dict(zip((self.migrations[i].id for i in known), snapshot_digests(snapshots())))
+        # The digest after each migration, moved along by what each one changed.
+        base = self.snapshot_at(-1)
+        objects = dict(base.objects) if base is not None else {}
+        digest = SchemaDigest(objects)
+        digests = {}
+        for migration, step in zip(self.migrations, self._steps):
+            changes = step.after_delta
+            if changes is None:  # not let go yet: compared in full
+                assert step.after is not None
+                new = step.after.objects
+                changes = {key: new.get(key) for key in objects.keys() | new.keys() if objects.get(key) != new.get(key)}
+            for key, attrs in changes.items():
+                digest.replace(key, objects.get(key), attrs)
+                if attrs is None:
+                    objects.pop(key, None)
+                else:
+                    objects[key] = attrs
+            digests[migration.id] = digest.hexdigest()
         return write_receipt(self.plan, self.migrations, digests, final, self.server.version)
 
     def snapshot_at(self, index: int) -> Snapshot | None:

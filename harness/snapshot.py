@@ -43,7 +43,7 @@ __all__ = [
     "Snapshot",
     "Change",
     "take_snapshot",
-    "snapshot_digests",
+    "SchemaDigest",
     "diff_snapshots",
     "format_changes",
     "table_fingerprints",
@@ -665,8 +665,8 @@ class Snapshot:
 
     @property
     def digest(self) -> str:
-        """SHA-256 (hex) of the canonical JSON: equal schemas, equal digests."""
-        return snapshot_digests([self])[0]
+        """A hex digest of the objects: equal schemas, equal digests (see :class:`SchemaDigest`)."""
+        return SchemaDigest(self.objects).hexdigest()
 
     def __hash__(self) -> int:
         return hash(self.to_json())
@@ -698,32 +698,41 @@ class Snapshot:
         return self.objects.get(f"{object_type} {name}")
 
 
-def snapshot_digests(snapshots: Iterable[Snapshot]) -> list[str]:
-    """The :attr:`Snapshot.digest` of each of *snapshots*, in order.
+class SchemaDigest:
+    """The digest of a schema, kept up to date object by object.
 
-    The canonical JSON of a snapshot is its objects' texts in key order, so
-    each object's text is encoded once for all the snapshots that share it:
-    a rehearsal's snapshots share every object a migration left alone.
-    Encoding every snapshot in full made a receipt cost the history times
-    the schema (1.7 s for 800 migrations, half the rehearsal).
+    The sum, modulo 2**512, of the SHA-512 of each object's canonical text
+    (``"key":{attributes}``), hashed once more with SHA-256.  A sum does not
+    depend on the order of the objects, and changing one object changes it
+    by that object alone: a rehearsal's receipt holds the digest after every
+    migration, and re-hashing each whole schema made it cost the history
+    times the schema (1.7 s of a 3.4 s rehearsal of 800 migrations).
     """
-    # (key, id() of its attributes) → (the attributes, b'"key":{...}');
-    # holding the attributes keeps their id from being reused meanwhile.
-    texts: dict[tuple[str, int], tuple[Mapping[str, Any], bytes]] = {}
 
-    def text(key: str, attrs: Mapping[str, Any]) -> bytes:
-        cached = texts.get((key, id(attrs)))
-        if cached is None or cached[0] is not attrs:
-            cached = texts[(key, id(attrs))] = (attrs, f"{_canonical(key)}:{_canonical(attrs)}".encode())
-        return cached[1]
+    _MODULUS = 1 << 512
 
-    digests = []
-    for snapshot in snapshots:
-        objects = snapshot.objects
-        body = b",".join([text(key, objects[key]) for key in sorted(objects)])
-        h = hashlib.sha256(b'{"objects":{' + body + b"}}")
-        digests.append(h.hexdigest())
-    return digests
+    def __init__(self, objects: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self._sum = 0
+        for key, attrs in (objects or {}).items():
+            self._sum += _object_hash(key, attrs)
+        self._sum %= self._MODULUS
+
+    def replace(self, key: str, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        """Object *key* changes from *old* to *new* (``None``: absent)."""
+        if old is not None:
+            self._sum -= _object_hash(key, old)
+        if new is not None:
+            self._sum += _object_hash(key, new)
+        self._sum %= self._MODULUS
+
+    def hexdigest(self) -> str:
+        """SHA-256 (hex) of the sum."""
+        return hashlib.sha256(self._sum.to_bytes(64, "big")).hexdigest()
+
+
+def _object_hash(key: str, attrs: Mapping[str, Any]) -> int:
+    text = f"{_canonical(key)}:{_canonical(attrs)}".encode()
+    return int.from_bytes(hashlib.sha512(text).digest(), "big")
 
 
 @contextlib.contextmanager

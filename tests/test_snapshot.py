@@ -9,7 +9,6 @@ transaction.  Tests that need autocommit or several sessions use ``db_dsn``.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Iterator
 
@@ -22,10 +21,10 @@ from harness.errors import ConfigError
 from harness.snapshot import (
     OBJECT_TYPES,
     Change,
+    SchemaDigest,
     Snapshot,
     diff_snapshots,
     format_changes,
-    snapshot_digests,
     table_fingerprints,
     take_snapshot,
 )
@@ -496,22 +495,38 @@ def test_snapshot_is_deterministic_and_round_trips(db_dsn: str) -> None:
         first.columns("public.nope")
 
 
-def test_digests_of_snapshots_sharing_objects_are_the_hash_of_their_json(db_dsn: str) -> None:
-    """snapshot_digests encodes a shared object once; each digest is still SHA-256 of that snapshot's JSON."""
+def test_schema_digest_moved_object_by_object_equals_the_digest_of_the_whole(db_dsn: str) -> None:
+    """A digest kept up to date by replace() is the digest of the resulting schema, whatever the order of objects."""
     with _connect(db_dsn) as conn:
         conn.execute(RICH_SCHEMA)
         base = take_snapshot(conn)
-    shared = dict(base.objects)
-    key = next(k for k in shared if k.startswith("table "))
-    renamed = dict(shared)
-    renamed["table public.ünïcode \"q\""] = renamed.pop(key)  # same attributes, another key
-    changed = dict(shared)
-    changed[key] = {**shared[key], "comment": "ß ✓"}  # same key, other attributes
-    snapshots = [base, Snapshot(objects=renamed), Snapshot(objects=changed), Snapshot(objects={}), base]
-    expected = [hashlib.sha256(snap.to_json().encode()).hexdigest() for snap in snapshots]
-    assert snapshot_digests(snapshots) == expected
-    assert [snap.digest for snap in snapshots] == expected
-    assert len(set(expected)) == 4  # the first and the last are the same snapshot
+    objects = dict(base.objects)
+    table = next(k for k in objects if k.startswith("table "))
+    steps: list[dict[str, dict[str, object] | None]] = [
+        {table: {**objects[table], "comment": "ß ✓"}},  # an attribute changes
+        {"table public.ünïcode \"q\"": objects[table], table: None},  # the same attributes under another key
+        {"function public.new()": {"kind": "function", "body": "x"}},  # an object appears
+        {"function public.new()": None},  # and goes again
+    ]
+    digest = SchemaDigest(objects)
+    seen = [digest.hexdigest()]
+    for changes in steps:
+        for key, attrs in changes.items():
+            digest.replace(key, objects.get(key), attrs)
+            if attrs is None:
+                del objects[key]
+            else:
+                objects[key] = attrs
+        seen.append(digest.hexdigest())
+        assert seen[-1] == Snapshot(objects=objects).digest
+        assert seen[-1] == Snapshot(objects=dict(reversed(list(objects.items())))).digest  # order means nothing
+    assert seen[0] == base.digest and seen[-1] != base.digest  # the key moved
+    assert len(set(seen)) == 4 and seen[-1] == seen[2]  # the new function came and went
+    # Two objects exchanging their attributes is a different schema.
+    first, second = sorted(k for k in base.objects if k.startswith("column "))[:2]
+    swapped = {**base.objects, first: base.objects[second], second: base.objects[first]}
+    assert base.objects[first] != base.objects[second]
+    assert Snapshot(objects=swapped).digest != base.digest
 
 
 def test_snapshot_ignores_session_settings(db_dsn: str) -> None:
