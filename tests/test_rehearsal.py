@@ -567,6 +567,7 @@ def test_snapshots_let_go_are_rebuilt_exactly(
     """Every migration's schema, kept as changes once let go, is rebuilt equal to the one taken at the time."""
     import harness.rehearsal as rehearsal_mod
 
+    monkeypatch.setenv("HARNESS_SNAPSHOTS", "verify")  # tracked and untracked ups both, whatever the suite's mode
     monkeypatch.setattr(rehearsal_mod, "_CHECKPOINT", 3)  # several windows in a short history
     ups = [
         "CREATE TABLE IF NOT EXISTS a (id int PRIMARY KEY, v text);",
@@ -610,8 +611,11 @@ def test_snapshots_let_go_are_rebuilt_exactly(
     assert list(digests.values()) == [taken.get(i, steps[i].after).digest for i in range(10)]
 
 
-def test_a_long_history_keeps_only_snapshots_of_migrations_whose_items_ran(pg_server: Server, tmp_path: Path) -> None:
+def test_a_long_history_keeps_only_snapshots_of_migrations_whose_items_ran(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Per-migration states and data are let go two migrations later; a late item says to run in order."""
+    monkeypatch.setenv("HARNESS_SNAPSHOTS", "verify")  # the states let go are the tracked ones
     migrations = {}
     for i in range(1, 6):
         migrations[f"{i}_t{i}.sql"] = f"CREATE TABLE IF NOT EXISTS t{i} (id int PRIMARY KEY, v text);"
