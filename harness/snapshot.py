@@ -1089,7 +1089,8 @@ def format_changes(changes: Sequence[Change], limit: int = 50) -> str:
 # Data fingerprints
 
 _USER_TABLES = f"""
-SELECT n.nspname::text, c.relname::text, quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind::text
+SELECT n.nspname::text, c.relname::text, quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind::text,
+       pg_relation_size(c.oid) = 0
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r'
   AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
@@ -1100,7 +1101,7 @@ ORDER BY 3
 
 _NAMED_TABLES = """
 SELECT n.nspname::text, c.relname::text, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
-       c.relkind::text, t.name
+       c.relkind::text, t.name, c.relkind IN ('r', 'm') AND pg_relation_size(c.oid) = 0
 FROM unnest(%(names)s::text[]) WITH ORDINALITY AS t(name, i)
 LEFT JOIN pg_class c ON c.oid = to_regclass(t.name)
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -1156,7 +1157,7 @@ def table_fingerprints(
             names = list(tables)
             found = []
             rows = cur.execute(_NAMED_TABLES, {"names": names}, prepare=False).fetchall()
-            for schema, relname, qname, relkind, name in rows:
+            for schema, relname, qname, relkind, name, empty in rows:
                 if relname is None or relkind not in ("r", "p", "m", "f"):
                     raise ConfigError(
                         f"no table {name!r} in this database; give qualified names like 'public.users'"
@@ -1164,20 +1165,21 @@ def table_fingerprints(
                 if relkind == "f":
                     log.debug("not fingerprinting foreign table %s: its rows live on another server", qname)
                     continue
-                found.append((schema, relname, qname, relkind))
-        if not found:
-            return {}
+                found.append((schema, relname, qname, relkind, empty))
+        # A table of no blocks has no rows (harness/tracking.py takes the same
+        # shortcut): a schema-only seed of 500 tables cost 0.16 s to read.
+        digests = {i: table_digest(0, "0", "0") for i, row in enumerate(found) if row[4]}
         parts = [
             _TABLE_HASH.format(
                 i=sql.Literal(i),
                 only=sql.SQL("ONLY" if relkind == "r" else ""),
                 table=sql.Identifier(schema, relname),
             )
-            for i, (schema, relname, _q, relkind) in enumerate(found)
+            for i, (schema, relname, _q, relkind, empty) in enumerate(found)
+            if not empty
         ]
-        rows = cur.execute(sql.SQL(" UNION ALL ").join(parts), prepare=False).fetchall()
-    result: dict[str, tuple[int, str]] = {}
-    for i, count, high, low in sorted(rows):
-        qname = found[i][2]
-        result[qname] = table_digest(count, high, low)
-    return result
+        if parts:
+            rows = cur.execute(sql.SQL(" UNION ALL ").join(parts), prepare=False).fetchall()
+            for i, count, high, low in rows:
+                digests[i] = table_digest(count, high, low)
+    return {found[i][2]: digests[i] for i in sorted(digests)}

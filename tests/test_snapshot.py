@@ -811,6 +811,25 @@ def test_fingerprint_tables_and_quoting(conn: psycopg.Connection) -> None:
     assert named['"My Schema"."Odd ""Name"""'] == prints['"My Schema"."Odd ""Name"""']
 
 
+def test_fingerprint_of_a_table_without_blocks_equals_that_of_an_emptied_one(conn: psycopg.Connection) -> None:
+    """Tables of no blocks are not read; their fingerprint is the one an emptied table gets by reading."""
+    conn.execute(
+        "CREATE TABLE never (id int); CREATE TABLE emptied (id int); CREATE TABLE truncated (id int);"
+        "CREATE TABLE full_one (id int);"
+        "INSERT INTO emptied VALUES (1), (2); DELETE FROM emptied;"  # blocks remain, no rows
+        "INSERT INTO truncated VALUES (1); TRUNCATE truncated;"  # a new file of no blocks
+        "INSERT INTO full_one VALUES (1);"
+        "CREATE MATERIALIZED VIEW nothing AS SELECT 1 AS x WHERE false"
+    )
+    assert conn.execute("SELECT pg_relation_size('emptied') > 0, pg_relation_size('never')").fetchone() == (True, 0)
+    prints = table_fingerprints(conn)
+    named = table_fingerprints(conn, ["public.nothing", "public.never", "public.full_one"])
+    assert prints["public.never"] == prints["public.emptied"] == prints["public.truncated"] == named["public.never"]
+    assert prints["public.never"] == named["public.nothing"] and prints["public.never"][0] == 0
+    assert prints["public.full_one"] == named["public.full_one"] and prints["public.full_one"][0] == 1
+    assert list(prints) == sorted(prints) and list(named) == ["public.nothing", "public.never", "public.full_one"]
+
+
 def test_grant_then_revoke_restores_the_default_acl_snapshot(db_dsn: str) -> None:
     """An explicit ACL equal to the defaults is the same schema as NULL; a real grant is not."""
     with psycopg.connect(db_dsn, autocommit=True) as conn:
