@@ -131,7 +131,9 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def _setup_logging(verbose: int) -> None:
     root = logging.getLogger()
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+    # Found by name, not class: a second import of this module (pytester's
+    # in-process runs restore sys.modules afterwards) has a class of its own.
+    if not any(type(h).__name__ == "_StderrHandler" for h in root.handlers):
         handler = _StderrHandler()
         handler.addFilter(ScrubFilter())
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
