@@ -200,6 +200,7 @@ class Rehearsal:
         self._tracked = False  # some state came from a delta: check the last one against a full snapshot
         self._flight: list[tuple[int, str]] | None = None  # segments of the message sent and not yet read
         self._landed: dict[int, tracking.Delta] = {}  # applies done by a message sent ahead
+        self._followed: int | None = None  # migration whose follow-up message went out before its apply was taken in
 
     # ------------------------------------------------------------------ setup
 
@@ -568,7 +569,7 @@ class Rehearsal:
         state = self._current_state()
         if step.before is None:
             step.before, step.before_data = state.snapshot, dict(state.data)
-        if self._flight is not None:
+        if self._flight is not None and index not in self._landed:
             self._land()  # it may carry this apply (no item landed it: idempotent and rollback off, or deselected)
         delta = self._landed.pop(index, None)  # applied by a message sent ahead
         if delta is not None:
@@ -605,6 +606,13 @@ class Rehearsal:
         step.applied = True
         self._state, self._data, self._nodes_stale = after, dict(after.data), True
 
+        if self._followed == index:
+            self._followed = None  # already sent, by _await_ahead
+        else:
+            self._send_follow_up(index)
+
+    def _send_follow_up(self, index: int) -> None:
+        """Send the second up, down and up again of migration *index* (applied), with the next apply when it may go."""
         segments: list[tuple[int, str, str]] = []
         ahead = self._ahead_script(index)
         if ahead is not None:
@@ -693,13 +701,17 @@ class Rehearsal:
 
     def _land(self) -> None:
         """Read the results of the message in flight; keep what the segments that completed found."""
+        self._take(self._receive())
+
+    def _receive(self) -> dict[tuple[int, str], list[bytes]]:
+        """The raw documents of each segment of the message in flight that completed, by (index, kind)."""
         flight, self._flight = self._flight, None
         if flight is None:
-            return
+            return {}
         conn = self._raw
         results = conn.wait(generators.fetch_many(conn.pgconn))
-        deltas: list[tracking.Delta] = []
-        completed: dict[tuple[int, str], list[tracking.Delta]] = {}
+        documents: list[bytes] = []
+        completed: dict[tuple[int, str], list[bytes]] = {}
         for result in results:
             if result.status == pq.ExecStatus.FATAL_ERROR:
                 break  # the server skipped the rest; the untracked path will say what failed
@@ -707,13 +719,18 @@ class Rehearsal:
                 continue
             value = result.get_value(0, 0)
             if result.fname(0) == tracking.DELTA_COLUMN.encode() and value is not None:
-                deltas.append(tracking.parse_delta(bytes(value).decode()))
+                documents.append(bytes(value))
             elif result.fname(0) == _SEGMENT.encode() and value is not None:
                 number, _, kind = bytes(value).decode().partition(":")
-                completed[(int(number), kind)], deltas = deltas, []
+                completed[(int(number), kind)], documents = documents, []
         if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
             conn.execute("ROLLBACK")
-        for (index, kind), found in completed.items():
+        return completed
+
+    def _take(self, completed: dict[tuple[int, str], list[bytes]]) -> None:
+        """Keep what the segments *completed* found: applies for later, the rest on their steps."""
+        for (index, kind), documents in completed.items():
+            found = [tracking.parse_delta(document.decode()) for document in documents]
             if kind == "apply":
                 self._landed[index] = found[0]
                 continue
@@ -727,13 +744,21 @@ class Rehearsal:
     def _await_ahead(self, index: int) -> None:
         """Land the message with the second up, down and up again of migration *index*, if it is in flight.
 
-        The next migration, applied by the same message, is taken in at once
-        and its own message sent before the items of *index* are judged.
+        When the same message applied the next migration, that migration's
+        own follow-up message goes out at once, before these results are
+        parsed, the next state is computed and the items of *index* are
+        judged: the server works meanwhile (it waited about 0.33 ms a
+        migration for the client before).
         """
         if self._flight is None or (index, "ahead") not in self._flight:
             return
-        self._land()
+        completed = self._receive()
         nxt = index + 1
+        early = (nxt, "apply") in completed and self._broken is None and not self._steps[nxt].applied
+        if early:
+            self._send_follow_up(nxt)
+            self._followed = nxt
+        self._take(completed)
         if nxt in self._landed and self._broken is None:
             self._apply(nxt)
 

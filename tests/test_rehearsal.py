@@ -372,6 +372,41 @@ def test_an_apply_sent_ahead_runs_once_when_no_item_reads_the_message(
     assert final is not None and {"public.t", "public.u", "public.v"} <= final.tables()
 
 
+def test_the_next_follow_up_leaves_before_the_results_are_taken_in(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each migration's second up, down and up again go to the server once, sent before the message before is parsed."""
+    migrations = {}
+    for i in range(1, 6):
+        migrations[f"{i}_t{i}.sql"] = f"CREATE TABLE IF NOT EXISTS t{i} (id int PRIMARY KEY);"
+        migrations[f"{i}_t{i}.down.sql"] = f"DROP TABLE IF EXISTS t{i};"
+    plan = load_plan(make_project(tmp_path, migrations, STREAM_PLAN))
+    events: list[tuple[str, frozenset[tuple[int, str]]]] = []
+    with Rehearsal(plan, pg_server) as rehearsal:
+        send, take = rehearsal._send, rehearsal._take
+
+        def sent(segments: list[tuple[int, str, str]]) -> None:
+            events.append(("send", frozenset((index, kind) for index, kind, _ in segments)))
+            send(segments)
+
+        def taken(completed: dict[tuple[int, str], list[bytes]]) -> None:
+            events.append(("take", frozenset(completed)))
+            take(completed)
+
+        monkeypatch.setattr(rehearsal, "_send", sent)
+        monkeypatch.setattr(rehearsal, "_take", taken)
+        results = rehearsal.run_all()
+    assert [(i.id, o.message) for i, o in results if o.status != PASSED] == []
+    segments = [segment for kind, found in events if kind == "send" for segment in found]
+    assert sorted(segments) == sorted({*segments}) and {*segments} == {
+        *((i, "ahead") for i in range(5)), *((i, "apply") for i in range(1, 5))
+    }  # each once: applies 2-5 ride with the follow-up before them
+    for at, (kind, found) in enumerate(events):
+        for index, what in found:
+            if kind == "take" and what == "apply":  # the apply's own follow-up already left
+                assert events[at - 1] == ("send", frozenset({(index, "ahead"), (index + 1, "apply")} - {(5, "apply")}))
+
+
 def test_a_check_sees_its_own_migration_even_when_applies_are_sent_ahead(
     pg_server: Server, tmp_path: Path
 ) -> None:
