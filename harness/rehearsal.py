@@ -844,6 +844,7 @@ class Rehearsal:
             migration.statements,
             migration.path,
             monitor=lambda: self.server.connect(self.dbname, autocommit=True),
+            functions=self._tracking,  # installed with the tracking
         )
 
     def _locks(self, item: Item) -> Outcome:

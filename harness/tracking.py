@@ -66,6 +66,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from . import locks
 from .errors import ConfigError
 from .snapshot import (
     _PINNED_SETTINGS,
@@ -452,7 +453,8 @@ def install(conn: psycopg.Connection[Any]) -> bool:
         log.info("event_triggers is off on this server: rehearsal snapshots are taken in full")
         return False
     catalogs, roles = _catalog_oids(conn, _SNAPSHOT_CATALOGS), _catalog_oids(conn, _ROLE_CATALOGS)
-    text = _install_sql(conn.info.server_version, catalogs, roles)
+    # The lock measurement's queries too (issue 5): functions keep their plans.
+    text = _install_sql(conn.info.server_version, catalogs, roles) + locks.server_functions_sql()
     with conn.transaction():
         conn.execute(text.encode(), prepare=False)  # type: ignore[call-overload]
     return True

@@ -26,6 +26,7 @@ from harness.locks import (
     blocks,
     judge,
     run_measured,
+    server_functions_sql,
 )
 from harness.plan import LockPolicy, load_plan, plan_json_schema
 from harness.postgres import Server
@@ -225,12 +226,16 @@ def measure(
     *,
     monitor: bool = True,
     named: bool = True,
+    functions: bool = False,
 ) -> LockReport:
     """Run *text* as a migration would run: in one transaction when it can, statement by statement otherwise.
 
     The pre-existing relations are PRE_EXISTING by name, or (*named* false)
-    the database's own, as the rehearsal measures.
+    the database's own, as the rehearsal measures; with *functions*, read
+    through the harness schema's functions, as a tracked rehearsal does.
     """
+    if functions:
+        conn.execute(("CREATE SCHEMA IF NOT EXISTS harness;" + server_functions_sql()).encode())
     statements = parse_sql(text, "m.sql")
     transactional = all(s.transactional for s in statements)
     if transactional:
@@ -241,19 +246,23 @@ def measure(
         "m.sql",
         pre_existing=PRE_EXISTING if named else None,
         monitor=(lambda: pg_server.connect(db_name, autocommit=True)) if monitor else None,
+        functions=functions,
     )
     if transactional:
         conn.execute("COMMIT")
     return report
 
 
-@pytest.mark.parametrize("named", [True, False], ids=["by name", "the database's own"])
+@pytest.mark.parametrize(
+    "named, functions", [(True, False), (False, False), (False, True)],
+    ids=["by name", "the database's own", "through the harness functions"],
+)
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_measured_locks_match_postgresql(
-    pg_server: Server, db_name: str, conn: psycopg.Connection, case: str, named: bool
+    pg_server: Server, db_name: str, conn: psycopg.Connection, case: str, named: bool, functions: bool
 ) -> None:
     text, expected = CASES[case]
-    report = measure(pg_server, db_name, conn, text, named=named)
+    report = measure(pg_server, db_name, conn, text, named=named, functions=functions)
     assert report.pre_existing == len(PRE_EXISTING)
     seen = {
         rel.relation: (rel.mode, rel.rewritten, rel.scanned)
