@@ -140,7 +140,7 @@ class _Step:
     # differ from the schema before it (None: the object is gone), except at
     # every _CHECKPOINT-th migration (see Rehearsal.snapshot_at).
     released: bool = False
-    after_delta: dict[str, Mapping[str, Any] | None] | None = None
+    after_delta: _Changes | None = None
 
 
 @dataclass
@@ -465,10 +465,8 @@ class Rehearsal:
         step.released = True
         if before is None or after is None:
             return  # never applied (the history broke before it): nothing to keep
-        old, new = before.objects, after.objects
         # A tracked up names the objects it may have changed; others are compared in full.
-        keys = step.up_keys if step.tracked else old.keys() | new.keys()
-        step.after_delta = {key: new.get(key) for key in keys if old.get(key) != new.get(key)}
+        step.after_delta = _object_changes(before.objects, after.objects, step.up_keys if step.tracked else None)
         if index > 0:
             step.before = None  # the schema after the migration before, kept (or rebuilt) there
         if index % _CHECKPOINT:
@@ -1304,14 +1302,10 @@ class Rehearsal:
             changes = step.after_delta
             if changes is None:  # not let go yet: compared in full
                 assert step.after is not None
-                new = step.after.objects
-                changes = {key: new.get(key) for key in objects.keys() | new.keys() if objects.get(key) != new.get(key)}
+                changes = _object_changes(objects, step.after.objects)
             for key, attrs in changes.items():
                 digest.replace(key, objects.get(key), attrs)
-                if attrs is None:
-                    objects.pop(key, None)
-                else:
-                    objects[key] = attrs
+            _apply_object_changes(objects, changes)
             digests[migration.id] = digest.hexdigest()
         return write_receipt(self.plan, self.migrations, digests, final, self.server.version)
 
@@ -1323,7 +1317,7 @@ class Rehearsal:
         """
         if index < 0:
             return self._steps[0].before if self._steps else None
-        changes: list[dict[str, Mapping[str, Any] | None]] = []
+        changes: list[_Changes] = []
         at = index
         while at >= 0 and self._steps[at].after is None:
             delta = self._steps[at].after_delta
@@ -1336,12 +1330,28 @@ class Rehearsal:
             return base
         objects = dict(base.objects)
         for delta in reversed(changes):
-            for key, attrs in delta.items():
-                if attrs is None:
-                    objects.pop(key, None)
-                else:
-                    objects[key] = attrs
+            _apply_object_changes(objects, delta)
         return Snapshot(objects=objects)
+
+
+_Changes = dict[str, Mapping[str, Any] | None]
+
+
+def _object_changes(
+    old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]], keys: frozenset[str] | None = None
+) -> _Changes:
+    """The objects of *new* that differ from *old*'s (None: gone), among *keys* (default: all of both)."""
+    candidates = old.keys() | new.keys() if keys is None else keys
+    return {key: new.get(key) for key in candidates if old.get(key) != new.get(key)}
+
+
+def _apply_object_changes(objects: dict[str, Mapping[str, Any]], changes: _Changes) -> None:
+    """Bring *objects* up to date with *changes* (see :func:`_object_changes`)."""
+    for key, attrs in changes.items():
+        if attrs is None:
+            objects.pop(key, None)
+        else:
+            objects[key] = attrs
 
 
 # Write counters are read twice, at the start of a transaction and after the

@@ -94,6 +94,9 @@ _CONTROL: dict[Any, str] = {
     enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED: "rollback_prepared",
 }
 
+# The same, by the enum's name, as the parser's JSON spells it.
+_CONTROL_BY_NAME = {kind.name: control for kind, control in _CONTROL.items()}
+
 _SINGLE_TRANSACTION_RULE = (
     "the harness runs each migration in its own transaction, so a migration file must either wrap itself "
     "in exactly one BEGIN; ... COMMIT; (its first and last statements) or not manage transactions at all"
@@ -349,7 +352,7 @@ def parse_sql(text: str, path: Path | str, *, target_major: int | None = None) -
         ((kind, tree),) = item["stmt"].items()
         line, column = lines.position(begin)
         refusal = _refused_in_transaction_tree(kind, tree, functools.partial(trees.node, number), target_major)
-        control = _CONTROL.get(trees.node(number).kind) if kind == "TransactionStmt" else None
+        control = _CONTROL_BY_NAME.get(tree.get("kind", "")) if kind == "TransactionStmt" else None
         statements.append(
             Statement(
                 sql=sql, line=line, column=column, kind=kind, transactional=refusal is None, control=control,
@@ -756,6 +759,9 @@ _REFUSABLE = frozenset({
 })
 
 
+_REFUSED_TRANSACTION_KINDS = {"TRANS_STMT_COMMIT_PREPARED": "COMMIT PREPARED", "TRANS_STMT_ROLLBACK_PREPARED": "ROLLBACK PREPARED"}
+
+
 def _refused_in_transaction_tree(
     kind: str, tree: Mapping[str, Any], node: Callable[[], Any], target_major: int | None
 ) -> str | None:
@@ -774,6 +780,8 @@ def _refused_in_transaction_tree(
             ):
                 return "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY"
         return None
+    if kind == "TransactionStmt":
+        return _REFUSED_TRANSACTION_KINDS.get(tree.get("kind", ""))
     if kind == "AlterEnumStmt":
         # ADD VALUE (not RENAME VALUE) became allowed in a transaction in 12.
         if "oldVal" not in tree and target_major is not None and target_major < 12:
@@ -786,8 +794,8 @@ def _refused_in_transaction(node: Any, target_major: int | None) -> str | None:
     """The command PostgreSQL names when it refuses *node* in a transaction block, else None.
 
     For the kinds :func:`_refused_in_transaction_tree` does not decide from
-    the parser's JSON (CREATE/DROP INDEX, ALTER TABLE and ALTER TYPE are
-    decided there).
+    the parser's JSON (CREATE/DROP INDEX, ALTER TABLE, ALTER TYPE and
+    transaction statements are decided there).
 
     Mirrors the server's PreventInTransactionBlock() calls that can be
     decided from the statement alone.  Where the answer depends on the
@@ -836,12 +844,6 @@ def _refused_in_transaction(node: Any, target_major: int | None) -> str | None:
         return _alter_subscription_refusal(node)
     if isinstance(node, ast.DiscardStmt):
         return "DISCARD ALL" if node.target == enums.DiscardMode.DISCARD_ALL else None
-    if isinstance(node, ast.TransactionStmt):
-        if node.kind == enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED:
-            return "COMMIT PREPARED"
-        if node.kind == enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED:
-            return "ROLLBACK PREPARED"
-        return None
     return None
 
 
