@@ -39,7 +39,12 @@ its constraint), and the tables that inherited from a changed one before the
 first ALTER TABLE (DETACH PARTITION reports only the parent and removes the
 link).  Names print schema-qualified (the snapshot pins ``search_path``), so
 creating an object never changes how another one prints.  A table among the roots is
-hashed again even without a write: its rows' JSON names its columns.
+hashed again even without a write: its rows' JSON names its columns.  A
+relation among the roots is read with everything that hangs on it (indexes,
+constraints, foreign keys referencing it, triggers, rules, policies), and
+the state lets go of everything that hung on it before: ALTER COLUMN TYPE
+rebuilds indexes and constraints under new OIDs and drops the old ones
+without reporting them (see :attr:`State.anchored`).
 
 When the record cannot be trusted the document says ``full`` and carries a
 full snapshot instead: a command reported without an object (GRANT and
@@ -59,6 +64,7 @@ import functools
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +77,7 @@ from .errors import ConfigError
 from .snapshot import (
     _PINNED_SETTINGS,
     TABLE_HASH_COLUMNS,
+    Change,
     Snapshot,
     _catalog_query,
     _catalog_sections,
@@ -80,7 +87,10 @@ from .snapshot import (
     table_digest,
 )
 
-__all__ = ["State", "Delta", "install", "mode", "mark_sql", "changes_sql", "DELTA_COLUMN", "parse_delta", "advance"]
+__all__ = [
+    "State", "Delta", "install", "mode", "mark_sql", "changes_sql", "DELTA_COLUMN", "parse_delta", "advance",
+    "differences", "anchors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +391,27 @@ BEGIN
         INTO v_roots FROM mapped m WHERE m.root IS NOT NULL;
     END IF;
 
+    -- Whatever hangs on a relation among the roots now is read with it: the
+    -- caller lets go of everything that hung on it before, under whatever
+    -- OID (ALTER COLUMN TYPE rebuilds indexes and constraints under new
+    -- OIDs and drops the old ones without a report).  Foreign keys hang on
+    -- the table they reference too.
+    IF v_roots <> '{{}}' THEN
+        SELECT pg_catalog.array_agg(DISTINCT x.oid ORDER BY x.oid) INTO v_roots FROM (
+            SELECT pg_catalog.unnest(v_roots) AS oid
+            UNION ALL SELECT i.indexrelid FROM pg_catalog.pg_index i WHERE i.indrelid = ANY (v_roots)
+            UNION ALL SELECT c.oid FROM pg_catalog.pg_constraint c
+                WHERE c.conrelid = ANY (v_roots) AND c.contype <> 'n'
+            UNION ALL SELECT d.objid FROM pg_catalog.pg_depend d
+                WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY (v_roots)
+                  AND d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.deptype = 'n'
+            UNION ALL SELECT t.oid FROM pg_catalog.pg_trigger t WHERE t.tgrelid = ANY (v_roots) AND NOT t.tgisinternal
+            UNION ALL SELECT r.oid FROM pg_catalog.pg_rewrite r
+                WHERE r.ev_class = ANY (v_roots) AND r.rulename <> '_RETURN'
+            UNION ALL SELECT p.oid FROM pg_catalog.pg_policy p WHERE p.polrelid = ANY (v_roots)
+        ) x;
+    END IF;
+
     -- Data, by OID: every table this transaction may have written or
     -- rewritten (a row write holds at least a RowExclusiveLock on its table
     -- until the transaction ends; TRUNCATE and rewrites an
@@ -507,6 +538,15 @@ class State:
         return {root: tuple(keys) for root, keys in index.items()}
 
     @functools.cached_property
+    def anchored(self) -> dict[int, frozenset[int]]:
+        """The roots of the objects that hang on each relation (by its root): see :func:`anchors`."""
+        found: dict[int, set[int]] = {}
+        for key, root in self.roots.items():
+            for anchor in anchors(key, self.snapshot.objects[key], self.roots):
+                found.setdefault(anchor, set()).add(root)
+        return {anchor: frozenset(roots) for anchor, roots in found.items()}
+
+    @functools.cached_property
     def tables(self) -> dict[int, str]:
         """The ordinary tables (the ones that hold rows): OID → qualified name."""
         return {
@@ -548,11 +588,12 @@ def parse_delta(text: str) -> Delta:
     )
 
 
-def advance(state: State, delta: Delta) -> tuple[State, frozenset[str]]:
+def advance(state: State, delta: Delta, *, check: bool = True) -> tuple[State, frozenset[str]]:
     """The state after *delta*, and the keys whose objects may differ from *state*'s.
 
-    Raises :class:`~harness.errors.HarnessError` when the delta carries a
-    full snapshot to verify against and the incremental one differs.
+    With *check*, raises :class:`~harness.errors.HarnessError` when the delta
+    carries a full snapshot to verify against and the incremental one
+    differs; without, the caller compares (:func:`differences`).
     """
     if not (delta.full or delta.roots or delta.objects or delta.touched or delta.verify is not None):
         return state, frozenset()  # nothing was written since the mark
@@ -571,7 +612,7 @@ def advance(state: State, delta: Delta) -> tuple[State, frozenset[str]]:
                 data[name] = found
     else:
         new, keys = _advance_incrementally(state, delta)
-    if delta.verify is not None:
+    if check and delta.verify is not None:
         expected = Snapshot(objects=delta.verify)
         changes = diff_snapshots(expected, new.snapshot)
         if changes:
@@ -584,16 +625,36 @@ def advance(state: State, delta: Delta) -> tuple[State, frozenset[str]]:
     return new, keys
 
 
+def differences(state: State, delta: Delta) -> list[Change]:
+    """How *state* (advanced by *delta*) differs from the full snapshot the delta carries (full → state)."""
+    if delta.verify is None:
+        return []
+    return diff_snapshots(Snapshot(objects=delta.verify), state.snapshot)
+
+
 def _advance_incrementally(state: State, delta: Delta) -> tuple[State, frozenset[str]]:
-    """:func:`advance` for a delta of some roots: work in proportion to what changed, not to the schema."""
+    """:func:`advance` for a delta of some roots: work in proportion to what changed, not to the schema.
+
+    A relation among the roots takes with it every object that hung on it
+    (:attr:`State.anchored`), whatever became of that object's OID: ALTER
+    COLUMN TYPE rebuilds the indexes and constraints on the column under new
+    OIDs and drops the old ones without a report, so a later drop of the new
+    index would otherwise leave the old one behind.  The server re-reads
+    whatever hangs on the relation now (see ``harness.changes()``).
+    """
     by_root = state.keys_by_root
-    removed = [key for root in delta.roots for key in by_root.get(root, ())]
+    anchored = state.anchored
+    gone = set(delta.roots)
+    for root in delta.roots:
+        gone.update(anchored.get(root, ()))
+    removed = [key for root in gone for key in by_root.get(root, ())]
     objects = dict(state.snapshot.objects)
     roots = dict(state.roots)
     tables = dict(state.tables)
     data = dict(state.data)
     index = dict(by_root)
-    for root in delta.roots:
+    hung = dict(anchored)
+    for root in gone:
         index.pop(root, None)
     for key in removed:
         del objects[key]
@@ -601,12 +662,38 @@ def _advance_incrementally(state: State, delta: Delta) -> tuple[State, frozenset
         if key.startswith("table "):
             tables.pop(state.roots[key], None)
             data.pop(key[6:], None)
+    # A key read under a new root left its old one silently (a rebuild under a new OID).
+    for key, root in delta.object_roots.items():
+        old = roots.get(key)
+        if old is not None and old != root:
+            rest = tuple(k for k in index.get(old, ()) if k != key)
+            if rest:
+                index[old] = rest
+            else:
+                index.pop(old, None)
+                gone.add(old)
     objects.update(delta.objects)
     roots.update(delta.object_roots)
     added: dict[int, list[str]] = {}
     for key, root in delta.object_roots.items():
         added.setdefault(root, []).append(key)
     index.update((root, tuple(keys)) for root, keys in added.items())
+    # What hangs on which relation: the roots gone and re-read leave it, the objects read join it.
+    for anchor in gone & hung.keys():
+        hung.pop(anchor)
+    for anchor, members in list(hung.items()):
+        if not members.isdisjoint(gone):
+            kept = members - gone
+            if kept:
+                hung[anchor] = kept
+            else:
+                del hung[anchor]
+    joined: dict[int, set[int]] = {}
+    for key, attrs in delta.objects.items():
+        for anchor in anchors(key, attrs, roots):
+            joined.setdefault(anchor, set()).add(delta.object_roots[key])
+    for anchor, joining in joined.items():
+        hung[anchor] = hung.get(anchor, frozenset()) | joining
     # Data by table OID: a table re-read keeps its rows under its (new) name
     # unless written; a dropped one is gone; a written one is hashed again.
     for key, attrs in delta.objects.items():
@@ -615,8 +702,8 @@ def _advance_incrementally(state: State, delta: Delta) -> tuple[State, frozenset
             tables[oid] = key[6:]
             found = delta.touched.get(oid)
             if found is None:
-                old = state.tables.get(oid)
-                found = state.data.get(old) if old is not None else None
+                old_name = state.tables.get(oid)
+                found = state.data.get(old_name) if old_name is not None else None
             if found is not None:
                 data[key[6:]] = found
     for oid, found in delta.touched.items():
@@ -627,4 +714,42 @@ def _advance_incrementally(state: State, delta: Delta) -> tuple[State, frozenset
     # The cached properties' slots, kept up to date instead of recomputed from every object.
     new.__dict__["tables"] = tables
     new.__dict__["keys_by_root"] = index
+    new.__dict__["anchored"] = hung
     return new, frozenset(removed) | delta.objects.keys()
+
+
+# Objects that hang on a relation (named in their key or their "table"), and
+# foreign keys on the relation they reference.
+_HANGING = ("index", "constraint", "trigger", "rule", "policy")
+_IDENT = r'(?:"(?:[^"]|"")*"|[^\s".(]+)'
+_REFERENCES = re.compile(rf"REFERENCES ({_IDENT}\.{_IDENT})\(")
+_LAST_IDENT = re.compile(rf"\.{_IDENT}$")
+
+
+def anchors(key: str, attrs: Mapping[str, Any], roots: Mapping[str, int]) -> list[int]:
+    """The roots of the relations the object *key* hangs on (none for other objects).
+
+    An index hangs on its table; a constraint, trigger, rule or policy on the
+    relation in its name; a foreign key also on the table it references.
+    """
+    kind, _, name = key.partition(" ")
+    if kind not in _HANGING:
+        return []
+    if kind == "index":
+        relations = [attrs.get("table")]
+    else:
+        relations = [_LAST_IDENT.sub("", name)]
+        if kind == "constraint" and attrs.get("type") == "foreign key":
+            found = _REFERENCES.search(str(attrs.get("definition") or ""))
+            if found:
+                relations.append(found.group(1))
+    result = []
+    for relation in relations:
+        if not relation:
+            continue
+        for prefix in ("table ", "view ", "materialized_view "):
+            root = roots.get(prefix + relation)
+            if root is not None:
+                result.append(root)
+                break
+    return result
