@@ -238,7 +238,8 @@ class DieselLayout(_ForeignLayout):
         return self.version_at(moment + _dt.timedelta(seconds=1))
 
     def order(self, version: str) -> tuple[int, ...]:
-        return (int(version.replace("-", "")),)  # as diesel does: the digits, dashes removed
+        # As diesel does: the version without dashes compared as text, which for digits is digit by digit.
+        return tuple(int(digit) for digit in version.replace("-", ""))
 
     def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
         folder = directory / f"{version}_{name}"

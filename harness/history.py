@@ -115,6 +115,7 @@ class MigrationLike(Protocol):
 
 
 M = TypeVar("M", bound=MigrationLike)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -410,14 +411,33 @@ def _version_key(version: str) -> tuple[int, int, str]:
     return (0, int(version), version) if version.isdigit() else (1, 0, version)
 
 
+def _with_missing(entries: Sequence[tuple[str, T]], missing: Sequence[tuple[str, T]]) -> list[tuple[str, T]]:
+    """*entries* (version, item), already in the order of their files, with each *missing* one inserted.
+
+    The files come sorted as their layout's tool applies them (diesel compares
+    versions as text, Flyway's ``1.1`` sorts before ``2``), which no sort of
+    the bare version strings reproduces.  A row whose file is gone has no such
+    place: it goes after the last entry whose version sorts before its own
+    (exact for numeric versions).
+    """
+    out = list(entries)
+    for version, item in sorted(missing, key=lambda e: _version_key(e[0])):
+        key = _version_key(version)
+        at = max((i + 1 for i, (v, _) in enumerate(out) if _version_key(v) <= key), default=0)
+        out.insert(at, (version, item))
+    return out
+
+
 @dataclass(frozen=True)
 class Status(Generic[M]):
     """The history of a database compared with the migration files.
 
-    ``applied`` holds every history row, in version order, with its file
+    ``applied`` holds every history row, in the order of the migration files
+    (a row whose file is gone after the row before it), with its file
     (``None`` when the file is gone); ``changed``, ``missing`` and ``failed``
     are the rows among them that need attention.  A failed row is not
     ``pending``: it has to be looked at (and the row removed) before it runs again.
+    ``files`` holds every migration file, in the order its layout's tool applies them.
     """
 
     applied: list[tuple[AppliedMigration, M | None]] = field(default_factory=list)
@@ -426,6 +446,7 @@ class Status(Generic[M]):
     missing: list[AppliedMigration] = field(default_factory=list)
     failed: list[AppliedMigration] = field(default_factory=list)
     last_applied_at: datetime | None = None
+    files: list[M] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -462,7 +483,10 @@ def compute_status(migrations: Sequence[M], applied: Sequence[AppliedMigration])
     """Compare migration files with history rows (no database involved)."""
     by_version: dict[str, M] = {m.version: m for m in migrations}
     recorded = {row.version for row in applied}
-    rows = sorted(applied, key=lambda r: _version_key(r.version))
+    position = {m.version: i for i, m in enumerate(migrations)}
+    filed = sorted((r for r in applied if r.version in position), key=lambda r: position[r.version])
+    gone = [(r.version, r) for r in applied if r.version not in position]
+    rows = [r for _, r in _with_missing([(r.version, r) for r in filed], gone)]
     pairs: list[tuple[AppliedMigration, M | None]] = [(row, by_version.get(row.version)) for row in rows]
     return Status(
         applied=pairs,
@@ -471,6 +495,7 @@ def compute_status(migrations: Sequence[M], applied: Sequence[AppliedMigration])
         missing=[row for row, m in pairs if m is None],
         failed=[row for row in rows if not row.success],
         last_applied_at=max((row.applied_at for row in rows), default=None),
+        files=list(migrations),
     )
 
 
@@ -488,8 +513,8 @@ def _duration(ms: int | None) -> str:
 def format_status(status: Status[Any], *, where: str) -> str:
     """A table of every migration and its state, then a summary; *where* is an already-redacted database."""
     changed = {row.version for row, _ in status.changed}
-    entries: list[tuple[tuple[int, int, str], tuple[str, str, str, str, str]]] = []
-    for row, m in status.applied:
+
+    def applied_cells(row: AppliedMigration, m: Any) -> tuple[str, str, str, str, str]:
         states = []
         if not row.success:
             states.append("FAILED")
@@ -498,12 +523,23 @@ def format_status(status: Status[Any], *, where: str) -> str:
         elif row.version in changed:
             states.append("CHANGED")
         state = ",".join(states) or "applied"
-        cells = (row.version, row.name, state, _when(row.applied_at), _duration(row.execution_ms))
-        entries.append((_version_key(row.version), cells))
-    for m in status.pending:
-        entries.append((_version_key(m.version), (m.version, m.name, "pending", "-", "-")))
-    entries.sort(key=lambda e: e[0])
-    lines = [cells for _, cells in entries]
+        return (row.version, row.name, state, _when(row.applied_at), _duration(row.execution_ms))
+
+    # Files in their tool's order; without status.files (a hand-made Status), in version order.
+    files = list(status.files) or sorted(
+        [m for _, m in status.applied if m is not None] + list(status.pending), key=lambda m: _version_key(m.version)
+    )
+    rows = {row.version: row for row, m in status.applied if m is not None}
+    waiting = {m.version for m in status.pending}
+    entries: list[tuple[str, tuple[str, str, str, str, str]]] = []
+    for m in files:
+        row = rows.get(m.version)
+        if row is not None:
+            entries.append((m.version, applied_cells(row, m)))
+        elif m.version in waiting:
+            entries.append((m.version, (m.version, m.name, "pending", "-", "-")))
+    gone = [(row.version, applied_cells(row, None)) for row, m in status.applied if m is None]
+    lines = [cells for _, cells in _with_missing(entries, gone)]
 
     header = ("version", "name", "state", "applied at", "duration")
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)]

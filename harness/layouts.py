@@ -22,6 +22,7 @@ Nothing here opens a connection.  The layouts are described in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -89,9 +90,8 @@ def read_folder(
         raise SourceError(f"unknown migrations layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     resolved = detect_layout(folder) if layout == "auto" else layout
     reading = _Reading(folder, resolved, target_major, tuple(substitutions))
-    migrations = _READERS[resolved](reading)
-    migrations.sort(key=lambda m: (m.order, m.version))
-    _refuse_duplicates(migrations)
+    migrations = _in_tool_order(resolved, _READERS[resolved](reading))
+    _refuse_duplicates(migrations, resolved)
     findings = reading.findings
     if resolved in FOREIGN_LAYOUTS:
         for migration in migrations:
@@ -232,11 +232,30 @@ def _ignored(reading: _Reading, path: Path, why: str) -> None:
                 "rename it to the tool's pattern if it is a migration, or move it out of the folder")
 
 
-def _refuse_duplicates(migrations: list[Migration]) -> None:
-    for before, after in zip(migrations, migrations[1:]):
-        if before.order == after.order:
+#: Layouts whose tool applies the files in the order of their names: dbmate sorts by file name
+#: (``sort.Slice(migrations, ... FileName < ...)`` in ``pkg/dbmate/db.go``), the Supabase CLI takes
+#: ``fs.ReadDir``'s sorted names (``ListLocalMigrations`` in ``pkg/migration/list.go``).  Both compare
+#: versions as strings, so ``001`` and ``1`` are two versions for them.
+_BY_FILE_NAME = frozenset({"dbmate", "supabase"})
+
+
+def _in_tool_order(layout: str, migrations: list[Migration]) -> list[Migration]:
+    """*migrations* sorted as their layout's own tool applies them (``docs/layouts.md``, Order and versions)."""
+    if layout in _BY_FILE_NAME:
+        migrations = [dataclasses.replace(m, order_text=m.path.name) for m in migrations]
+    return sorted(migrations, key=lambda m: (m.order, m.version))
+
+
+def _refuse_duplicates(migrations: list[Migration], layout: str) -> None:
+    """Refuse two migrations that are one version for the layout's tool (golang-migrate's ``001`` and ``1``)."""
+    seen: dict[object, Migration] = {}
+    for migration in migrations:
+        # dbmate and the Supabase CLI record the version string; the others compare versions as they order them.
+        key: object = migration.version if layout in _BY_FILE_NAME else migration.order
+        before = seen.setdefault(key, migration)
+        if before is not migration:
             raise SourceError(
-                f"{before.path} and {after.path} have the same version ({before.order}); every migration needs its "
+                f"{before.path} and {migration.path} have the same version ({key}); every migration needs its "
                 "own version: renumber one of them"
             )
 
@@ -331,8 +350,8 @@ def _read_diesel(reading: _Reading) -> list[Migration]:
                 version=version, name=name, path=up_path, text=text, checksum=_sha256(data),
                 down_path=down_path, down_text=down_text,
                 no_transaction=no_transaction, down_no_transaction=no_transaction,
-                # As diesel does: the version with its dashes removed, as a number.
-                order_parts=(int(version.replace("-", "")),),
+                # As diesel does: the version with its dashes removed, compared as text.
+                order_text=version.replace("-", ""),
             )
         )
     return migrations

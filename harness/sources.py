@@ -151,28 +151,36 @@ class _Trees:
 class Order:
     """Where a migration sits in its folder's sequence: a total order over every layout's versions.
 
-    Versioned migrations compare by the numeric parts of their version
+    Versioned migrations compare either by the numeric parts of their version
     (``9`` < ``10``; Flyway's ``1`` < ``1.1`` < ``2.0.3``; trailing zero parts
-    are dropped, so ``1.0`` equals ``1``, as Flyway compares them); repeatable
-    migrations (Flyway's ``R__``) come after every versioned one, by name.
-    A one-part order also compares with a plain ``int``, which is what
+    are dropped, so ``1.0`` equals ``1``, as Flyway compares them) or, for the
+    tools that compare versions as strings, by *text* (diesel's version
+    without dashes, so ``20170923182408`` < ``202511190914440000`` <
+    ``20251119091444``; dbmate's and the Supabase CLI's file name), code point
+    by code point as Rust and Go compare strings.  One folder uses one kind;
+    across kinds, text orders come first.  Repeatable migrations (Flyway's
+    ``R__``) come after every versioned one, by name.  A one-part numeric
+    order also compares with a plain ``int``, which is what
     :attr:`Migration.order` was before other layouts existed (``order == 1``).
     """
 
-    __slots__ = ("parts", "repeatable", "tiebreak")
+    __slots__ = ("parts", "text", "repeatable", "tiebreak")
 
-    def __init__(self, parts: Sequence[int] = (), *, repeatable: bool = False, tiebreak: str = "") -> None:
+    def __init__(
+        self, parts: Sequence[int] = (), *, text: str = "", repeatable: bool = False, tiebreak: str = ""
+    ) -> None:
         trimmed = tuple(int(p) for p in parts)
         while len(trimmed) > 1 and trimmed[-1] == 0:
             trimmed = trimmed[:-1]
         self.parts: tuple[int, ...] = trimmed
+        self.text = text
         self.repeatable = repeatable
         self.tiebreak = tiebreak
 
     @property
-    def key(self) -> tuple[int, tuple[int, ...], str]:
+    def key(self) -> tuple[int, tuple[int, ...], str, str]:
         """The order as a plain sortable tuple."""
-        return (1 if self.repeatable else 0, self.parts, self.tiebreak)
+        return (1 if self.repeatable else 0, self.parts, self.text, self.tiebreak)
 
     def _other(self, other: object) -> Order | None:
         if isinstance(other, Order):
@@ -194,18 +202,20 @@ class Order:
         return self.key < theirs.key
 
     def __hash__(self) -> int:
-        if not self.repeatable and len(self.parts) == 1:
+        if not self.repeatable and not self.text and len(self.parts) == 1:
             return hash(self.parts[0])  # equal to the int it equals
         return hash(self.key)
 
     def __int__(self) -> int:
-        if self.repeatable or len(self.parts) != 1:
+        if self.repeatable or self.text or len(self.parts) != 1:
             raise TypeError(f"order {self} is not a single number")
         return self.parts[0]
 
     def __str__(self) -> str:
         if self.repeatable:
             return f"repeatable {self.tiebreak}"
+        if self.text:
+            return self.text
         return ".".join(str(p) for p in self.parts)
 
     def __repr__(self) -> str:
@@ -248,6 +258,8 @@ class Migration:
     layout: str = "native"
     #: The numeric parts the version sorts by; ``None``: the version as one integer.
     order_parts: tuple[int, ...] | None = None
+    #: The text the version sorts by, for tools that compare versions as strings (wins over ``order_parts``).
+    order_text: str | None = None
     #: Statements marked ``-- harness:batch`` (issue 7, :mod:`harness.batch`): run in key-range batches.
     batches: tuple[BatchSpec, ...] = ()
 
@@ -261,6 +273,8 @@ class Migration:
         """Where the migration sorts among its folder's migrations (compares with an int in the native layout)."""
         if self.repeatable:
             return Order(repeatable=True, tiebreak=self.version)
+        if self.order_text is not None:
+            return Order(text=self.order_text)
         return Order(self.order_parts if self.order_parts is not None else (int(self.version),))
 
     @property

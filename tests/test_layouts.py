@@ -129,8 +129,8 @@ def test_unknown_layout_is_refused(tmp_path: Path) -> None:
 
 def test_diesel_orders_by_version_without_dashes_and_keeps_spaces() -> None:
     migrations = load_migrations(DATA / "diesel")
-    # "2017-09-25-..." sorts first as text; diesel (and the harness) compare 20170925120000.
-    assert [m.order for m in migrations] == [20170923182408, 20170924113530, 20170925120000]
+    # The directory "2017-09-25-..." sorts first by name; diesel (and the harness) compare "20170925120000".
+    assert [str(m.order) for m in migrations] == ["20170923182408", "20170924113530", "20170925120000"]
     assert migrations[0].name == "create users"
     assert migrations[2].version == "2017-09-25-120000"
 
