@@ -24,11 +24,13 @@ from .sources import Migration
 
 __all__ = ["Receipt", "receipt_path", "write_receipt", "read_receipt", "verify_receipt"]
 
-_FORMAT = 2
+_FORMAT = 3
 # Format 1 digests hashed each snapshot's whole JSON text; format 2 ones are
-# snapshot.SchemaDigest.  A format 1 receipt is read without its digests:
-# apply then rehearses the plan to check for drift instead.
-_DIGEST_FORMAT = 2
+# snapshot.SchemaDigest.  Format 3 snapshots hold function bodies as text
+# (format 2 ones, a hash of it): the schema of an older receipt does not
+# compare with a snapshot taken now, so older receipts are refused and the
+# plan is rehearsed again.
+_OLDEST_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,13 @@ class Receipt:
     def from_json(cls, text: str) -> Receipt:
         """Parse a receipt written by :meth:`to_json`."""
         data = json.loads(text)
+        if data.get("format", 1) < _OLDEST_FORMAT:
+            raise ValueError(f"format {data.get('format', 1)}, written by an older migration-harness")
         return cls(
             plan=data["plan"],
             plan_sha256=data["plan_sha256"],
             migrations=dict(data["migrations"]),
-            digests=dict(data.get("digests", {})) if data.get("format", 1) >= _DIGEST_FORMAT else {},
+            digests=dict(data.get("digests", {})),
             final_snapshot=Snapshot.from_json(json.dumps(data["final_snapshot"])),
             server_version=data["server_version"],
             created_at=data["created_at"],

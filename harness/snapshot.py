@@ -6,7 +6,9 @@ name>"`` (``"table public.users"``, ``"column public.users.email"``,
 attributes.  Names are SQL identifiers, quoted only where PostgreSQL would
 quote them (``quote_ident``), so they are unambiguous and can be pasted into
 SQL.  Grants (``acl``) and comments (``comment``) are attributes of their
-object.
+object.  A function keeps its source text (``body``); :func:`diff_snapshots`
+compares bodies on their parse trees (SQL) or tokens (PL/pgSQL), so
+whitespace and comments do not count as a difference.
 
 The whole snapshot is built server-side by one catalog query that returns one
 JSON document; the query is prepared once per session, so later snapshots
@@ -24,6 +26,8 @@ servers, publications, event triggers, and identity-sequence options.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from pglast import parser as pg_parser
 from psycopg import pq, sql
 from psycopg.rows import tuple_row
 
@@ -207,7 +212,7 @@ _ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "view": ("definition", "options", "acl", "comment"),
     "function": (
         "kind", "arguments", "result", "language", "volatility", "strict", "security_definer", "leakproof",
-        "parallel", "config", "body_hash", "acl", "comment",
+        "parallel", "config", "body", "library", "acl", "comment",
     ),
     "trigger": ("definition", "enabled", "comment"),
     "rule": ("definition", "enabled", "comment"),
@@ -231,7 +236,8 @@ def _catalog_query(server_version: int, *, restricted: bool = False, exclude: st
     expression), for the incremental snapshots of a rehearsal.
     """
     # Functions with an SQL-standard body (BEGIN ATOMIC, PostgreSQL 14+) keep
-    # it in prosqlbody, not prosrc.
+    # it in prosqlbody, not prosrc; the server prints it from its parse tree.
+    # A function's "body" is its source text, "library" (C functions) its probin.
     sqlbody = (
         "CASE WHEN p.prosqlbody IS NOT NULL THEN pg_get_function_sqlbody(p.oid) END"
         if server_version >= 140000
@@ -457,9 +463,8 @@ objects(o) AS (
         p.proleakproof,
         CASE p.proparallel WHEN 's' THEN 'safe' WHEN 'r' THEN 'restricted' ELSE 'unsafe' END,
         {_sorted('p.proconfig')},
-        encode(sha256(convert_to(
-            coalesce(p.prosrc, '') || chr(10) || coalesce(p.probin, '') || chr(10) || coalesce({sqlbody}, ''),
-            'UTF8')), 'hex'),
+        coalesce({sqlbody}, p.prosrc),
+        p.probin,
         {_acl('p.proacl', 'f', 'p.proowner')},
         {_comment('p.oid', 'pg_proc')},
         CASE p.prokind WHEN 'p' THEN 'procedure ' ELSE 'function ' END
@@ -702,7 +707,11 @@ class SchemaDigest:
     """The digest of a schema, kept up to date object by object.
 
     The sum, modulo 2**512, of the SHA-512 of each object's canonical text
-    (``"key":{attributes}``), hashed once more with SHA-256.  A sum does not
+    (``"key":{attributes}``), hashed once more with SHA-256.  Equal digests
+    mean equal snapshots; two function bodies that differ only in whitespace
+    or comments give different digests (the exact text is hashed, so a
+    digest never depends on the parser's version) though
+    :func:`diff_snapshots` finds no difference between them.  A sum does not
     depend on the order of the objects, and changing one object changes it
     by that object alone: a rehearsal's receipt holds the digest after every
     migration, and re-hashing each whole schema made it cost the history
@@ -966,11 +975,24 @@ class Change:
     attribute: str | None
     before: Any
     after: Any
+    #: For a function body: its language, which says how to show the difference.
+    language: str | None = None
 
     def describe(self) -> str:
-        """One readable line, e.g. ``column public.users.email: nullable changed: true -> false``."""
+        """One readable line, e.g. ``column public.users.email: nullable changed: true -> false``.
+
+        A long or multi-line text (a view definition, a function body, a
+        constraint expression) is followed by indented lines showing where
+        it differs: a unified diff, or for one long line the stretch around
+        the first difference.
+        """
         head = f"{self.object_type} {self.object}"
         if self.kind == "changed":
+            if _is_long_text(self.before, self.after):
+                lines = _text_diff(self.before or "", self.after or "")
+                if self.attribute == "body" and isinstance(self.before, str) and isinstance(self.after, str):
+                    lines = _body_diff(self.language, self.before, self.after, lines)
+                return f"{head}: {self.attribute} changed:\n" + "\n".join("    " + line for line in lines)
             return f"{head}: {self.attribute} changed: {_show(self.before)} -> {_show(self.after)}"
         attrs = self.after if self.kind == "added" else self.before
         brief = _brief(self.object_type, attrs)
@@ -978,15 +1000,69 @@ class Change:
 
 
 _MAX_VALUE = 160
+# A text diff shows this many lines of context around each change, at most
+# this many lines in all; one long line, this many characters either side.
+_DIFF_CONTEXT = 2
+_DIFF_LINES = 40
+_EXCERPT = 60
 
 
 def _show(value: Any) -> str:
+    """A short value as JSON; texts with their whitespace collapsed.  Lists and objects (column lists) whole."""
     if isinstance(value, str):
         value = " ".join(value.split())
     text = _canonical(value)
-    if len(text) > _MAX_VALUE:
+    if isinstance(value, str) and len(text) > _MAX_VALUE:
         text = text[: _MAX_VALUE - 1] + "…"
     return text
+
+
+def _is_long_text(before: Any, after: Any) -> bool:
+    """Whether a change of *before* to *after* is shown as a text diff rather than two values.
+
+    Texts that do not fit on one line together are, and texts that look
+    the same with their whitespace collapsed.
+    """
+    texts = [v for v in (before, after) if v is not None]
+    if not texts or not all(isinstance(v, str) for v in texts):
+        return False
+    shown = [_canonical(" ".join(v.split())) for v in texts]
+    return sum(map(len, shown)) > _MAX_VALUE or (len(shown) == 2 and shown[0] == shown[1])
+
+
+def _text_diff(before: str, after: str) -> list[str]:
+    """Where *before* and *after* differ, as lines for a reviewer.
+
+    Multi-line texts get a unified diff (``difflib``) with a little
+    context; one long line, the stretch around its first difference on
+    both sides, since a diff of two whole lines would show two walls of
+    text that differ somewhere.
+    """
+    a, b = before.strip("\n").splitlines(), after.strip("\n").splitlines()
+    if len(a) > 1 or len(b) > 1:
+        diff = list(difflib.unified_diff(a, b, "before", "after", n=_DIFF_CONTEXT, lineterm=""))
+        if diff:
+            shown = diff[:_DIFF_LINES]
+            if len(diff) > len(shown):
+                shown.append(f"... {len(diff) - len(shown)} more diff lines")
+            return shown
+    # One line each (or texts that differ only in leading or trailing blank lines).
+    start = 0
+    limit = min(len(before), len(after))
+    while start < limit and before[start] == after[start]:
+        start += 1
+    end = 0
+    while end < limit - start and before[-1 - end] == after[-1 - end]:
+        end += 1
+
+    def excerpt(text: str) -> str:
+        lo, hi = max(0, start - _EXCERPT), min(len(text), len(text) - end + _EXCERPT)
+        middle = text[lo:hi]
+        if len(middle) > 2 * _EXCERPT + 4 * _MAX_VALUE:
+            middle = middle[: _EXCERPT + 2 * _MAX_VALUE] + " … " + middle[-(_EXCERPT + 2 * _MAX_VALUE) :]
+        return ("…" if lo > 0 else "") + middle.replace("\n", "\\n") + ("…" if hi < len(text) else "")
+
+    return [f"@@ from character {start + 1} @@", f"- {excerpt(before)}", f"+ {excerpt(after)}"]
 
 
 def _brief(object_type: str, attrs: Any) -> str:
@@ -1065,9 +1141,145 @@ def diff_snapshots(before: Snapshot, after: Snapshot, keys: Iterable[str] | None
                 continue
             if attribute == "column_order" and not _order_changed(va, vb):
                 continue
-            changes.append(Change("changed", object_type, name, attribute, va, vb))
+            if attribute == "body" and object_type in ("function", "procedure") and _same_body(a, b):
+                continue
+            language = a.get("language") if attribute == "body" and a.get("language") == b.get("language") else None
+            changes.append(Change("changed", object_type, name, attribute, va, vb, language))
     changes.sort(key=_sort_key)
     return changes
+
+
+# --------------------------------------------------------------------------
+# Function bodies
+#
+# A snapshot keeps a function's body as its source text: a diff can then
+# show a reviewer what changed.  Two bodies are the same when they mean the
+# same, so that a down which recreates a function with other whitespace or
+# comments restores it:
+# - SQL bodies are compared on their parse trees (libpg_query, through
+#   pglast), with the source positions left out: whitespace, comments, the
+#   case of keywords and unquoted names, and redundant parentheses do not
+#   count; constants and names do.
+# - PL/pgSQL bodies are compared on their tokens as PostgreSQL's scanner
+#   (which the PL/pgSQL parser reads from) sees them, comments left out,
+#   keywords and unquoted names in lower case.  Not on libpg_query's
+#   PL/pgSQL parse tree: its JSON leaves out some variable references
+#   (``RETURN a`` and ``RETURN b`` come out the same), so changing a name
+#   would not count.
+# - Bodies of other languages, and bodies that do not parse or scan, are
+#   compared as exact text; so are SQL-standard bodies (BEGIN ATOMIC), which
+#   the server prints from its own parse tree.
+# Snapshots, their JSON and their digests (SchemaDigest) hold the exact text:
+# equal digests mean equal snapshots, and a digest never depends on the
+# version of the parser.
+
+_POSITION_KEYS = ("location", "stmt_location", "stmt_len")
+_COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _without_positions(node: dict[str, Any]) -> dict[str, Any]:
+    for key in _POSITION_KEYS:
+        node.pop(key, None)
+    return node
+
+
+def _words(body: str) -> list[str] | None:
+    """The tokens of *body* as PostgreSQL's scanner reads them, comments left out; None if it does not scan.
+
+    Keywords and unquoted names in lower case, as the server folds them.
+    """
+    try:
+        tokens = pg_parser.scan(body)
+    except pg_parser.ParseError:
+        return None
+    words = []
+    for token in tokens:
+        if token.name in _COMMENT_TOKENS:
+            continue
+        word = body[token.start : token.end + 1]
+        if token.kind != "NO_KEYWORD" or (token.name == "IDENT" and not word.startswith('"')):
+            word = word.translate(_ASCII_LOWER)
+        words.append(word)
+    return words
+
+
+@functools.lru_cache(maxsize=4096)
+def _body_form(language: str | None, body: str | None) -> str:
+    """What a function body of *language* is compared on (a digest of its normalized form; see above).
+
+    Cached: a rehearsal compares the same bodies again and again.
+    """
+    if body is None:
+        return "none"
+    form = None
+    if language == "sql":
+        try:
+            tree = json.loads(pg_parser.parse_sql_json(body), object_hook=_without_positions)
+        except pg_parser.ParseError:
+            pass
+        else:
+            tree.pop("version", None)  # the parser's, not the body's
+            form = "sql-tree:" + _canonical(tree)
+    elif language == "plpgsql":
+        words = _words(body)
+        if words is not None:
+            form = "plpgsql-tokens:" + _canonical(words)
+    if form is None:
+        form = "text:" + body
+    return hashlib.sha256(form.encode()).hexdigest()
+
+
+_LINE_ENDS = frozenset({";", "begin", "then", "else", "loop", "declare", "exception"})
+
+
+def _body_lines(language: str | None, body: str) -> list[str] | None:
+    """A SQL or PL/pgSQL body as its tokens, comments left out, a line per statement; None for other bodies."""
+    words = _words(body) if language in ("sql", "plpgsql") else None
+    if words is None:
+        return None
+    lines: list[str] = []
+    line: list[str] = []
+    for word in words:
+        line.append(word)
+        if word in _LINE_ENDS:
+            lines.append(" ".join(line))
+            line = []
+    if line:
+        lines.append(" ".join(line))
+    return lines
+
+
+def _body_diff(language: str | None, before: str, after: str, text_diff: list[str]) -> list[str]:
+    """*text_diff*, or a diff of the bodies' tokens when that shows fewer changed lines.
+
+    A down often recreates a function from a reformatted copy: a diff of
+    the texts then marks every line, and the one changed constant is lost
+    among them.
+    """
+    a, b = _body_lines(language, before), _body_lines(language, after)
+    if a is None or b is None:
+        return text_diff
+    token_diff = list(difflib.unified_diff(a, b, "before", "after", n=1, lineterm=""))
+
+    def changed(lines: list[str]) -> int:
+        return sum(1 for line in lines if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+
+    if not token_diff or changed(token_diff) >= changed(text_diff):
+        return text_diff
+    shown = ["(whitespace and comments left out, one statement a line)", *token_diff[:_DIFF_LINES]]
+    if len(token_diff) > _DIFF_LINES:
+        shown.append(f"... {len(token_diff) - _DIFF_LINES} more diff lines")
+    return shown
+
+
+def _same_body(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two functions' attributes (``language``, ``body``) hold the same body, whitespace and comments aside."""
+    if a.get("body") == b.get("body"):
+        return True
+    if a.get("language") != b.get("language"):
+        return False
+    return _body_form(a.get("language"), a.get("body")) == _body_form(b.get("language"), b.get("body"))
 
 
 _MARK = {"added": "+", "removed": "-", "changed": "~"}

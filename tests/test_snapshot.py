@@ -271,13 +271,13 @@ CASES = [
         "function-body",
         "CREATE FUNCTION f(a int) RETURNS int LANGUAGE plpgsql AS 'BEGIN RETURN a; END';",
         "CREATE OR REPLACE FUNCTION f(a int) RETURNS int LANGUAGE plpgsql AS 'BEGIN RETURN a + 1; END'",
-        ("changed", "function", "public.f(integer)", "body_hash"),
+        ("changed", "function", "public.f(integer)", "body"),
     ),
     (
         "function-sql-body",
         "CREATE FUNCTION f(a int) RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT a; END;",
         "CREATE OR REPLACE FUNCTION f(a int) RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT a + 1; END",
-        ("changed", "function", "public.f(integer)", "body_hash"),
+        ("changed", "function", "public.f(integer)", "body"),
     ),
     (
         "function-volatility",
@@ -758,8 +758,124 @@ def test_describe_and_format_changes() -> None:
     assert limited[-1] == "... and 2 more changes"
     assert len(limited) == 3
     assert format_changes([]) == "(no schema changes)"
-    long = Change("changed", "function", "public.f(integer)", "body_hash", "a" * 500, "b" * 500).describe()
-    assert len(long) < 400
+    long = Change("changed", "index", "public.i", "definition", "a" * 500, "a" * 250 + "b" + "a" * 249).describe()
+    assert long.splitlines() == [
+        "index public.i: definition changed:",
+        "    @@ from character 251 @@",
+        "    - …" + "a" * 60 + "a" + "a" * 60 + "…",
+        "    + …" + "a" * 60 + "b" + "a" * 60 + "…",
+    ]
+
+
+# --------------------------------------------------------------------------
+# Function bodies: compared on what they mean, shown as text
+
+PLPGSQL = """
+CREATE OR REPLACE FUNCTION f(a int, b int) RETURNS int LANGUAGE plpgsql AS $fn$
+DECLARE
+    total int := 0;
+BEGIN
+    IF a > 10 THEN
+        total := a * 2;
+    END IF;
+    RAISE NOTICE 'total is %', total;
+    RETURN total + b;
+END
+$fn$
+"""
+SQL_BODY = """
+CREATE OR REPLACE FUNCTION f(a int, b int) RETURNS int LANGUAGE sql AS $fn$
+    SELECT CASE WHEN a > 10 THEN a * 2 ELSE 0 END + b
+         + (SELECT count(*) FROM pg_catalog.pg_class WHERE relname = 'no such table')::int
+$fn$
+"""
+# The same bodies with other whitespace, comments and keyword case.
+SAME_BODY = {
+    "plpgsql": (
+        "CREATE OR REPLACE FUNCTION f(a int, b int) RETURNS int LANGUAGE plpgsql AS $fn$\n"
+        "-- how much\ndeclare total int := 0;\nbegin if a > 10 then total := a*2; end if; /* say it */\n"
+        "    raise notice 'total is %', total;\n\n  RETURN   total+b;\nend $fn$"
+    ),
+    "sql": (
+        "CREATE OR REPLACE FUNCTION f(a int, b int) RETURNS int LANGUAGE sql AS $fn$ -- sum\n"
+        "select case when a>10 then (a*2) else 0 end+b+(select COUNT(*) from pg_catalog.pg_class "
+        "where relname='no such table')::int; $fn$"
+    ),
+}
+ORIGINAL = {"plpgsql": PLPGSQL, "sql": SQL_BODY}
+
+
+@pytest.mark.parametrize("language", ["plpgsql", "sql"])
+def test_a_body_differing_only_in_whitespace_and_comments_is_no_difference(
+    conn: psycopg.Connection, language: str
+) -> None:
+    conn.execute(ORIGINAL[language])
+    before = take_snapshot(conn)
+    conn.execute(SAME_BODY[language])
+    after = take_snapshot(conn)
+    old, new = before.objects["function public.f(integer, integer)"], after.objects["function public.f(integer, integer)"]
+    assert old["body"] != new["body"], "the scenario must change the text"
+    assert diff_snapshots(before, after) == []
+
+
+# Each edit changes what the body means: a constant, a name, a string's spaces.
+MEANINGFUL_EDITS = [
+    ("plpgsql", "a * 2", "a * 3"),
+    ("plpgsql", "RETURN total + b", "RETURN total + a"),
+    ("plpgsql", "RETURN total + b", "RETURN b"),
+    ("plpgsql", "'total is %'", "'total  is %'"),
+    ("sql", "a * 2", "a * 3"),
+    ("sql", "ELSE 0 END + b", "ELSE 0 END + a"),
+    ("sql", "'no such table'", "'no such  table'"),
+]
+
+
+@pytest.mark.parametrize(("language", "old", "new"), MEANINGFUL_EDITS)
+def test_a_changed_constant_or_name_is_a_difference_shown_as_a_diff(
+    conn: psycopg.Connection, language: str, old: str, new: str
+) -> None:
+    changes = _diff(conn, ORIGINAL[language], ORIGINAL[language].replace(old, new))
+    assert [(c.kind, c.object, c.attribute) for c in changes] == [("changed", "public.f(integer, integer)", "body")]
+    lines = changes[0].describe().splitlines()
+    assert lines[0] == "function public.f(integer, integer): body changed:"
+    assert lines[1:3] == ["    --- before", "    +++ after"]
+    removed = [line.strip() for line in lines if line.startswith("    -") and not line.startswith("    ---")]
+    added = [line.strip() for line in lines if line.startswith("    +") and not line.startswith("    +++")]
+    assert len(removed) == len(added) == 1, lines
+    assert old in removed[0] and new in added[0]
+
+
+def test_a_body_of_another_language_is_compared_as_exact_text() -> None:
+    def snap(body: str) -> Snapshot:
+        attrs = {"language": "plpython3u", "body": body, "kind": "function"}
+        return Snapshot(objects={"function public.f()": attrs})
+
+    assert diff_snapshots(snap("return 1\n"), snap("return 1\n")) == []
+    changes = diff_snapshots(snap("return 1\n"), snap("return  1\n"))
+    assert [c.attribute for c in changes] == ["body"]
+    # A whitespace change that would look like no change on one line is shown as a diff.
+    assert changes[0].describe().splitlines()[1:] == ["    @@ from character 8 @@", "    - return 1\\n", "    + return  1\\n"]
+
+
+def test_a_body_that_does_not_parse_is_compared_as_exact_text(conn: psycopg.Connection) -> None:
+    conn.execute("SET LOCAL check_function_bodies = off")
+    broken = "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS $fn$ SELEC 1 $fn$"
+    assert _diff(conn, broken, broken.replace("SELEC 1", "SELEC  1")) != []
+
+
+def test_a_long_view_changed_in_the_middle_shows_the_changed_line(conn: psycopg.Connection) -> None:
+    columns = [f"id + {i} AS c{i}" for i in range(40)]
+    conn.execute("CREATE TABLE t (id int)")
+    setup = "CREATE VIEW v AS SELECT " + ", ".join(columns) + " FROM t"
+    columns[20] = "id * 7 AS c20"
+    change = "CREATE OR REPLACE VIEW v AS SELECT " + ", ".join(columns) + " FROM t"
+    changes = _diff(conn, setup, change)
+    assert [(c.object, c.attribute) for c in changes] == [("public.v", "definition")]
+    lines = format_changes(changes).splitlines()
+    assert lines[0] == "~ view public.v: definition changed:"
+    assert "    -    (id + 20) AS c20," in lines
+    assert "    +    (id * 7) AS c20," in lines
+    assert len(lines) < 12, "only the changed line and a little context"
 
 
 # --------------------------------------------------------------------------
