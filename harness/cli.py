@@ -247,11 +247,13 @@ _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
 
 
 def _print_outcome(out: TextIO, item_id: str, outcome: Any) -> None:
+    """One line per item; a skip's reason on it, and a failure's report or a pass's note indented under it."""
     out.write(f"{_MARK[outcome.status]} {item_id}")
     if outcome.status == "skipped":
         out.write(f" ({outcome.message})")
     out.write("\n")
-    if outcome.status == "failed":
+    if outcome.status != "skipped":
+        # A passed item's note says what was proved (or warns: a lock over budget but allowed).
         for line in outcome.message.splitlines():
             out.write(f"     {line}\n")
     out.flush()

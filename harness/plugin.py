@@ -80,6 +80,7 @@ def pytest_configure(config: pytest.Config) -> None:
         plans[path] = name
     config.stash[_plans_key] = plans
     config.stash[_servers_key] = _Servers(config)
+    config.pluginmanager.register(_Notes(config), "harness-notes")
     # Positional arguments given: rehearse the plans alongside them; otherwise the plans alone.
     explicit = config.args_source == pytest.Config.ArgsSource.ARGS
     plan_args = [str(p) for p in plans]
@@ -102,6 +103,30 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     servers = session.config.stash.get(_servers_key, None)
     if servers is not None:
         servers.close()
+
+
+_NOTE_SECTION = "Captured note call"
+
+
+class _Notes:
+    """With ``-v``, a passed item's note, indented under its line (``-rP`` shows it too; JUnit XML has ``note``)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call" or not report.passed or self.config.get_verbosity() < 1:
+            return
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is None:
+            return
+        for name, content in report.sections:
+            if name == _NOTE_SECTION and content.strip():
+                terminal.ensure_newline()
+                terminal.write("\n".join(f"    {line}" for line in content.splitlines()))
+                # As pytest does after its own lines: the next item's line starts on a new one.
+                terminal.currentfspath = -2
 
 
 class _Servers:
@@ -254,8 +279,13 @@ class AssertionItem(pytest.Item):
             pytest.skip(outcome.message)
         if outcome.status == FAILED:
             raise RehearsalFailed(outcome.message)
-        if outcome.message:
-            self.user_properties.append(("harness", outcome.message))
+        self._note(outcome.message)
+
+    def _note(self, message: str) -> None:
+        """Keep a passed item's note: a JUnit XML property ``note``, and a report section (``-rP``, ``-v``)."""
+        if message:
+            self.user_properties.append(("note", message))
+            self.add_report_section("call", "note", message)
 
     def _apply(self, plan_file: PlanFile) -> None:
         """Apply the plan to its target, only after every rehearsal item passed."""
@@ -278,7 +308,7 @@ class AssertionItem(pytest.Item):
             raise RehearsalFailed(scrub(f"{out.getvalue()}\n{exc}".strip())) from None
         if not result.ok:
             raise RehearsalFailed(scrub(f"{out.getvalue()}\n{result.error or 'apply failed'}".strip()))
-        self.user_properties.append(("harness", scrub(out.getvalue())))
+        self._note(scrub(out.getvalue()).strip())
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, RehearsalFailed):

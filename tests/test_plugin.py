@@ -145,6 +145,48 @@ def test_harness_rehearse_cli_json(pytester: pytest.Pytester, capsys: pytest.Cap
     assert report["receipt"]
 
 
+def test_notes_of_passed_items_show_under_them_and_reach_junitxml(pytester: pytest.Pytester) -> None:
+    import xml.etree.ElementTree as ET
+
+    _project(pytester, GOOD, PLAN)
+    result = pytester.runpytest("--migrate-plan", "staging", "-v", "-rP", "--junitxml=report.xml")
+    assert result.ret == 0
+    lines = result.stdout.lines
+    item = next(i for i, line in enumerate(lines) if line.startswith("plans/staging.yaml::1_users::idempotent PASSED"))
+    assert lines[item + 1] == "    second apply succeeded and changed nothing"
+    assert lines[item + 2].startswith("plans/staging.yaml::1_users::rollback PASSED")
+    assert lines[item + 3].startswith("    up → down → up: down restores the previous schema")
+    result.stdout.fnmatch_lines(["*PASSES*", "*1_users::idempotent*", "*Captured note call*", "second apply*"])
+    notes = [
+        prop.get("value")
+        for case in ET.parse(pytester.path / "report.xml").getroot().iter("testcase")
+        for prop in case.iter("property")
+        if prop.get("name") == "note"
+    ]
+    assert "second apply succeeded and changed nothing" in notes
+    assert len(notes) == 11, notes  # every item of the plan passed with a note
+
+
+def test_notes_stay_out_of_the_default_output(pytester: pytest.Pytester) -> None:
+    _project(pytester, GOOD, PLAN)
+    result = pytester.runpytest("--migrate-plan", "staging")
+    assert result.ret == 0
+    assert "second apply succeeded" not in result.stdout.str()
+
+
+def test_harness_rehearse_cli_text_shows_notes(pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    _project(pytester, GOOD, PLAN)
+    code = main(["rehearse", str(pytester.path / "plans" / "staging.yaml")])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    item = lines.index("PASS 1_users::idempotent")
+    assert lines[item + 1] == "     second apply succeeded and changed nothing"
+    assert lines[item + 2] == "PASS 1_users::rollback"
+    assert lines[item + 3].startswith("     up → down → up: down restores")
+
+
 def test_migrate_apply_runs_last_and_only_when_green(
     pytester: pytest.Pytester, db_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
