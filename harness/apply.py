@@ -69,6 +69,7 @@ from .errors import (
     GuardError,
     HarnessError,
     MigrationError,
+    SourceError,
 )
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
 from .hooks import HookContext, PythonHook, run_hooks
@@ -646,6 +647,13 @@ class _Run:
         problems += self._foreign_problems(conn)
         self.baselined = self._baseline(conn, status)
         pending = [m for m in status.pending if m not in self.baselined]
+        unrunnable = [m for m in pending if m.error is not None]
+        if unrunnable:
+            # Nothing has run yet: refuse before the first pending migration rather than stop half-way.
+            raise SourceError(
+                f"{len(unrunnable)} pending migration(s) cannot be run, so {self.mode} apply changes nothing:\n  - "
+                + "\n  - ".join(m.error or "" for m in unrunnable)
+            )
         applied_orders = [m.order for _, m in status.applied if m is not None]
         newest = max(applied_orders, default=None)
         late = [m for m in pending if newest is not None and m.order < newest]
@@ -1403,7 +1411,7 @@ class _Run:
         if not applied:
             text.append("No migration was applied by this run.")
         elif self.plan.health.on_failure == "rollback":
-            lacking = [m.id for m in applied if m.down_statements is None]
+            lacking = [m.id for m in applied if not m.reversible]
             if lacking:
                 text.append(
                     f"Cannot roll back: no down migration for {', '.join(lacking)}; the migrations of this run "

@@ -644,7 +644,7 @@ def up_template(
 -- holds nothing else (CONCURRENTLY cannot run in a transaction):
 --     CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_user_id_idx ON public.orders (user_id);
 {no_tx}--
--- The harness refuses a migration without statements: write yours {below}.
+-- Without statements the migration is a no-op: write yours {below}.
 
 """
 

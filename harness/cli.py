@@ -287,7 +287,7 @@ def _lint(args: argparse.Namespace) -> int:
         settings: dict[str, Any] = (
             {"severities": own.lint_severity, "require_lock_timeout": own.require_lock_timeout} if own else {}
         )
-        if all(m.path.read_text(encoding="utf-8") == m.sql for m in migrations):
+        if all(m.error is None and m.path.read_text(encoding="utf-8") == m.sql for m in migrations):
             # Plain files: lint them as a history, so later files know what earlier ones created.
             by_path = {str(m.path): m for m in migrations}
             found = lint.lint_files(
@@ -310,6 +310,15 @@ def _lint(args: argparse.Namespace) -> int:
             lint.Finding(rule=q.rule, severity=q.severity, message=q.message, advice=q.advice, path=str(q.path),
                          line=q.line, column=q.column, statement="")
             for q in quirks
+        ]
+        # Files that cannot be read or parsed at all (lint above saw only the up files' text).
+        linted = {f.path for f in found if f.rule == "parse-error"}
+        findings += [
+            lint.Finding(rule="parse-error", severity="error", message=error, path=str(where), line=1, column=1,
+                         advice="fix the file so that it can be read and parsed", statement="")
+            for m in migrations
+            for where, error in ((m.path, m.error), (m.down_path, m.down_error))
+            if error is not None and str(where) not in linted
         ]
     text = lint.format_findings(findings, args.format)
     if text:
@@ -431,7 +440,7 @@ def _new(args: argparse.Namespace) -> int:
         print(f"created {relpath(path)}")
     for path in created.updated:
         print(f"updated {relpath(path)}")
-    print("write the SQL: the harness refuses a migration without statements (patterns: docs/authoring.md)")
+    print("write the SQL: until you do, the migration is a no-op (patterns: docs/authoring.md)")
     return EXIT_OK
 
 

@@ -37,12 +37,14 @@ from pglast import parser
 from .errors import SourceError
 from .sources import (
     LAYOUTS,
+    LayoutFinding,
     Migration,
     Statement,
     _LineIndex,
     _listing,
     _load_native,
     _read,
+    _read_soft,
     _sha256,
     apply_substitutions,
     make_migration,
@@ -56,22 +58,6 @@ log = logging.getLogger(__name__)
 FOREIGN_LAYOUTS = tuple(name for name in LAYOUTS if name not in ("auto", "native", "supabase"))
 
 _COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
-
-
-@dataclass(frozen=True)
-class LayoutFinding:
-    """A quirk of one file that the layout's own tool would trip over (or silently ignore)."""
-
-    path: Path
-    line: int
-    column: int
-    rule: str  # stable id, e.g. "layout-transaction"
-    severity: str  # "error": the tool would fail; "warning": it would behave unexpectedly
-    message: str
-    advice: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}:{self.column}: {self.severity} {self.rule}: {self.message}"
 
 
 # --------------------------------------------------------------------------
@@ -97,6 +83,18 @@ def read_folder(
         for migration in migrations:
             findings += _common_findings(migration, resolved)
     findings.sort(key=lambda f: (str(f.path), f.line, f.column, f.rule))
+    if not migrations:
+        raise SourceError(_nothing_found(folder, resolved))
+    # Each migration carries its own files' findings: the rehearsal reports them on its items.
+    by_file: dict[Path, list[LayoutFinding]] = {}
+    for finding in findings:
+        by_file.setdefault(finding.path, []).append(finding)
+    migrations = [
+        dataclasses.replace(m, findings=tuple(by_file.get(m.path, ()))
+                            + (tuple(by_file.get(m.down_path, ())) if m.down_path not in (None, m.path) else ()))
+        if m.path in by_file or m.down_path in by_file else m
+        for m in migrations
+    ]
     log.debug("read %d %s migrations from %s (%d findings)", len(migrations), resolved, folder, len(findings))
     return migrations, findings
 
@@ -191,8 +189,9 @@ class _Reading:
     substitutions: tuple[Any, ...]
     findings: list[LayoutFinding] = field(default_factory=list)
 
-    def add(self, path: Path, line: int, rule: str, severity: str, message: str, advice: str, column: int = 1) -> None:
-        self.findings.append(LayoutFinding(path, line, column, rule, severity, message, advice))
+    def add(self, path: Path, line: int, rule: str, severity: str, message: str, advice: str, column: int = 1,
+            side: str = "") -> None:
+        self.findings.append(LayoutFinding(path, line, column, rule, severity, message, advice, side))
 
     def build(self, **kwargs: Any) -> Migration:
         return make_migration(
@@ -200,20 +199,79 @@ class _Reading:
         )
 
     def down_text(self, path: Path | None, text: str | None) -> str | None:
-        """*text*, or ``None`` (with a finding) when the down holds no SQL: the migration is irreversible."""
+        """*text*, with an informational finding when the down holds no SQL (the migration is irreversible)."""
         if path is None or text is None:
-            return None
-        if _has_sql(apply_substitutions(text, self.substitutions)):
             return text
-        self.add(
-            path,
-            1,
-            "layout-empty-down",
-            "warning",
-            "the down migration holds no SQL; the migration is treated as irreversible",
-            "write the SQL that undoes the up migration, or delete the down file (or section)",
-        )
+        if not _has_sql(apply_substitutions(text, self.substitutions)):
+            self.add(
+                path,
+                1,
+                "layout-empty-down",
+                "info",
+                "the down migration holds no SQL: the migration cannot be rolled back (the rehearsal's rollback "
+                "item fails until the plan declares `rollback: none` for it)",
+                "write the SQL that undoes the up migration, or declare `rollback: none` on the plan's step",
+                side="down",
+            )
+        return text
+
+    def read(self, path: Path | None) -> tuple[bytes, str | None, str | None]:
+        """The bytes, text and read error of an optional file (``(b"", None, None)`` without one)."""
+        if path is None:
+            return b"", None, None
+        return _read_soft(path)
+
+
+# What each layout's reader looks for, for the message when it finds nothing.
+_LOOKED_FOR = {
+    "native": "<version>_<name>.sql files (with optional <version>_<name>.down.sql)",
+    "supabase": "<timestamp>_<name>.sql files",
+    "golang-migrate": "<version>_<name>.up.sql files (with optional .down.sql)",
+    "diesel": "<version>_<name>/ folders holding an up.sql",
+    "dbmate": "<version>_<name>.sql files with a '-- migrate:up' marker",
+    "goose": "<version>_<name>.sql files with a '-- +goose Up' marker",
+    "flyway": "V<version>__<description>.sql or R__<description>.sql files",
+    "drizzle": "the .sql files that meta/_journal.json lists",
+    "sqitch": "the changes sqitch.plan lists, with deploy/<change>.sql scripts",
+}
+
+
+def _nothing_found(folder: Path, layout: str) -> str:
+    """The message for a folder in which no migration was found: what was looked for, and what it looks like."""
+    looked = _LOOKED_FOR.get(layout, "migration files")
+    message = f"no migration found in {folder}: the {layout} layout looks for {looked}"
+    foreign = _unsupported_layout(folder)
+    if foreign is not None:
+        return f"{message}. The folder looks like {foreign}, a layout migration-harness does not read yet"
+    try:
+        subfolders = sorted(e.name for e in folder.iterdir() if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        subfolders = []
+    hint = f" (its sub-folders: {', '.join(subfolders[:5])})" if subfolders and layout != "diesel" else ""
+    return (
+        f"{message}{hint}. Point the plan's migrations: at the folder that holds the migration files, or name "
+        "its layout (layout: ...; see docs/layouts.md)"
+    )
+
+
+def _unsupported_layout(folder: Path) -> str | None:
+    """The name and signature of a known migration layout the harness does not read, when *folder* has one."""
+    try:
+        entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    except OSError:
         return None
+    names = {e.name for e in entries}
+    if "migration_lock.toml" in names or any(e.is_dir() and (e / "migration.sql").is_file() for e in entries):
+        return "a Prisma Migrate folder (migration_lock.toml, <timestamp>_<name>/migration.sql)"
+    if "atlas.sum" in names:
+        return "an Atlas versioned-migrations folder (atlas.sum, <version>_<name>.sql)"
+    if "env.py" in names or "alembic.ini" in names or ("versions" in names and (folder / "versions").is_dir()):
+        return "an Alembic environment (env.py, versions/<revision>_<name>.py)"
+    scripts = sorted(e.suffix for e in entries if e.is_file() and e.suffix in (".js", ".ts", ".cjs", ".mjs", ".py",
+                                                                            ".rb", ".go"))
+    if scripts:
+        return f"migrations written in code ({', '.join(sorted(set(scripts)))} files), which cannot be rehearsed as SQL"
+    return None
 
 
 def _has_sql(text: str) -> bool:
@@ -304,13 +362,13 @@ def _read_golang(reading: _Reading) -> list[Migration]:
             )
     migrations = []
     for (version, name), up_path in ups.items():
-        data, text = _read(up_path)
+        data, text, error = _read_soft(up_path)
         down_path = downs.get((version, name))
-        down_text = reading.down_text(down_path, _read(down_path)[1] if down_path else None)
+        _, down_text, down_error = reading.read(down_path)
         migrations.append(
             reading.build(
-                version=version, name=name, path=up_path, text=text, checksum=_sha256(data),
-                down_path=down_path, down_text=down_text,
+                version=version, name=name, path=up_path, text=text, checksum=_sha256(data), error=error,
+                down_path=down_path, down_text=reading.down_text(down_path, down_text), down_error=down_error,
             )
         )
     return migrations
@@ -339,16 +397,16 @@ def _read_diesel(reading: _Reading) -> list[Migration]:
                 "(dashes allowed, like 2017-09-23-182408); rename it"
             )
         no_transaction = not _diesel_runs_in_transaction(reading, entry / "metadata.toml")
-        data, text = _read(up_path)
+        data, text, error = _read_soft(up_path)
         down_path: Path | None = entry / "down.sql"
         assert down_path is not None
         if not down_path.is_file():
             down_path = None
-        down_text = reading.down_text(down_path, _read(down_path)[1] if down_path else None)
+        _, down_text, down_error = reading.read(down_path)
         migrations.append(
             reading.build(
-                version=version, name=name, path=up_path, text=text, checksum=_sha256(data),
-                down_path=down_path, down_text=down_text,
+                version=version, name=name, path=up_path, text=text, checksum=_sha256(data), error=error,
+                down_path=down_path, down_text=reading.down_text(down_path, down_text), down_error=down_error,
                 no_transaction=no_transaction, down_no_transaction=no_transaction,
                 # As diesel does: the version with its dashes removed, compared as text.
                 order_text=version.replace("-", ""),
@@ -387,7 +445,11 @@ def _read_dbmate(reading: _Reading) -> list[Migration]:
             if entry.name.lower().endswith(".sql"):
                 _ignored(reading, entry, "the name is not <version>_<name>.sql")
             continue
-        data, text = _read(entry)
+        data, text, error = _read_soft(entry)
+        if error is not None:
+            migrations.append(reading.build(version=match["version"], name=match["name"], path=entry, text="",
+                                            checksum=_sha256(data), error=error))
+            continue
         marks: list[tuple[int, str, dict[str, str]]] = []
         lines = text.splitlines()
         for number, line in enumerate(lines, 1):
@@ -420,7 +482,7 @@ def _read_dbmate(reading: _Reading) -> list[Migration]:
         migrations.append(
             reading.build(
                 version=match["version"], name=match["name"], path=entry, text=_sections(text, up_lines),
-                checksum=_sha256(data), down_path=entry if down_text is not None else None, down_text=down_text,
+                checksum=_sha256(data), down_path=entry if "down" in ranges else None, down_text=down_text,
                 no_transaction=up_options.get("transaction", "").lower() == "false",
                 down_no_transaction=down_options.get("transaction", "").lower() == "false",
             )
@@ -453,7 +515,11 @@ def _read_goose(reading: _Reading) -> list[Migration]:
             raise SourceError(
                 f"{entry}: goose migrations are named <version>_<name>.sql (goose refuses this name); rename it"
             )
-        data, text = _read(entry)
+        data, text, error = _read_soft(entry)
+        if error is not None:
+            migrations.append(reading.build(version=match["version"], name=match["name"], path=entry, text="",
+                                            checksum=_sha256(data), error=error))
+            continue
         migrations.append(_goose_migration(reading, entry, match["version"], match["name"], data, text))
     return migrations
 
@@ -571,30 +637,28 @@ def _read_flyway(reading: _Reading) -> list[Migration]:
             raise SourceError(f"{orphan}: undo migration without its versioned migration; rename it or delete it")
     migrations = []
     for parts, (version, desc, path) in versioned.items():
-        data, text = _read(path)
+        data, text, error = _read_soft(path)
         _flyway_placeholders(reading, path, text)
         undo = undos.get(parts)
-        down_text = None
-        if undo is not None:
-            undo_text = _read(undo)[1]
+        _, undo_text, down_error = reading.read(undo)
+        if undo is not None and undo_text is not None:
             _flyway_placeholders(reading, undo, undo_text)
-            down_text = reading.down_text(undo, undo_text)
         no_transaction = not _flyway_in_transaction(path)
         migrations.append(
             reading.build(
-                version=version, name=desc, path=path, text=text, checksum=_sha256(data),
-                down_path=undo if down_text is not None else None, down_text=down_text,
+                version=version, name=desc, path=path, text=text, checksum=_sha256(data), error=error,
+                down_path=undo, down_text=reading.down_text(undo, undo_text), down_error=down_error,
                 no_transaction=no_transaction,
                 down_no_transaction=undo is not None and not _flyway_in_transaction(undo),
                 order_parts=parts,
             )
         )
     for desc, path in repeatables:
-        data, text = _read(path)
+        data, text, error = _read_soft(path)
         _flyway_placeholders(reading, path, text)
         migrations.append(
             reading.build(
-                version=f"R__{desc}", name="", path=path, text=text, checksum=_sha256(data),
+                version=f"R__{desc}", name="", path=path, text=text, checksum=_sha256(data), error=error,
                 repeatable=True, no_transaction=not _flyway_in_transaction(path),
             )
         )
@@ -660,10 +724,11 @@ def _read_drizzle(reading: _Reading) -> list[Migration]:
             )
         match = _TAG_RE.fullmatch(tag)
         version, name = (match["version"], match["name"]) if match else (str(position), tag)
-        data, text = _read(path)
+        data, text, error = _read_soft(path)
         migrations.append(
             reading.build(
-                version=version, name=name, path=path, text=text, checksum=_sha256(data), order_parts=(position,)
+                version=version, name=name, path=path, text=text, checksum=_sha256(data), error=error,
+                order_parts=(position,),
             )
         )
     known = {f"{tag}.sql" for tag in tags}
@@ -711,14 +776,14 @@ def _read_sqitch(reading: _Reading) -> list[Migration]:
             )
         revert = reading.folder / "revert" / f"{script}.sql"
         verify = reading.folder / "verify" / f"{script}.sql"
-        data, deploy_text = _read(deploy)
+        data, deploy_text, error = _read_soft(deploy)
         revert_path = revert if revert.is_file() else None
-        down_text = reading.down_text(revert_path, _read(revert)[1] if revert_path else None)
+        _, down_text, down_error = reading.read(revert_path)
         verify_text = _read(verify)[1] if verify.is_file() else None
         migrations.append(
             reading.build(
-                version=script, name="", path=deploy, text=deploy_text, checksum=_sha256(data),
-                down_path=revert_path if down_text is not None else None, down_text=down_text,
+                version=script, name="", path=deploy, text=deploy_text, checksum=_sha256(data), error=error,
+                down_path=revert_path, down_text=reading.down_text(revert_path, down_text), down_error=down_error,
                 verify_sql=verify_text if verify_text is not None and _has_sql(verify_text) else None,
                 verify_path=verify if verify_text is not None else None,
                 order_parts=(index,),
@@ -763,13 +828,14 @@ _READERS = {
 
 def _common_findings(migration: Migration, layout: str) -> list[LayoutFinding]:
     findings: list[LayoutFinding] = []
-    sides: list[tuple[Path, str, tuple[Statement, ...], bool, bool]] = [
-        (migration.path, migration.sql, migration.statements, migration.wrapped, migration.no_transaction)
-    ]
+    sides: list[tuple[str, Path, str, tuple[Statement, ...], bool, bool]] = []
+    if migration.statements:
+        sides.append(("up", migration.path, migration.sql, migration.statements, migration.wrapped,
+                      migration.no_transaction))
     if migration.down_path is not None and migration.down_sql is not None and migration.down_statements:
-        sides.append((migration.down_path, migration.down_sql, migration.down_statements, migration.down_wrapped,
-                      migration.down_no_transaction))
-    for path, text, statements, wrapped, no_transaction in sides:
+        sides.append(("down", migration.down_path, migration.down_sql, migration.down_statements,
+                      migration.down_wrapped, migration.down_no_transaction))
+    for side, path, text, statements, wrapped, no_transaction in sides:
         missing = _missing_semicolon(text)
         if missing is not None:
             severity = "error" if layout == "goose" else "warning"
@@ -778,7 +844,7 @@ def _common_findings(migration: Migration, layout: str) -> list[LayoutFinding]:
                    "statement")
             findings.append(LayoutFinding(path, missing[0], missing[1], "layout-missing-semicolon", severity,
                                           f"the last statement does not end with a semicolon: {why}",
-                                          "end the statement with ';'"))
+                                          "end the statement with ';'", side))
         reason = _tool_transaction(layout, statements, wrapped, no_transaction)
         if reason is None:
             continue
@@ -788,7 +854,7 @@ def _common_findings(migration: Migration, layout: str) -> list[LayoutFinding]:
             findings.append(LayoutFinding(
                 path, statement.line, statement.column, "layout-transaction", "error",
                 f"{_excerpt(statement.sql)!r} cannot run inside a transaction block, and {reason}",
-                _TRANSACTION_ADVICE.get(layout, "move the statement into a migration of its own"),
+                _TRANSACTION_ADVICE.get(layout, "move the statement into a migration of its own"), side,
             ))
     return findings
 

@@ -143,6 +143,8 @@ class StepConfig:
     line: int
     explicit: frozenset[str] = frozenset()
     locks: LockPolicy = LockPolicy()
+    #: ``rollback: none``: the migration is declared irreversible; its rollback item is skipped with that reason.
+    irreversible: bool = False
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,8 @@ class Plan:
     chain_rollback: bool | None = None
     #: How column order differences after a down count: ``error`` or ``warn``.
     column_order: str = "error"
+    #: A migration without a down file fails its ``rollback`` item (instead of skipping it) unless declared ``none``.
+    require_down: bool = False
     #: Lint severity per rule id (``error``, ``warning`` or ``off``), overriding the rule's own.
     lint_severity: Mapping[str, str] = field(default_factory=dict)
     #: Lint: flag lock-taking statements on existing objects before ``SET lock_timeout``.
@@ -1192,8 +1196,10 @@ _LOCKS = _Obj(
 _STEP_FIELDS: dict[str, _Node] = {
     "idempotent": _Bool("Applying the migration twice must succeed and change nothing the second time."),
     "rollback": _Literal(
-        {True: True, False: False, "none": False},
-        "Rehearse the down migration: true, or false/none when the migration is declared irreversible.",
+        {True: True, False: False, "none": "none"},
+        "Rehearse the down migration (up, down, up): true; none declares the migration irreversible (its rollback "
+        "item is skipped with that reason, and the atomic item proves a failed up leaves nothing); false turns "
+        "both off.",
     ),
     "backward_compatible": _Union(
         _Bool(),
@@ -1284,6 +1290,10 @@ _PLAN = _Obj(
         "column_order": _Str(
             "How a column order difference after a down counts (it is visible to SELECT * and COPY): error or warn.",
             enum=("error", "warn"),
+        ),
+        "require_down": _Bool(
+            "Every migration needs a down file: one without fails its rollback item instead of skipping it "
+            "(a step with rollback: none is exempt). Default: false."
         ),
         "target": _Obj(
             {"dsn": _Str("Connection string of the database apply migrates.", dsn=True)},
@@ -1616,6 +1626,9 @@ class _Builder:
     def step(self, m: _Map, base: StepConfig, migration: str, line: int, where: str) -> StepConfig:
         replaced = ("idempotent", "rollback", "lint", "preserve_rows", "reason")
         values: dict[str, Any] = {k: m[k] for k in replaced if k in m}
+        if "rollback" in values:
+            values["irreversible"] = values["rollback"] == "none"
+            values["rollback"] = values["rollback"] is True
         compat = base.backward_compatible
         if "backward_compatible" in m:
             given = m["backward_compatible"]
@@ -1789,6 +1802,7 @@ def _build(doc: _Map, *, path: Path, display: str, cwd: Path, sha: str, ctx: _Ct
         schema_matches=bool(doc.get("schema_matches", False)),
         chain_rollback=doc.get("chain_rollback"),
         column_order=doc.get("column_order", "error"),
+        require_down=bool(doc.get("require_down", False)),
         lint_severity=dict(doc.get("lint", {}).get("severity", {})),
         require_lock_timeout=bool(doc.get("lint", {}).get("require_lock_timeout", False)),
         display_path=display,

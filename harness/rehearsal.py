@@ -68,7 +68,10 @@ log = logging.getLogger(__name__)
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
 #: Assertions in the order they run for each migration.
-ASSERTIONS = ("baseline", "lint", "apply", "batch", "locks", "idempotent", "rollback", "backward_compatible", "preserve_rows", "check")
+ASSERTIONS = (
+    "baseline", "lint", "apply", "batch", "locks", "idempotent", "rollback", "atomic", "backward_compatible",
+    "preserve_rows", "check",
+)
 
 
 @dataclass(frozen=True)
@@ -311,8 +314,10 @@ class Rehearsal:
                 items.append(Item(migration, "locks", index))
             if cfg.idempotent:
                 items.append(Item(migration, "idempotent", index))
-            if cfg.rollback:
+            if cfg.rollback or cfg.irreversible:
                 items.append(Item(migration, "rollback", index))
+            if self._wants_atomic(index):
+                items.append(Item(migration, "atomic", index))
             if cfg.backward_compatible.enabled:
                 items.append(Item(migration, "backward_compatible", index))
             if self._seeded and cfg.preserve_rows:
@@ -328,12 +333,26 @@ class Rehearsal:
         if (
             self.migrations
             and len(self.migrations) - 1 > self._baseline
-            and self.migrations[-1].down_statements is not None
+            and self.migrations[-1].has_down
+            and not self.configs[self.migrations[-1].id].irreversible
             and self._chain_enabled()
         ):
             last = len(self.migrations) - 1
             items.append(Item(self.migrations[last], "chain_rollback", last, plan_level=True))
         return items
+
+    def _wants_atomic(self, index: int) -> bool:
+        """Whether migration *index* gets an ``atomic`` item: rollbacks are asked for, and it has no usable down.
+
+        Without a down (none, an empty one, or ``rollback: none``), the
+        failure rehearsal is what is left to prove: the up, run in a
+        transaction that is rolled back, leaves nothing behind.
+        """
+        migration = self.migrations[index]
+        cfg = self.configs[migration.id]
+        if migration.error is not None or migration.down_error is not None:
+            return False
+        return cfg.irreversible or (cfg.rollback and not migration.reversible)
 
     def _chain_enabled(self) -> bool:
         setting = getattr(self.plan, "chain_rollback", None)
@@ -382,6 +401,7 @@ class Rehearsal:
             "batch": self._batch,  # batch (issue 7)
             "idempotent": self._idempotent,
             "rollback": self._rollback,
+            "atomic": self._atomic,
             "backward_compatible": self._compat,
             "preserve_rows": self._preserve_rows,
             "check": self._check,
@@ -572,6 +592,9 @@ class Rehearsal:
     def _apply(self, index: int) -> None:
         if self._steps[index].applied:
             return  # taken in early, from a message sent ahead
+        if self.migrations[index].error is not None:  # the file cannot be run: its items fail, later ones skip
+            self._steps[index].apply_error = self.migrations[index].error
+            return
         if self._trackable(index):
             self._apply_tracked(index)
         else:
@@ -617,10 +640,7 @@ class Rehearsal:
         self._before(index)
         if self._measure and migration.batches:  # batch (issue 7): the batched run needs the state before, first
             step.batched = self._batched_run(migration)
-        if (
-            self._measure and cfg.rollback and migration.down_statements is None and migration.transactional
-            and not step.failure_rehearsal_run
-        ):
+        if self._measure and self._wants_atomic(index) and migration.transactional and not step.failure_rehearsal_run:
             step.failure_rehearsal = self._failure_rehearsal(migration, step)
             step.failure_rehearsal_run = True
         t0 = time.perf_counter()
@@ -664,7 +684,10 @@ class Rehearsal:
     def _trackable(self, index: int) -> bool:
         """Whether migration *index* can be applied and proved with incremental snapshots."""
         migration = self.migrations[index]
-        return self._tracking and migration.transactional and _trackable_statements(migration.statements)
+        return (
+            self._tracking and migration.error is None and migration.transactional
+            and _trackable_statements(migration.statements)
+        )
 
     def _exchange(self, script: str) -> list[tracking.Delta]:
         """Send *script* (several statements, one message) and return its deltas in order."""
@@ -710,7 +733,7 @@ class Rehearsal:
         if delta is not None:
             seconds = delta.seconds
         else:
-            if self._measure and cfg.rollback and migration.down_statements is None:
+            if self._measure and self._wants_atomic(index):
                 step.failure_rehearsal = self._failure_rehearsal(migration, step)
                 step.failure_rehearsal_run = True
             measured = self._measure and cfg.locks.enabled and index > self._baseline
@@ -783,8 +806,8 @@ class Rehearsal:
         down = migration.down_statements
         return (
             ahead and cfg.idempotent,
-            ahead and cfg.rollback and down is not None and migration.down_transactional
-            and _trackable_statements(down),
+            ahead and cfg.rollback and migration.reversible and down is not None and migration.down_transactional
+            and _tool_refusal(migration, "down") is None and _trackable_statements(down),
         )
 
     def _ahead_script(self, index: int) -> str | None:
@@ -814,7 +837,7 @@ class Rehearsal:
         if cfg.backward_compatible.enabled and cfg.backward_compatible.queries:
             return False
         _again, down = self._ahead_parts(index)
-        return not (cfg.rollback and migration.down_statements is not None and not down)
+        return not (cfg.rollback and migration.reversible and not down)
 
     def _apply_streamable(self, index: int) -> bool:
         """Whether migration *index* can be applied by a message sent ahead (no lock measurement, no failure rehearsal)."""
@@ -822,7 +845,7 @@ class Rehearsal:
         cfg = self.configs[migration.id]
         return (
             self._measure and index > self._baseline and self._trackable(index) and not cfg.locks.enabled
-            and not (cfg.rollback and migration.down_statements is None)
+            and not self._wants_atomic(index)
         )
 
     def _send(self, segments: list[tuple[int, str, str]]) -> None:
@@ -958,14 +981,26 @@ class Rehearsal:
             severities=self.plan.lint_severity,
             require_lock_timeout=self.plan.require_lock_timeout,
         )
+        findings += _load_findings(migration, findings)
         errors = [f for f in findings if f.severity == "error" and not f.allowed]
         shown = lint_mod.format_findings(findings)
+        quirks = "\n".join(f"{f}\n    {f.advice}" for f in migration.findings)  # the layout's tool's view
+        shown = "\n".join(part for part in (shown, quirks) if part)
         if errors:
             return Outcome(FAILED, shown, details={"findings": len(findings)})
+        if not migration.statements and migration.error is None:
+            shown = "\n".join(part for part in (shown, "the migration holds no SQL: a no-op, recorded like any other")
+                              if part)
         return Outcome(PASSED, shown)
 
     def _apply_item(self, item: Item) -> Outcome:
         step = self._steps[item.index]
+        refusal = _tool_refusal(item.migration, "up")
+        if refusal is not None:
+            # The state moves on (the harness can run it), so the rest of the history is still rehearsed.
+            raise _Fail(
+                f"{refusal}\nThe rehearsal applied it as migration-harness runs it, to rehearse the migrations after it."
+            )
         return Outcome(PASSED, f"applied in {step.apply_seconds * 1000:.1f} ms")
 
     # ---------------------------------------------------------------- locks (issue 5: measured safety)
@@ -1112,23 +1147,36 @@ class Rehearsal:
         return None
 
     def _rollback(self, item: Item) -> Outcome:
+        """up → down → up: the down restores the state before the up, and the up then reproduces its state.
+
+        Passes only when a down ran and restored the states.  A declared
+        irreversible migration (``rollback: none``) and one without a down
+        file are skipped with the reason (or fail, without a down, where the
+        plan says ``require_down``); an empty down fails with what the up
+        left that it does not undo; a down the layout's tool cannot run fails.
+        """
         migration = item.migration
+        cfg = self.configs[migration.id]
         step = self._steps[item.index]
         assert step.before is not None and step.after is not None
-        if migration.down_statements is None:
-            if not migration.transactional:
+        if cfg.irreversible:
+            why = f": {cfg.reason}" if cfg.reason else ""
+            return Outcome(SKIPPED, f"declared irreversible in the plan (rollback: none){why}")
+        if migration.down_error is not None:
+            raise _Fail(f"the down migration of {migration.id} cannot be run:\n{migration.down_error}")
+        if not migration.has_down:
+            if getattr(self.plan, "require_down", False):
                 raise _Fail(
-                    f"{migration.id} has no down migration and cannot run inside a transaction, so a failure "
-                    f"cannot be rolled back. Add {migration.path.with_suffix('').name}.down.sql, or declare "
-                    "`rollback: none` for this step in the plan."
+                    f"{migration.id} has no down migration, and the plan requires one (require_down: true). Add "
+                    f"{_down_file_hint(migration)}, or declare `rollback: none` for this step in the plan"
                 )
-            if step.failure_rehearsal:
-                raise _Fail(f"{migration.id} has no down migration and {step.failure_rehearsal}")
-            return Outcome(
-                PASSED,
-                "no down migration: a failure rehearsal (up inside a rolled-back transaction) left nothing behind",
-            )
-        assert migration.down_path is not None
+            return Outcome(SKIPPED, "no down migration")
+        if not migration.reversible:
+            return self._empty_down(item)
+        refusal = _tool_refusal(migration, "down")
+        if refusal is not None:
+            raise _Fail(f"the down migration of {migration.id} fails as its layout's tool runs it:\n{refusal}")
+        assert migration.down_path is not None and migration.down_statements is not None
         self._await_ahead(item.index)
         if step.down is not None and step.reup is not None and step.after_state is not None:
             self._rollback_tracked(item)
@@ -1170,6 +1218,43 @@ class Rehearsal:
                     f"{format_changes(changes)}"
                 )
         return Outcome(PASSED, "up → down → up: down restores the previous schema and data, up reproduces it")
+
+    def _empty_down(self, item: Item) -> Outcome:
+        """An empty down restores the state only when the up changed nothing."""
+        migration = item.migration
+        step = self._steps[item.index]
+        assert step.before is not None and step.after is not None and migration.down_path is not None
+        changes = diff_snapshots(step.before, step.after)
+        before_data = step.before_data or {}
+        after_data = step.after_data or {}
+        written = sorted(t for t in step.touched if t in before_data and after_data.get(t) != before_data[t])
+        if not changes and not written:
+            return Outcome(PASSED, "the down is empty and the up changes neither schema nor data: nothing to undo")
+        stays = format_changes(changes) if changes else ""
+        if written:
+            stays = "\n".join(p for p in (stays, "data written in: " + ", ".join(written)) if p)
+        raise _Fail(
+            f"the down migration {relpath(migration.down_path)} is empty (no SQL), so rolling back {migration.id} "
+            f"would leave what its up did (before → after up):\n{stays}\nWrite the SQL that undoes it, or declare "
+            "the migration irreversible with `rollback: none` on its step in the plan (the item is then skipped "
+            "with that reason)"
+        )
+
+    def _atomic(self, item: Item) -> Outcome:
+        """A migration without a usable down: the up, run in a transaction that is rolled back, leaves nothing."""
+        migration = item.migration
+        step = self._steps[item.index]
+        if not migration.transactional:
+            return Outcome(
+                SKIPPED,
+                "runs outside a transaction (a statement PostgreSQL refuses in one, a batch, or the layout says so): "
+                "a failure part-way keeps the statements already run, so there is no rollback to prove",
+            )
+        if not step.failure_rehearsal_run:
+            return Outcome(SKIPPED, f"{migration.id} was applied before its failure rehearsal could run")
+        if step.failure_rehearsal:
+            raise _Fail(f"{migration.id} is not undone by rolling back its transaction: {step.failure_rehearsal}")
+        return Outcome(PASSED, "the up, run in a transaction that was rolled back, left nothing behind")
 
     def _rollback_tracked(self, item: Item) -> None:
         """Judge the tracked down and up-again runs of the item's migration (messages as the untracked path).
@@ -1223,14 +1308,22 @@ class Rehearsal:
         self._require_position(item)
         stop = -1
         for index in range(len(self.migrations) - 1, -1, -1):
-            if self.migrations[index].down_statements is None:
+            migration = self.migrations[index]
+            if migration.down_error is not None:
+                raise _Fail(f"the chain breaks at {migration.id}: its down migration cannot be run:\n"
+                            f"{migration.down_error}")
+            refusal = _tool_refusal(migration, "down")
+            if refusal is not None and migration.reversible:
+                raise _Fail(f"the chain breaks at {migration.id}: its down fails as its layout's tool runs it:\n"
+                            f"{refusal}")
+            if not migration.reversible or self.configs[migration.id].irreversible:
                 stop = index
                 break
         baseline = self._baseline >= 0 and self._baseline > stop
         stop = max(stop, self._baseline)  # migrations up to the baseline are out of scope
         chain = list(range(len(self.migrations) - 1, stop, -1))
         if not chain:
-            return Outcome(SKIPPED, f"{self.migrations[-1].id} has no down migration: there is no chain to roll back")
+            return Outcome(SKIPPED, f"{self.migrations[-1].id} cannot be rolled back: there is no chain to roll back")
         transactional = all(
             self.migrations[i].transactional and self.migrations[i].down_transactional for i in chain
         )
@@ -1246,7 +1339,7 @@ class Rehearsal:
         elif baseline:
             where = f"the baseline {self.migrations[stop].id}"
         else:
-            where = f"{self.migrations[stop].id} (it has no down migration)"
+            where = f"{self.migrations[stop].id} (it cannot be rolled back)"
         if column_order_only:
             message = (
                 "column order differs after down (visible to SELECT * and COPY):\n  " + "\n  ".join(column_order_only)
@@ -1589,6 +1682,34 @@ def _changed_data(
         return (table_fingerprints(conn, now.nodes) if now.nodes else {}), True
     now, touched = _touched(conn, start, nodes_before)
     return (table_fingerprints(conn, touched) if touched else {}), now.catalog > start.catalog
+
+
+def _tool_refusal(migration: Migration, side: str) -> str | None:
+    """The layout findings of *migration* that say its tool would fail running *side* ("up" or "down")."""
+    errors = [f for f in migration.findings if f.severity == "error" and (f.side == side or (not f.side and side == "up"))]
+    if not errors:
+        return None
+    return "\n".join(f"{relpath(f.path)}:{f.line}:{f.column}: {f.message}; {f.advice}" for f in errors)
+
+
+def _load_findings(migration: Migration, found: Sequence[lint_mod.Finding]) -> list[lint_mod.Finding]:
+    """``parse-error`` findings for the migration's files that could not be read or run, unless lint found them."""
+    out = []
+    for path, error in ((migration.path, migration.error), (migration.down_path, migration.down_error)):
+        if error is None or path is None:
+            continue
+        shown = relpath(path)
+        if any(f.rule == "parse-error" and f.path == shown for f in found):
+            continue
+        out.append(lint_mod.Finding(rule="parse-error", severity="error", message=error, path=shown, line=1, column=1,
+                                    advice="fix the file so that it can be read and parsed", statement=""))
+    return out
+
+
+def _down_file_hint(migration: Migration) -> str:
+    if migration.layout in ("native", "supabase"):
+        return f"{migration.path.with_suffix('').name}.down.sql"
+    return "a down migration"
 
 
 def _script(statements: Sequence[Statement]) -> str:

@@ -108,6 +108,24 @@ _SINGLE_TRANSACTION_RULE = (
 
 
 @dataclass(frozen=True)
+class LayoutFinding:
+    """A quirk of one migration file that the layout's own tool would trip over (or silently ignore)."""
+
+    path: Path
+    line: int
+    column: int
+    rule: str  # stable id, e.g. "layout-transaction"
+    severity: str  # "error": the tool would fail; "warning": it would behave unexpectedly; "info": a note
+    message: str
+    advice: str
+    #: Which part of the migration the tool would trip over: "up", "down", or "" for the whole file.
+    side: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.severity} {self.rule}: {self.message}"
+
+
+@dataclass(frozen=True)
 class Statement:
     """One SQL statement of a migration file, as PostgreSQL's parser split it."""
 
@@ -262,6 +280,13 @@ class Migration:
     order_text: str | None = None
     #: Statements marked ``-- harness:batch`` (issue 7, :mod:`harness.batch`): run in key-range batches.
     batches: tuple[BatchSpec, ...] = ()
+    #: Why the up file cannot be run (unreadable, not UTF-8, does not parse, bad transaction control or
+    #: batch directive), with file and line; ``statements`` is then empty.  Only this migration's items fail.
+    error: str | None = None
+    #: The same for the down file; ``down_statements`` is then ``None``.
+    down_error: str | None = None
+    #: Quirks of this migration's files that its layout's own tool would trip over (:mod:`harness.layouts`).
+    findings: tuple[LayoutFinding, ...] = ()
 
     @property
     def id(self) -> str:
@@ -286,6 +311,21 @@ class Migration:
         """
         # A batched statement (issue 7) commits batch by batch, so its migration runs outside one transaction.
         return not self.no_transaction and not self.batches and all(s.transactional for s in self.statements)
+
+    @property
+    def has_down(self) -> bool:
+        """True when the migration has a down file (or section), even an empty or broken one."""
+        return self.down_path is not None
+
+    @property
+    def down_empty(self) -> bool:
+        """True when the down file (or section) holds no SQL: the usual way to mark a migration irreversible."""
+        return self.down_path is not None and self.down_error is None and not self.down_statements
+
+    @property
+    def reversible(self) -> bool:
+        """True when a down with SQL exists and can be run (not empty, not broken)."""
+        return self.down_error is None and bool(self.down_statements)
 
     @property
     def down_transactional(self) -> bool:
@@ -507,9 +547,9 @@ def _load_native(
     migrations: list[Migration] = []
     # Parse in migration order so that the first error reported is the earliest migration's.
     for (version, name), up_path in sorted(ups.items(), key=lambda kv: (int(kv[0][0]), kv[0][0])):
-        data, text = _read(up_path)
+        data, text, error = _read_soft(up_path)
         down_path = downs.get((version, name))
-        down_text = _read(down_path)[1] if down_path is not None else None
+        down_text, down_error = (_read_soft(down_path)[1:] if down_path is not None else (None, None))
         migrations.append(
             make_migration(
                 version=version,
@@ -522,6 +562,8 @@ def _load_native(
                 target_major=target_major,
                 substitutions=substitutions,
                 layout=layout,
+                error=error,
+                down_error=down_error,
             )
         )
     migrations.sort(key=lambda m: (m.order, m.version))
@@ -541,28 +583,47 @@ def make_migration(
     down_path: Path | None = None,
     down_text: str | None = None,
     layout: str = "native",
+    error: str | None = None,
+    down_error: str | None = None,
     **extra: Any,
 ) -> Migration:
     """Build a :class:`Migration` from the texts of its up and down SQL (for the layout readers).
 
     Substitutions are applied to both texts before they are split; *checksum*
-    is of the file as written.  *extra* sets the layout fields of
-    :class:`Migration` (``no_transaction``, ``repeatable``, ``order_parts``, ...).
+    is of the file as written.  A file that cannot be run (it does not parse,
+    manages transactions other than with one ``BEGIN; ... COMMIT;``, has a bad
+    batch directive) does not stop the folder from loading: the problem is
+    kept in :attr:`Migration.error` (or ``down_error``), and only that
+    migration's items fail.  *error* and *down_error* pass in a problem the
+    reader found already (a file it could not read).  *extra* sets the
+    layout fields of :class:`Migration` (``no_transaction``, ``repeatable``,
+    ``order_parts``, ...).
     """
+    from .batch import find_batches  # batch builds on this module's Migration and Statement
+
+    statements: tuple[Statement, ...] = ()
+    wrapped = False
+    batches: tuple[BatchSpec, ...] = ()
     text = apply_substitutions(text, substitutions)
-    statements, wrapped = _file_statements(text, path, target_major, down=False)
+    if error is None:
+        try:
+            statements, wrapped = _file_statements(text, path, target_major)
+            batches = find_batches(text, statements, path, wrapped=wrapped)
+        except SourceError as exc:
+            statements, wrapped, batches, error = (), False, (), str(exc)
     down_statements: tuple[Statement, ...] | None = None
     down_wrapped = False
-    if down_text is not None and down_path is not None:
+    if down_path is not None and down_text is not None:
         down_text = apply_substitutions(down_text, substitutions)
-        down_statements, down_wrapped = _file_statements(down_text, down_path, target_major, down=True)
+        if down_error is None:
+            try:
+                down_statements, down_wrapped = _file_statements(down_text, down_path, target_major)
+                find_batches(down_text, down_statements, down_path, down=True)  # refuses a directive in a down
+            except SourceError as exc:
+                down_statements, down_wrapped, down_error = None, False, str(exc)
+    elif down_error is None:
+        down_path = None
     verify = extra.pop("verify_sql", None)
-    # Batched data migrations (issue 7): `-- harness:batch` directives, validated and rewritten when loaded.
-    from .batch import find_batches
-
-    batches = find_batches(text, statements, path, wrapped=wrapped)
-    if down_text is not None and down_path is not None and down_statements is not None:
-        find_batches(down_text, down_statements, down_path, down=True)  # refuses a directive in a down
     return Migration(
         version=version,
         name=name,
@@ -571,13 +632,15 @@ def make_migration(
         checksum=checksum,
         statements=statements,
         wrapped=wrapped,
-        down_path=down_path if down_text is not None else None,
+        down_path=down_path,
         down_sql=down_text,
         down_statements=down_statements,
         down_wrapped=down_wrapped,
         verify_sql=apply_substitutions(verify, substitutions) if verify is not None else None,
         layout=layout,
         batches=batches,
+        error=error,
+        down_error=down_error,
         **extra,
     )
 
@@ -638,6 +701,23 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _read_soft(path: Path) -> tuple[bytes, str, str | None]:
+    """Like :func:`_read`, but a file that cannot be read gives ``(bytes so far, "", why)`` instead of raising.
+
+    A migration file that cannot be read fails that migration's items; it
+    does not stop the rest of the folder from loading.
+    """
+    try:
+        data, text = _read(path)
+    except SourceError as exc:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""
+        return data, "", str(exc)
+    return data, text, None
+
+
 def _read(path: Path) -> tuple[bytes, str]:
     """The file's bytes and its text (UTF-8, a leading byte-order mark dropped)."""
     try:
@@ -660,10 +740,13 @@ def _read(path: Path) -> tuple[bytes, str]:
     return data, text.removeprefix("\ufeff")
 
 
-def _file_statements(
-    text: str, path: Path, target_major: int | None, *, down: bool
-) -> tuple[tuple[Statement, ...], bool]:
-    """The file's statements with any file-level BEGIN/COMMIT removed, and whether there was one."""
+def _file_statements(text: str, path: Path, target_major: int | None) -> tuple[tuple[Statement, ...], bool]:
+    """The file's statements with any file-level BEGIN/COMMIT removed, and whether there was one.
+
+    An empty or comment-only file gives no statements: every tool we read
+    accepts one (a placeholder up is a no-op migration; an empty down marks
+    the migration irreversible, which the ``rollback`` item reports).
+    """
     statements = parse_sql(text, path, target_major=target_major)
     wrapped = len(statements) >= 2 and statements[0].control == "begin" and statements[-1].control == "commit"
     if wrapped:
@@ -698,14 +781,6 @@ def _file_statements(
             f"{where}: {_excerpt(statement.sql)!r} is not allowed here: {_SINGLE_TRANSACTION_RULE}. Remove it, "
             "or split the file into separate migrations"
         )
-    if not statements:
-        what = "down migration" if down else "migration"
-        inside = " between its BEGIN and COMMIT" if wrapped else ""
-        if down:
-            fix = "write its SQL, or delete the down file if the migration cannot be undone"
-        else:
-            fix = "write its SQL, or delete the file"
-        raise SourceError(f"{path}: the {what} has no SQL statements{inside} (empty or only comments); {fix}")
     return tuple(statements), wrapped
 
 

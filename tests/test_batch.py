@@ -7,6 +7,8 @@ batches and applies again.
 
 from __future__ import annotations
 
+import re
+
 import os
 import signal
 import textwrap
@@ -101,18 +103,19 @@ def test_directive_key_is_folded_like_an_identifier(tmp_path: Path) -> None:
     ids=lambda v: v if isinstance(v, str) and len(v) < 40 and "\n" not in v else None,
 )
 def test_bad_directives_name_file_and_line(tmp_path: Path, text: str, where: str, fragment: str) -> None:
-    with pytest.raises(SourceError) as info:
-        _load(tmp_path, {"1_bad.sql": text})
-    message = str(info.value)
+    # A bad directive fails its own migration (its apply item), not the whole folder.
+    [migration] = _load(tmp_path, {"1_bad.sql": text})
+    message = migration.error or ""
     assert f"1_bad.sql{where}" in message, message
     assert fragment in message, message
-    assert info.value.exit_code == 2
+    assert migration.statements == () and migration.batches == ()
 
 
 def test_directive_in_a_down_migration_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match=r"1_a\.down\.sql:1: harness:batch in a down migration"):
-        _load(tmp_path, {"1_a.sql": "UPDATE t SET n = 1;\n",
-                         "1_a.down.sql": "-- harness:batch key=id\nUPDATE t SET n = 0;\n"})
+    [migration] = _load(tmp_path, {"1_a.sql": "UPDATE t SET n = 1;\n",
+                                   "1_a.down.sql": "-- harness:batch key=id\nUPDATE t SET n = 0;\n"})
+    assert migration.error is None and not migration.reversible
+    assert re.search(r"1_a\.down\.sql:1: harness:batch in a down migration", migration.down_error or "")
 
 
 @pytest.mark.parametrize(

@@ -672,7 +672,7 @@ def test_schema_is_draft_2020_12() -> None:
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
         "name", "root", "migrations", "layout", "substitutions", "baseline", "target", "mode", "rehearsal",
-        "defaults", "steps", "guards", "health", "backup", "hooks", "schema", "schema_matches", "chain_rollback", "column_order", "lint",
+        "defaults", "steps", "guards", "health", "backup", "hooks", "schema", "schema_matches", "chain_rollback", "column_order", "require_down", "lint",
     }
 
 

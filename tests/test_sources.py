@@ -357,11 +357,6 @@ def test_numeric_ordering(tmp_path: Path) -> None:
     ]
 
 
-def test_empty_folder_has_no_migrations(tmp_path: Path) -> None:
-    write(tmp_path, {"README.md": "nothing yet", ".hidden.sql": "garbage", "sub/1_x.sql": "garbage"})
-    assert load_migrations(tmp_path) == []
-
-
 def test_checksum_changes_with_one_byte(tmp_path: Path) -> None:
     path = tmp_path / "1_a.sql"
     path.write_bytes(b"SELECT 1;\n")
@@ -458,11 +453,6 @@ BAD_INPUT = [
     ("bad-name-dot", {"0001_add.users.sql": "SELECT 1;"}, ["0001_add.users.sql", "does not fit the pattern"]),
     ("bad-name-upper-suffix", {"0001_add.SQL": "SELECT 1;"}, ["0001_add.SQL", "does not fit the pattern"]),
     ("bad-name-empty-name", {"0001_.sql": "SELECT 1;"}, ["0001_.sql", "does not fit the pattern"]),
-    ("empty-file", {"1_a.sql": ""}, ["1_a.sql", "no SQL statements", "empty or only comments"]),
-    ("blank-file", {"1_a.sql": "\n  \n"}, ["1_a.sql", "no SQL statements"]),
-    ("comments-only", {"1_a.sql": "-- TODO; later\n/* SELECT 1; */\n"}, ["1_a.sql", "no SQL statements"]),
-    ("empty-down", {"1_a.sql": "SELECT 1;", "1_a.down.sql": "-- nothing\n"}, ["1_a.down.sql", "down migration"]),
-    ("wrapper-only", {"1_a.sql": "BEGIN;\n-- later\nCOMMIT;\n"}, ["1_a.sql", "between its BEGIN and COMMIT"]),
     ("not-utf8", {"1_a.sql": b"SELECT 1;\nSELECT '\xe9t\xe9';\n"}, ["1_a.sql:2:9:", "not valid UTF-8", "0xe9"]),
     ("not-utf8-down", {"1_a.sql": "SELECT 1;", "1_a.down.sql": b"\xff"}, ["1_a.down.sql:1:1:", "not valid UTF-8"]),
     ("nul-character", {"1_a.sql": "SELECT 1;\nSELECT 2;\x00DROP TABLE x;"}, ["1_a.sql:2:10:", "NUL"]),
@@ -509,15 +499,88 @@ BAD_INPUT = [
 ]
 
 
+# Problems of the folder as a whole: the tool itself refuses the folder, and so does the harness.
+FOLDER_PROBLEMS = {"duplicate-version", "down-without-up", "down-with-mismatched-name"} | {
+    c[0] for c in BAD_INPUT if c[0].startswith("bad-name")
+}
+
+
 @pytest.mark.parametrize(("files", "fragments"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
-def test_bad_input(tmp_path: Path, files: dict[str, str | bytes], fragments: list[str]) -> None:
+def test_bad_input(
+    request: pytest.FixtureRequest, tmp_path: Path, files: dict[str, str | bytes], fragments: list[str]
+) -> None:
+    """A bad file fails only its own migration (with file, line and advice); a bad folder is refused."""
     write(tmp_path, files)
-    with pytest.raises(SourceError) as info:
-        load_migrations(tmp_path)
-    message = str(info.value)
+    write(tmp_path, {"0_fine.sql": "CREATE TABLE fine (id int);", "0_fine.down.sql": "DROP TABLE fine;"})
+    case = request.node.callspec.id
+    if case in FOLDER_PROBLEMS:
+        with pytest.raises(SourceError) as info:
+            load_migrations(tmp_path)
+        message = str(info.value)
+    else:
+        fine, broken = load_migrations(tmp_path)
+        assert fine.error is None and fine.down_error is None and fine.reversible
+        assert (broken.error is None) != (broken.down_error is None)  # exactly one side is broken
+        message = broken.error or broken.down_error or ""
+        if broken.error is not None:
+            assert broken.statements == ()
+        else:
+            assert broken.down_statements is None and not broken.reversible
     for fragment in fragments:
         assert fragment in message
     assert str(tmp_path) in message
+
+
+EMPTY_FILES = [
+    ("empty-file", {"1_a.sql": ""}),
+    ("blank-file", {"1_a.sql": "\n  \n"}),
+    ("comments-only", {"1_a.sql": "-- TODO; later\n/* SELECT 1; */\n"}),
+    ("wrapper-only", {"1_a.sql": "BEGIN;\n-- later\nCOMMIT;\n"}),
+]
+
+
+@pytest.mark.parametrize("files", [c[1] for c in EMPTY_FILES], ids=[c[0] for c in EMPTY_FILES])
+def test_an_empty_up_file_is_a_no_op_migration(tmp_path: Path, files: dict[str, str]) -> None:
+    write(tmp_path, files)
+    (m,) = load_migrations(tmp_path)
+    assert m.error is None and m.statements == () and m.transactional
+    assert m.checksum == hashlib.sha256((tmp_path / "1_a.sql").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("down", ["", "-- nothing to undo\n", "BEGIN;\nCOMMIT;\n", "/* irreversible */"])
+def test_an_empty_down_file_is_kept_as_an_empty_down(tmp_path: Path, down: str) -> None:
+    write(tmp_path, {"1_a.sql": "CREATE TABLE a (id int);", "1_a.down.sql": down})
+    (m,) = load_migrations(tmp_path)
+    assert m.has_down and m.down_empty and not m.reversible
+    assert m.down_statements == () and m.down_error is None
+
+
+def test_a_folder_without_migrations_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path, {"README.md": "nothing yet", ".hidden.sql": "garbage", "sub/1_x.sql": "garbage"})
+    with pytest.raises(SourceError) as info:
+        load_migrations(tmp_path)
+    assert info.value.exit_code == EXIT_USAGE
+    assert f"no migration found in {tmp_path}" in str(info.value)
+    assert "<version>_<name>.sql" in str(info.value) and "sub" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("files", "named"),
+    [
+        ({"migration_lock.toml": 'provider = "postgresql"\n', "20240101000000_init/migration.sql": "SELECT 1;"},
+         "Prisma Migrate"),
+        ({"20240101000000_init/migration.sql": "SELECT 1;"}, "Prisma Migrate"),
+        ({"atlas.sum": "h1:x=\n", "20240101000000_init.sql.txt": "SELECT 1;"}, "Atlas"),
+        ({"env.py": "", "versions/abc_init.py": ""}, "Alembic"),
+        ({"1700000000000_init.js": "exports.up = () => {};"}, "migrations written in code (.js files)"),
+    ],
+    ids=["prisma", "prisma-without-lock", "atlas", "alembic", "knex"],
+)
+def test_a_folder_of_a_layout_we_do_not_read_is_named(tmp_path: Path, files: dict[str, str], named: str) -> None:
+    write(tmp_path, files)
+    with pytest.raises(SourceError) as info:
+        load_migrations(tmp_path)
+    assert named in str(info.value) and "does not read" in str(info.value)
     assert info.value.exit_code == EXIT_USAGE == 2
 
 
