@@ -70,6 +70,8 @@ __all__ = [
     "memory_dir",
     "runtime_dir",
     "server_root",
+    "SESSION_SETTINGS",
+    "session_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,46 @@ _THROWAWAY_SETTINGS = {
     # throwaway server gets, about 1 MB of memory per server started.
     "dynamic_shared_memory_type": "mmap",
 }
+
+# Settings of every session the harness opens on a rehearsal server
+# (Server.connect), sent with the connection (libpq ``options``) so that they
+# hold for the whole session, RESET included, and change nothing
+# server-wide.  A server the user brings (provider dsn, docker) has its own
+# defaults and role or database settings; these make a rehearsal there
+# behave as on a throwaway server:
+# - jit: PostgreSQL's default is on, and the snapshot and tracking queries
+#   (many joins, so a high estimated cost) were JIT-compiled on every call,
+#   ten times slower than running them.  Migrations in a rehearsal run in
+#   these sessions too; their verdicts do not depend on JIT.
+# - statement_timeout, lock_timeout, idle_in_transaction_session_timeout,
+#   idle_session_timeout (14+), transaction_timeout (17+): a rehearsal's
+#   verdicts must not depend on limits set for the scratch server's role (a
+#   big seed or a long data migration cancelled, a session idle between
+#   pytest items closed).  Nothing else takes locks in a rehearsal's
+#   databases; the plan's own timeouts are for apply (``guards``).
+# Apply's sessions on a target keep the target's settings; only its catalog
+# reads turn JIT off, for their own statements (snapshot._PINNED_SETTINGS).
+SESSION_SETTINGS: tuple[tuple[str, str, int], ...] = (
+    # (name, value, first major version that has it)
+    ("jit", "off", 0),
+    ("statement_timeout", "0", 0),
+    ("lock_timeout", "0", 0),
+    ("idle_in_transaction_session_timeout", "0", 0),
+    ("idle_session_timeout", "0", 14),
+    ("transaction_timeout", "0", 17),
+)
+
+
+def session_options(dsn: str, major: int) -> str:
+    """The libpq ``options`` for a harness session on a server of *major*: the DSN's own (or ``PGOPTIONS``), then ours.
+
+    Later ``-c`` options win: the settings of :data:`SESSION_SETTINGS` hold
+    whatever the DSN says; other options in it are kept.
+    """
+    given = conninfo_to_dict(dsn).get("options")
+    own = " ".join(f"-c {name}={value}" for name, value, since in SESSION_SETTINGS if major >= since)
+    base = str(given) if given is not None else os.environ.get("PGOPTIONS", "")
+    return f"{base} {own}".strip()
 
 
 # --------------------------------------------------------------------------
@@ -672,8 +714,14 @@ class Server:
         return f"PostgreSQL {self.version} ({self.provider}) at {describe_dsn(self.dsn())}"
 
     def connect(self, dbname: str = "postgres", *, autocommit: bool = True) -> psycopg.Connection:
-        """Open a connection to *dbname*."""
-        return psycopg.connect(self.dsn(dbname), autocommit=autocommit)
+        """Open a connection to *dbname*, with the harness's session settings (:data:`SESSION_SETTINGS`)."""
+        dsn = self.dsn(dbname)
+        return psycopg.connect(dsn, autocommit=autocommit, options=session_options(dsn, self._major_or_zero()))
+
+    def _major_or_zero(self) -> int:
+        # "16beta2", "17devel": the leading number; 0 (only settings every version has) when unknown.
+        found = re.match(r"\d+", self.version)
+        return int(found.group()) if found else 0
 
     def create_database(self, name: str, template: str | None = None) -> None:
         """Create database *name*, optionally as a copy of *template*."""
@@ -856,7 +904,8 @@ class DsnServer(Server):
         params = conninfo_to_dict(dsn)
         self._maintenance_db = str(params.get("dbname") or "postgres")
         try:
-            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            # Version unknown yet: the settings every version has.
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=10, options=session_options(dsn, 0)) as conn:
                 self.version = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
                 row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
                 self.superuser = bool(row and row[0])

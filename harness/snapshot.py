@@ -95,6 +95,12 @@ _PINNED_SETTINGS = (
     ("bytea_output", "hex"),
     ("quote_all_identifiers", "off"),
     ("plan_cache_mode", "force_generic_plan"),
+    # The catalog query joins many catalogs, so its estimated cost is high:
+    # with PostgreSQL's default jit = on it was compiled on every call, which
+    # cost ten times running it.  Pinned here for sessions the harness does
+    # not open itself (apply's target); its own are set at connect
+    # (harness.postgres.SESSION_SETTINGS).
+    ("jit", "off"),
 )
 # One statement reads the current values (the MATERIALIZED CTE is evaluated
 # first) and sets the pinned ones; it also says whether this session already
