@@ -335,8 +335,10 @@ def _sections(text: str, keep: set[int]) -> str:
 
 
 def _read_native(reading: _Reading) -> list[Migration]:
+    # Supabase's CLI skips a file whose name does not fit, with a warning; so does the harness, with a finding.
     return _load_native(
-        reading.folder, target_major=reading.target_major, substitutions=reading.substitutions, layout=reading.layout
+        reading.folder, target_major=reading.target_major, substitutions=reading.substitutions, layout=reading.layout,
+        ignore=lambda path, why: _ignored(reading, path, why),
     )
 
 

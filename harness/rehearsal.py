@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1701,9 +1702,16 @@ def _load_findings(migration: Migration, found: Sequence[lint_mod.Finding]) -> l
         shown = relpath(path)
         if any(f.rule == "parse-error" and f.path == shown for f in found):
             continue
-        out.append(lint_mod.Finding(rule="parse-error", severity="error", message=error, path=shown, line=1, column=1,
-                                    advice="fix the file so that it can be read and parsed", statement=""))
+        # The message starts with the file's own position ("<path>:<line>:<column>: "); show it once.
+        where = _POSITION.match(error)
+        line, column, message = (int(where[2]), int(where[3]), where[4]) if where else (1, 1, error)
+        out.append(lint_mod.Finding(rule="parse-error", severity="error", message=message, path=shown, line=line,
+                                    column=column, advice="fix the file so that it can be read and parsed",
+                                    statement=""))
     return out
+
+
+_POSITION = re.compile(r"(.*?):([0-9]+):([0-9]+): (.*)", re.DOTALL)
 
 
 def _down_file_hint(migration: Migration) -> str:

@@ -446,7 +446,8 @@ def load_migrations(
     folder = _check_folder(Path(directory))
     migrations, findings = layouts.read_folder(folder, layout, target_major=target_major, substitutions=substitutions)
     for finding in findings:
-        log.info("%s", finding)
+        # A skipped file belongs to no migration, so no item reports it: say it louder.
+        log.log(logging.WARNING if finding.rule == "layout-ignored-file" else logging.INFO, "%s", finding)
     return migrations
 
 
@@ -502,9 +503,19 @@ def _listing(folder: Path) -> list[Path]:
 
 
 def _load_native(
-    folder: Path, *, target_major: int | None, substitutions: Sequence[Any], layout: str = "native"
+    folder: Path,
+    *,
+    target_major: int | None,
+    substitutions: Sequence[Any],
+    layout: str = "native",
+    ignore: Callable[[Path, str], None] | None = None,
 ) -> list[Migration]:
-    """The native (and Supabase) layout: ``<version>_<name>.sql`` and ``<version>_<name>.down.sql``."""
+    """The native (and Supabase) layout: ``<version>_<name>.sql`` and ``<version>_<name>.down.sql``.
+
+    A ``.sql`` file whose name fits neither pattern is refused, or, with
+    *ignore*, handed to it and skipped (as the Supabase CLI skips it:
+    "file name must match pattern").
+    """
     entries = _listing(folder)
     ups: dict[tuple[str, str], Path] = {}
     downs: dict[tuple[str, str], Path] = {}
@@ -519,6 +530,8 @@ def _load_native(
             downs[(down["version"], down["name"])] = entry
         elif up:
             ups[(up["version"], up["name"])] = entry
+        elif ignore is not None:
+            ignore(entry, f"the name does not fit the pattern {_PATTERN_HELP}")
         else:
             raise SourceError(
                 f"{entry}: the file name {entry.name!r} does not fit the pattern {_PATTERN_HELP}; rename the file, "

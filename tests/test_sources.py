@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import EXIT_USAGE, SourceError
+from harness.layouts import layout_findings
 from harness.sources import Migration, Statement, checksum, load_migrations, parse_sql
 
 DATA = Path(__file__).parent / "data" / "sources"
@@ -500,9 +501,9 @@ BAD_INPUT = [
 
 
 # Problems of the folder as a whole: the tool itself refuses the folder, and so does the harness.
-FOLDER_PROBLEMS = {"duplicate-version", "down-without-up", "down-with-mismatched-name"} | {
-    c[0] for c in BAD_INPUT if c[0].startswith("bad-name")
-}
+FOLDER_PROBLEMS = {"duplicate-version", "down-without-up", "down-with-mismatched-name"}
+# A file whose name fits no pattern is skipped with a warning finding, as the Supabase CLI skips it.
+SKIPPED_NAMES = {c[0] for c in BAD_INPUT if c[0].startswith("bad-name")}
 
 
 @pytest.mark.parametrize(("files", "fragments"), [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
@@ -513,7 +514,13 @@ def test_bad_input(
     write(tmp_path, files)
     write(tmp_path, {"0_fine.sql": "CREATE TABLE fine (id int);", "0_fine.down.sql": "DROP TABLE fine;"})
     case = request.node.callspec.id
-    if case in FOLDER_PROBLEMS:
+    if case in SKIPPED_NAMES:
+        (fine,) = load_migrations(tmp_path)
+        assert fine.id == "0_fine"
+        (finding,) = layout_findings(tmp_path)
+        assert finding.rule == "layout-ignored-file" and finding.severity == "warning"
+        message = f"{finding.path}: {finding.message}"
+    elif case in FOLDER_PROBLEMS:
         with pytest.raises(SourceError) as info:
             load_migrations(tmp_path)
         message = str(info.value)
