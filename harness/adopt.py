@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -518,10 +518,18 @@ def adopt(
 # Reports
 
 
-def format_foreign(matches: Sequence[Match]) -> str:
-    """A section per foreign history for ``harness status``: what it says is applied, and its problems."""
+def format_foreign(matches: Sequence[Match], recorded: Collection[str] = ()) -> str:
+    """A section per foreign history for ``harness status``: what it says is applied, and its problems.
+
+    *recorded* holds the ids of the migrations ``harness.schema_migrations``
+    has: when it has every one a history lists, that history is adopted
+    already and ``harness adopt`` is not advised.
+    """
     out: list[str] = []
+    pending = False
     for match in matches:
+        adopted = all(m.id in recorded for m in match.applied)
+        pending = pending or not adopted or bool(match.problems)
         h = match.history
         head = f"Foreign history {h.table} ({h.tool}): {len(match.applied)} applied"
         if h.up_to is not None:
@@ -531,7 +539,9 @@ def format_foreign(matches: Sequence[Match]) -> str:
             out.append(f"  {m.id}")
         for problem in match.problems:
             out.append(f"  PROBLEM: {problem}")
+        if adopted and not match.problems:
+            out.append("  adopted: harness.schema_migrations records every migration it lists")
         out.append("")
-    if out:
+    if out and pending:
         out.append("Run `harness adopt PLAN` to record the foreign history in harness.schema_migrations.")
     return "\n".join(out).rstrip("\n")

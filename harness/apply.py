@@ -56,25 +56,28 @@ from typing import Any, TextIO, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from . import adopt, history
 from .batch import BatchSpec, BatchState, next_batch, resolve_target
 from .checks import check_problem
+from .connection import CONNECTION_LOST, RETRYABLE, check_conninfo, classify_connect_error
 from .backup import BackupInfo, prune_backups, take_backup, touched_tables
 from .errors import (
     BackupError,
     CheckFailed,
     ConfigError,
-    ConnectionFailed,
+    ConnectionRefusedByConfig,
     GuardError,
     HarnessError,
     MigrationError,
     SourceError,
+    TargetUnreachable,
 )
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
 from .hooks import HookContext, PythonHook, run_hooks
 from .plan import Check, Hook, Plan
-from .receipt import Receipt, read_receipt, receipt_path, verify_receipt
+from .receipt import Receipt, read_receipt, receipt_path, server_version_problem, verify_receipt
 from .redact import describe_dsn, register_dsn, scrub
 from .runlog import RunLog, ensure_private_dir, human_size, utc_stamp
 from .snapshot import Snapshot, diff_snapshots, format_changes, take_snapshot
@@ -102,16 +105,12 @@ BATCH_PROGRESS_TABLE = "batch_progress"
 #: A console progress line every this many batches (and for the first and the last).
 BATCH_REPORT_EVERY = 10
 
-#: Errors worth another try: the statement may succeed once the other session is done.
-RETRYABLE_SQLSTATES = {
-    "55P03": "lock timeout",
-    "40P01": "deadlock",
-    "40001": "serialization failure",
-}
-# The server went away under us (terminated backend, shutdown, network).
-_CONNECTION_SQLSTATES = ("57P01", "57P02", "57P03")
+#: Errors worth another try (the statement may succeed once the other session is done), by SQLSTATE;
+#: matched by psycopg's classes (harness.connection.RETRYABLE), listed here for reference.
+RETRYABLE_SQLSTATES = {cls.sqlstate: reason for cls, reason in RETRYABLE}
 
 _APPLICATION_NAME = "migration-harness apply"
+_CONNECT_TIMEOUT = 10
 _MAX_DELAY = 60.0
 
 _PROGRESS = sql.SQL("{}.{}").format(sql.Identifier(history.SCHEMA), sql.Identifier(PROGRESS_TABLE))
@@ -345,7 +344,7 @@ class _Run:
                 raise MigrationError(
                     f"database error on {self.where}: {describe_pg_error(exc)}"
                     + (" (a lock held by another session; try again when it is released)"
-                       if exc.sqlstate == "55P03" else "")
+                       if isinstance(exc, psycopg.errors.LockNotAvailable) else "")
                 ) from None
             interrupted = False
         except HarnessError as exc:
@@ -379,6 +378,8 @@ class _Run:
     def _resolve_target(self) -> str | None:
         dsn = self.options.target or self.plan.target_dsn
         if dsn:
+            # A malformed string is a configuration problem, said at once and without the string.
+            check_conninfo(dsn, describe_dsn(dsn))
             return dsn
         if self.production:
             raise ConfigError(
@@ -446,8 +447,8 @@ class _Run:
     def _connect_once(self, *, read_only: bool = False) -> psycopg.Connection[Any]:
         assert self.dsn is not None
         kwargs: dict[str, Any] = {"autocommit": True, "application_name": _APPLICATION_NAME}
-        if "connect_timeout" not in self.dsn:
-            kwargs["connect_timeout"] = 10
+        if "connect_timeout" not in conninfo_to_dict(self.dsn):
+            kwargs["connect_timeout"] = _CONNECT_TIMEOUT
         # Guard queries (catalog snapshots read expressions and so take ACCESS SHARE locks) must not hang
         # behind another session's ACCESS EXCLUSIVE lock: they give up after lock_wait.  Migration
         # statements override this with the plan's lock_timeout (SET LOCAL / SET, and RESET comes back here).
@@ -465,27 +466,51 @@ class _Run:
         return conn
 
     def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        """Show and log what a migration raises (RAISE NOTICE/WARNING/INFO) as a ``notice`` event."""
         if diag.severity_nonlocalized in ("NOTICE", "WARNING", "INFO") and self.runlog is not None:
-            self.rl.say(f"    {diag.severity}: {diag.message_primary}")
+            self.rl.say(f"    {diag.severity}: {diag.message_primary}", event=False)
+            self.rl.event("notice", severity=diag.severity_nonlocalized, text=scrub(str(diag.message_primary)))
 
     def _connect(self, *, read_only: bool = False, what: str = "connect") -> psycopg.Connection[Any]:
-        """Connect with retries and exponential backoff."""
+        """Connect, retrying transient failures with exponential backoff (see :mod:`harness.connection`).
+
+        A refusal that is the settings' fault (password, role, database, an
+        option) raises :class:`ConnectionRefusedByConfig` at once; a transient
+        failure that outlasts the retries raises :class:`TargetUnreachable`.
+        """
+        assert self.dsn is not None
         attempts = self.guards.max_retries + 1
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        rechecked = False
+        while True:
             try:
                 return self._connect_once(read_only=read_only)
-            except psycopg.OperationalError as exc:
-                reason = _first_line(exc)
-                if attempt == attempts:
-                    raise ConnectionFailed(
-                        f"cannot connect to {self.where} after {attempts} tries: {reason}. Check that the server "
-                        "is running and that the target's connection settings are right."
-                    ) from None
-                delay = self._delay(attempt)
-                self.rl.warning(f"cannot connect to {self.where} ({reason}); try {attempt + 1} of {attempts} in {delay:.1f}s")
-                self.rl.event("retry", what=what, attempt=attempt, reason=reason, delay=delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+            except psycopg.Error as exc:
+                verdict = classify_connect_error(exc, self.dsn, connect_timeout=_CONNECT_TIMEOUT)
+            if not verdict.transient:
+                if verdict.from_ping and not rechecked:
+                    # Ping answered after the failure: the server may have just come up. One more try, now.
+                    rechecked = True
+                    continue
+                raise ConnectionRefusedByConfig(
+                    f"cannot connect to {self.where}: {verdict.reason}. Not retried: {verdict.advice}.",
+                    where=self.where, reason=verdict.reason, attempts=attempt,
+                )
+            if attempt == attempts:
+                raise TargetUnreachable(
+                    f"cannot connect to {self.where} after {attempts} tries: {verdict.reason}. The server did not "
+                    "answer, or is starting up, shutting down or out of connection slots: check that it is running "
+                    "and reachable from here, then run apply again (guards.max_retries and retry_delay set how long "
+                    "apply keeps trying).",
+                    where=self.where, reason=verdict.reason, attempts=attempts,
+                )
+            delay = self._delay(attempt)
+            self.rl.warning(
+                f"cannot connect to {self.where} ({verdict.reason}); try {attempt + 1} of {attempts} in {delay:.1f}s"
+            )
+            self.rl.event("retry", what=what, attempt=attempt, reason=verdict.reason, delay=delay)
+            time.sleep(delay)
+            attempt += 1
 
     def _live(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed or self.conn.broken:
@@ -510,12 +535,19 @@ class _Run:
 
     @staticmethod
     def _retry_reason(exc: BaseException, conn: psycopg.Connection[Any]) -> str | None:
-        sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate in RETRYABLE_SQLSTATES:
-            return RETRYABLE_SQLSTATES[sqlstate]
-        if sqlstate and (sqlstate.startswith("08") or sqlstate in _CONNECTION_SQLSTATES):
+        """Why *exc* (raised inside a migration) is worth another try, or ``None``: psycopg's classes decide."""
+        kind: type[BaseException] = type(exc)
+        if isinstance(exc, StatementFailed):
+            # A statement's failure keeps the SQLSTATE, not the exception: psycopg's class for that SQLSTATE.
+            with contextlib.suppress(KeyError):
+                kind = psycopg.errors.lookup(exc.sqlstate) if exc.sqlstate else psycopg.OperationalError
+        for cls, reason in RETRYABLE:
+            if issubclass(kind, cls):
+                return reason
+        if issubclass(kind, CONNECTION_LOST):
             return "connection lost"
-        if conn.closed or conn.broken or (isinstance(exc, psycopg.OperationalError) and sqlstate is None):
+        # A dropped socket: libpq reports it without a SQLSTATE, and the connection is broken.
+        if conn.closed or conn.broken or (isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None):
             return "connection lost"
         return None
 
@@ -562,6 +594,8 @@ class _Run:
         with rl.phase("connect"):
             self.conn = self._connect()
             rl.say(f"  connected: PostgreSQL {self.conn.info.parameter_status('server_version') or '?'}")
+        if self.production and self.receipt is not None:
+            self._receipt_server_gate(self.conn)
         assert self.dsn is not None
         with contextlib.ExitStack() as stack:
             with rl.phase("lock"):
@@ -621,6 +655,24 @@ class _Run:
         self.receipt = verify_receipt(self.plan, self.migrations)
         self.receipt_valid = True
         rl.say(f"  receipt: matches (rehearsed {self.receipt.created_at} on PostgreSQL {self.receipt.server_version})")
+
+    def _receipt_server_gate(self, conn: psycopg.Connection[Any]) -> None:
+        """Refuse a receipt rehearsed on another PostgreSQL major than the target's (``--force`` warns instead)."""
+        assert self.receipt is not None
+        reported = (conn.info.parameter_status("server_version") or "").split()
+        target = reported[0] if reported else f"{conn.info.server_version // 10000}"
+        problem = server_version_problem(self.receipt, target)
+        if problem is None:
+            return
+        refuse = self.guards.require_receipt and self.receipt_valid and not self.options.force
+        self.rl.event("receipt_server_version", rehearsed=self.receipt.server_version, target=target,
+                      forced=self.options.force, refused=refuse)
+        if refuse:
+            raise GuardError(f"{problem}. `--force` applies anyway (logged as a WARNING).")
+        if self.options.force:
+            self.rl.warning(f"--force: applying although {problem}")
+        else:
+            self.rl.warning(problem)
 
     def _status(self) -> history.Status[Migration]:
         conn = self._live()

@@ -8,6 +8,7 @@ usage or configuration.  Errors are one clear message, never a traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -93,7 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler = handlers[args.command]
     try:
-        return handler(args)
+        code: int = handler(args)
+        sys.stdout.flush()  # a reader that went away (`harness schema | head`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_FAILED
     except HarnessError as exc:
         print(f"harness {args.command}: {scrub(str(exc))}", file=sys.stderr)
         return exc.exit_code
@@ -109,6 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null after the reader of a pipe closed it.
+
+    Python's documented way (the ``signal`` module's note on SIGPIPE): the
+    interpreter flushes stdout at exit, which would fail again and print an
+    exception.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -169,7 +187,8 @@ def _status(args: argparse.Namespace) -> int:
             from . import adopt
 
             print()
-            print(scrub(adopt.format_foreign(foreign)))
+            recorded = {m.id for _, m in status.applied if m is not None}
+            print(scrub(adopt.format_foreign(foreign, recorded)))
     return EXIT_OK if status.ok and not any(m.problems for m in foreign) else EXIT_FAILED
 
 
@@ -234,6 +253,8 @@ def _rehearse(args: argparse.Namespace) -> int:
         plan, provider=args.provider, dsn=args.rehearsal_dsn, select=args.select, exitfirst=args.exitfirst,
         on_item=show,
     )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         _emit(result.to_dict())
     else:

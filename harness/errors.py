@@ -2,7 +2,15 @@
 
 Every error carries the exit code the CLI uses for it (0 ok, 1 a check or
 migration failed, 2 bad usage or configuration) and a message that says what
-failed, shows the value and says what to do.  Messages never contain a
+failed, shows the value and says what to do.
+
+A database that cannot be reached is not bad usage: a transient failure
+(connection refused, a timeout, a server starting up or shutting down, no
+free connection slots) that outlasts its retries is :class:`TargetUnreachable`
+(exit 1, run again later); a connection the server or libpq refuses because
+of its settings (malformed connection string, wrong password, unknown role or
+database, an invalid option) is :class:`ConnectionRefusedByConfig` (exit 2,
+never retried: trying again cannot help).  Messages never contain a
 password: build them from :func:`harness.redact.describe_dsn`, never from a
 raw connection string.
 """
@@ -19,6 +27,8 @@ __all__ = [
     "SourceError",
     "ServerError",
     "ConnectionFailed",
+    "ConnectionRefusedByConfig",
+    "TargetUnreachable",
     "LockTimeout",
     "MigrationError",
     "GuardError",
@@ -57,8 +67,29 @@ class ServerError(HarnessError):
     exit_code = EXIT_USAGE
 
 
-class ConnectionFailed(ServerError):
-    """A target database could not be reached (after any retries)."""
+class ConnectionFailed(HarnessError):
+    """A database could not be connected to (exit 1 unless a subclass says otherwise).
+
+    *where* is the database as :func:`harness.redact.describe_dsn` shows it,
+    *reason* libpq's or the server's first line (scrubbed by the raiser),
+    *attempts* how many connections were tried.
+    """
+
+    def __init__(self, message: str, *, where: str = "?", reason: str = "", attempts: int = 1) -> None:
+        super().__init__(message)
+        self.where = where
+        self.reason = reason
+        self.attempts = attempts
+
+
+class TargetUnreachable(ConnectionFailed):
+    """A transient connection failure outlasted its retries: exit 1, try again later."""
+
+
+class ConnectionRefusedByConfig(ConnectionFailed, ConfigError):
+    """The connection settings are wrong (malformed DSN, password, role, database, option): exit 2, no retry."""
+
+    exit_code = EXIT_USAGE
 
 
 class LockTimeout(HarnessError):

@@ -119,7 +119,7 @@ def run_hooks(
         try:
             if isinstance(hook, Hook):
                 if hook.kind == "sql":
-                    _run_sql(hook, dsn, session_settings or {})
+                    _run_sql(hook, dsn, session_settings or {}, lambda diag: _notice(runlog, ctx, what, diag))
                 elif hook.kind == "run":
                     _run_command(hook, ctx, dsn, runlog)
                 else:
@@ -136,7 +136,16 @@ def _since(t0: float) -> float:
     return round(time.perf_counter() - t0, 4)
 
 
-def _run_sql(hook: Hook, dsn: str, settings: Mapping[str, str]) -> None:
+def _notice(runlog: RunLog, ctx: HookContext, what: str, diag: psycopg.errors.Diagnostic) -> None:
+    """Show and log a NOTICE/WARNING/INFO the hook's SQL raised (RAISE NOTICE), like its command output."""
+    text = f"{diag.severity}: {diag.message_primary}"
+    runlog.say(f"    | {text}", event=False)
+    runlog.event("notice", phase=ctx.phase, hook=what, severity=diag.severity_nonlocalized, text=scrub(str(diag.message_primary)))
+
+
+def _run_sql(
+    hook: Hook, dsn: str, settings: Mapping[str, str], on_notice: Callable[[psycopg.errors.Diagnostic], None]
+) -> None:
     path = hook.path or Path(hook.value)
     try:
         text = path.read_text(encoding="utf-8")
@@ -145,6 +154,7 @@ def _run_sql(hook: Hook, dsn: str, settings: Mapping[str, str]) -> None:
     statements = parse_sql(text, path)
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10, application_name="migration-harness hook") as conn:
+            conn.add_notice_handler(on_notice)
             for name, value in settings.items():
                 conn.execute("SELECT set_config(%s, %s, false)", [name, value])
             if all(s.transactional for s in statements):

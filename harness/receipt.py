@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +23,15 @@ from .plan import Plan
 from .snapshot import Snapshot
 from .sources import Migration
 
-__all__ = ["Receipt", "receipt_path", "write_receipt", "read_receipt", "verify_receipt"]
+__all__ = [
+    "Receipt",
+    "receipt_path",
+    "write_receipt",
+    "read_receipt",
+    "verify_receipt",
+    "server_major",
+    "server_version_problem",
+]
 
 _FORMAT = 3
 # Format 1 digests hashed each snapshot's whole JSON text; format 2 ones are
@@ -144,3 +153,27 @@ def verify_receipt(plan: Plan, migrations: list[Migration]) -> Receipt:
             + f". Rehearse again: `harness rehearse {plan.name}`"
         )
     return receipt
+
+
+def server_major(version: str) -> int | None:
+    """The major version in a ``server_version`` text (``15.4``, ``16beta2``, ``15.4 (Debian 15.4-1)``)."""
+    found = re.match(r"\s*(\d+)", version)
+    return int(found.group(1)) if found else None
+
+
+def server_version_problem(receipt: Receipt, target_version: str) -> str | None:
+    """Why *receipt* proves little for a target running *target_version* (another major), else ``None``.
+
+    Majors differ in syntax, catalogs, lock levels and planner: a plan
+    rehearsed on one major can fail, or lock differently, on another.
+    """
+    rehearsed, target = server_major(receipt.server_version), server_major(target_version)
+    if rehearsed is None or target is None or rehearsed == target:
+        return None
+    return (
+        f"plan {receipt.plan!r} was rehearsed on PostgreSQL {receipt.server_version} but the target runs PostgreSQL "
+        f"{target_version}: a rehearsal on major {rehearsed} does not prove the migrations on major {target}. Pin the "
+        f"production major in the plan (rehearsal: {{postgres: {target}}}) and rehearse again with PostgreSQL {target} "
+        f"binaries (a local package such as Debian's postgresql-{target}, provider: docker, or a scratch server with "
+        "provider: dsn; see docs/apply.md)"
+    )

@@ -41,10 +41,11 @@ import psycopg
 
 from . import history
 from .apply import ApplyOptions, ApplyResult, apply_plan
-from .errors import ConfigError
+from .connection import check_conninfo, classify_connect_error
+from .errors import ConfigError, ConnectionRefusedByConfig, TargetUnreachable
 from .hooks import EVENTS, PythonHook
 from .plan import Hook, Plan, load_plan
-from .redact import describe_dsn, register_dsn, scrub
+from .redact import describe_dsn, register_dsn
 from .rehearsal import FAILED, PASSED, SKIPPED, Item, Outcome, Rehearsal
 from .sources import Migration, load_plan_migrations
 
@@ -96,6 +97,8 @@ class RehearsalResult:
     items: list[ItemResult] = field(default_factory=list)
     seconds: float = 0.0
     receipt: Path | None = None
+    #: Things to know about the rehearsal as a whole (no PostgreSQL major pinned...).
+    warnings: list[str] = field(default_factory=list)
 
     def _count(self, status: str) -> int:
         return sum(1 for r in self.items if r.status == status)
@@ -133,6 +136,7 @@ class RehearsalResult:
             "skipped": self.skipped,
             "seconds": round(self.seconds, 3),
             "receipt": str(self.receipt) if self.receipt else None,
+            "warnings": list(self.warnings),
             "items": [
                 {"id": r.id, "status": r.status, "message": r.message, "duration": round(r.outcome.duration, 4)}
                 for r in self.items
@@ -187,7 +191,17 @@ def rehearse_plan(
         for server in servers:
             server.stop()
         result.seconds = time.perf_counter() - t0
+    if plan.rehearsal.postgres is None and servers:
+        result.warnings.append(_unpinned_major(plan, servers[0].version))
     return result
+
+
+def _unpinned_major(plan: Plan, version: str) -> str:
+    return (
+        f"plan {plan.name!r} pins no PostgreSQL major (rehearsal: {{postgres: N}}), so it was rehearsed on "
+        f"PostgreSQL {version}, the first server found; production apply refuses the receipt when the target runs "
+        "another major. Pin the production's major and rehearse with its binaries (docs/plans.md)."
+    )
 
 
 # --------------------------------------------------------------------------
@@ -221,12 +235,23 @@ def read_status(dsn: str, migrations: Sequence[Migration]) -> history.Status[Mig
     """The history of the database at *dsn* compared with *migrations* (read only)."""
     register_dsn(dsn)
     where = describe_dsn(dsn)
+    check_conninfo(dsn, where)
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-            applied = history.read_applied(conn)
-    except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()
-        raise ConfigError(f"cannot connect to {where}: {scrub(first[0]) if first else type(exc).__name__}") from None
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        # Classified like apply's connections, without retries: status is a quick look.
+        verdict = classify_connect_error(exc, dsn)
+        if verdict.transient:
+            raise TargetUnreachable(
+                f"cannot connect to {where}: {verdict.reason}. Check that the server is running and reachable.",
+                where=where, reason=verdict.reason,
+            ) from None
+        raise ConnectionRefusedByConfig(
+            f"cannot connect to {where}: {verdict.reason}. {verdict.advice[0].upper() + verdict.advice[1:]}.",
+            where=where, reason=verdict.reason,
+        ) from None
+    with conn:
+        applied = history.read_applied(conn)
     return history.compute_status(migrations, applied)
 
 
@@ -288,7 +313,8 @@ class MigrationRunner:
         rehearsal_dsn: str | None = None,
         out: TextIO | None = None,
     ) -> None:
-        loaded = plan if isinstance(plan, Plan) else load_plan(Path(plan))
+        # A name ("prod": plans/prod.yaml) or a path, resolved as `harness apply NAME` does.
+        loaded = plan if isinstance(plan, Plan) else load_plan(plan if isinstance(plan, str) else Path(plan))
         self.plan: Plan = _override(
             loaded,
             backup_enabled=backup_enabled,
