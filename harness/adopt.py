@@ -17,6 +17,7 @@ tool that wrote it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import zlib
@@ -46,6 +47,8 @@ __all__ = [
     "adopt",
     "blocking_problems",
     "flyway_checksum",
+    "prisma_checksum_matches",
+    "sqlx_checksum",
     "format_foreign",
 ]
 
@@ -60,6 +63,10 @@ TOOLS = {
     "dbmate": "dbmate",
     "supabase": "supabase",
     "drizzle": "drizzle",
+    "prisma": "prisma",
+    "sqlx": "sqlx",
+    "atlas": "atlas",
+    "node-pg-migrate": "node-pg-migrate",
 }
 
 # Which tools' histories fit a folder layout ("native" is the Supabase CLI's layout).
@@ -73,10 +80,15 @@ _TOOLS_FOR_LAYOUT = {
     "flyway": ("flyway",),
     "drizzle": ("drizzle",),
     "sqitch": (),
+    "prisma": ("prisma",),
+    "sqlx": ("sqlx",),
+    "atlas": ("atlas",),
+    "node-pg-migrate": ("node-pg-migrate",),
 }
 
 _TABLE_NAMES = ["flyway_schema_history", "schema_migrations", "__diesel_schema_migrations", "goose_db_version",
-                "__drizzle_migrations"]
+                "__drizzle_migrations", "_prisma_migrations", "_sqlx_migrations", "atlas_schema_revisions",
+                "pgmigrations"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,15 @@ class ForeignHistory:
         }
 
 
+# How each tool's own CLI marks a failed migration resolved.
+_RESOLVE_FAILED = {
+    "flyway": "remove the failed row (flyway repair)",
+    "prisma": "mark it with `prisma migrate resolve --rolled-back <name>` or `--applied <name>`",
+    "sqlx": "delete its row from _sqlx_migrations (sqlx refuses a partly applied migration)",
+    "atlas": "resolve it with `atlas migrate set` (Atlas refuses to go on from a partly applied revision)",
+}
+
+
 @dataclass(frozen=True)
 class Match:
     """A foreign history matched with the migration files."""
@@ -154,8 +175,8 @@ class Match:
             )
         for entry in self.failed:
             out.append(
-                f"{h.table} ({h.tool}) records migration {entry.label} as failed; fix the database and remove the "
-                "failed row (flyway repair)"
+                f"{h.table} ({h.tool}) records migration {entry.label} as failed (started, never finished); fix "
+                f"the database, then {_RESOLVE_FAILED.get(h.tool, 'remove the failed row')}"
             )
         for label in self.unknown:
             out.append(
@@ -233,6 +254,14 @@ def _tool_of(schema: str, table: str, columns: dict[str, str]) -> str | None:
         return "goose"
     if table == "__drizzle_migrations" and {"hash", "created_at"} <= set(columns):
         return "drizzle"
+    if table == "_prisma_migrations" and {"migration_name", "checksum", "finished_at", "rolled_back_at"} <= set(columns):
+        return "prisma"
+    if table == "_sqlx_migrations" and {"version", "success", "checksum"} <= set(columns):
+        return "sqlx"
+    if table == "atlas_schema_revisions" and {"version", "applied", "total"} <= set(columns):
+        return "atlas"
+    if table == "pgmigrations" and {"name", "run_on"} <= set(columns):
+        return "node-pg-migrate"
     if table == "schema_migrations" and "version" in columns:
         if "dirty" in columns and columns["version"] == "bigint":
             return "golang-migrate"
@@ -319,7 +348,55 @@ def _read_drizzle(conn: Any, table: sql.Composable, name: str, columns: dict[str
     return ForeignHistory("drizzle", name, tuple(ForeignEntry(version=None, checksum=h) for h, _ in rows))
 
 
+def _read_prisma(conn: Any, table: sql.Composable, name: str, columns: dict[str, str]) -> ForeignHistory:
+    # As Prisma: a rolled-back row does not count; a row that started and never finished is a failed migration.
+    rows = conn.execute(
+        sql.SQL("SELECT migration_name, checksum, started_at, finished_at, rolled_back_at FROM {} "
+                "ORDER BY started_at, migration_name").format(table)
+    ).fetchall()
+    entries = [
+        ForeignEntry(version=None, name=migration, checksum=checksum, applied_at=finished or started,
+                     success=finished is not None)
+        for migration, checksum, started, finished, rolled_back in rows
+        if rolled_back is None
+    ]
+    return ForeignHistory("prisma", name, tuple(entries))
+
+
+def _read_sqlx(conn: Any, table: sql.Composable, name: str, columns: dict[str, str]) -> ForeignHistory:
+    rows = conn.execute(
+        sql.SQL("SELECT version, description, encode(checksum, 'hex'), installed_on, success FROM {} "
+                "ORDER BY version").format(table)
+    ).fetchall()
+    return ForeignHistory("sqlx", name, tuple(
+        ForeignEntry(version=str(v), name=d, checksum=c, applied_at=at, success=bool(ok)) for v, d, c, at, ok in rows
+    ))
+
+
+def _read_atlas(conn: Any, table: sql.Composable, name: str, columns: dict[str, str]) -> ForeignHistory:
+    # A revision whose statements did not all run (applied < total), or that recorded an error, is a failed one.
+    error = sql.Identifier("error") if "error" in columns else sql.SQL("NULL")
+    rows = conn.execute(
+        sql.SQL("SELECT version, description, applied, total, executed_at, {} FROM {} ORDER BY version").format(
+            error, table)
+    ).fetchall()
+    return ForeignHistory("atlas", name, tuple(
+        ForeignEntry(version=v, name=d, applied_at=at, success=applied >= total and not err)
+        for v, d, applied, total, at, err in rows
+    ))
+
+
+def _read_node_pg_migrate(conn: Any, table: sql.Composable, name: str, columns: dict[str, str]) -> ForeignHistory:
+    rows = conn.execute(sql.SQL("SELECT name, run_on FROM {} ORDER BY run_on, id").format(table)).fetchall()
+    return ForeignHistory("node-pg-migrate", name, tuple(ForeignEntry(version=None, name=n, applied_at=at)
+                                                         for n, at in rows))
+
+
 _READERS = {
+    "prisma": _read_prisma,
+    "sqlx": _read_sqlx,
+    "atlas": _read_atlas,
+    "node-pg-migrate": _read_node_pg_migrate,
     "flyway": _read_flyway,
     "golang-migrate": _read_golang,
     "diesel": _read_diesel,
@@ -381,6 +458,10 @@ def match_history(foreign: ForeignHistory, migrations: Sequence[Migration]) -> M
                 continue  # a repeatable script that no longer exists: Flyway ignores it too
             unknown.append(entry.label)
             continue
+        if foreign.tool in ("prisma", "sqlx") and entry.checksum and not _checksum_matches(foreign.tool, found,
+                                                                                           entry.checksum):
+            changed.append((entry, found))
+            continue
         if foreign.tool == "flyway" and entry.checksum is not None:
             if str(flyway_checksum(found.path.read_bytes())) != entry.checksum:
                 if found.repeatable:
@@ -398,9 +479,46 @@ def match_history(foreign: ForeignHistory, migrations: Sequence[Migration]) -> M
     )
 
 
+def prisma_checksum_matches(data: bytes, recorded: str) -> bool:
+    """Whether a migration.sql matches the checksum ``_prisma_migrations`` recorded, as Prisma decides it.
+
+    Prisma (``script_matches_checksum`` in prisma-engines) accepts the
+    SHA-256 of the text as it is, with CRLF turned into LF, or LF into CRLF,
+    and also the hex string an old version wrote without zero-padding.
+    """
+    text = data.decode("utf-8", errors="replace")
+    for variant in (text, text.replace("\r\n", "\n"), text.replace("\n", "\r\n")):
+        digest = hashlib.sha256(variant.encode("utf-8")).digest()
+        shown = digest.hex() if len(recorded) == 64 else "".join(f"{b:x}" for b in digest)
+        if shown == recorded:
+            return True
+    return False
+
+
+def sqlx_checksum(data: bytes) -> str:
+    """The checksum sqlx records in ``_sqlx_migrations``: SHA-384 of the file's text, as hex."""
+    return hashlib.sha384(data.decode("utf-8", errors="replace").encode("utf-8")).hexdigest()
+
+
+def _checksum_matches(tool: str, migration: Migration, recorded: str) -> bool:
+    try:
+        data = migration.path.read_bytes()
+    except OSError:
+        return False
+    if tool == "prisma":
+        return prisma_checksum_matches(data, recorded)
+    return sqlx_checksum(data) == recorded.lower()
+
+
 def _find(tool: str, entry: ForeignEntry, migrations: Sequence[Migration]) -> Migration | None:
     for m in migrations:
-        if tool == "drizzle":
+        if tool == "prisma":
+            if m.path.parent.name == entry.name:
+                return m
+        elif tool == "node-pg-migrate":
+            if m.path.stem == entry.name:
+                return m
+        elif tool == "drizzle":
             if m.checksum == entry.checksum:
                 return m
         elif tool == "flyway":

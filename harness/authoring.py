@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import ConfigError
+from .layouts import atlas_sum_text, detect_layout
 
 __all__ = [
     "NAME_PATTERN",
@@ -425,6 +426,84 @@ class SqitchLayout(_ForeignLayout):
         )
 
 
+class PrismaLayout(_ForeignLayout):
+    """A folder ``<YYYYMMDDHHMMSS>_<name>/`` holding ``migration.sql``, as ``prisma migrate dev --create-only``."""
+
+    name = "prisma"
+    _DIR = re.compile(r"(?P<version>[^_]+)_?(?P<name>.*)")
+    no_transaction_hint = "Prisma runs a file of one statement outside a transaction: keep CONCURRENTLY alone."
+
+    def versions(self, directory: Path) -> list[tuple[str, Path]]:
+        return [(m["version"], e) for e in _entries(directory)
+                if e.is_dir() and (e / "migration.sql").is_file() and (m := self._DIR.fullmatch(e.name))]
+
+    def order(self, version: str) -> tuple[int, ...]:
+        # As Prisma does: folder names compared as text, which for digits is digit by digit.
+        return tuple(ord(c) for c in version)
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        folder = directory / f"{version}_{name}"
+        path = folder / "migration.sql"
+        migration = NewMigration(version, name, path, path, files=(path,))
+        text = self._up(migration, moment, undo="a later migration (Prisma has no down migrations)")
+        return Draft(migration, ((path, text),), directories=(folder,))
+
+
+class SqlxLayout(_ForeignLayout):
+    """``<YYYYMMDDHHMMSS>_<name>.up.sql`` plus ``.down.sql``, as ``sqlx migrate add -r``."""
+
+    name = "sqlx"
+    _FILE = re.compile(r"(?P<version>[0-9]+)_(?P<name>.+?)(?:\.up|\.down)?\.sql")
+    no_transaction_hint = "sqlx: make `-- no-transaction` the file's first line to run it outside a transaction."
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        migration = NewMigration(
+            version, name, directory / f"{version}_{name}.up.sql", directory / f"{version}_{name}.down.sql"
+        )
+        return _two_files(migration, self._up(migration, moment), self._down(migration, moment))
+
+
+class AtlasLayout(_ForeignLayout):
+    """``<YYYYMMDDHHMMSS>_<name>.sql`` plus its line in ``atlas.sum``, which is written anew as Atlas writes it."""
+
+    name = "atlas"
+    _FILE = re.compile(r"(?P<version>[^_]+?)(?:_(?P<name>.+))?\.sql")
+    no_transaction_hint = "Atlas: add `-- atlas:txmode none` as the file's first line to run it outside a transaction."
+
+    def order(self, version: str) -> tuple[int, ...]:
+        return tuple(ord(c) for c in version)  # Atlas sorts file names as text
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        path = directory / f"{version}_{name}.sql"
+        migration = NewMigration(version, name, path, path, files=(path,),
+                                 updated=(directory / "atlas.sum",))
+        text = self._up(migration, moment, undo="a later migration (Atlas versioned migrations have no down files)")
+        contents = {e.name: e.read_bytes() for e in _entries(directory) if e.is_file() and e.name.endswith(".sql")}
+        contents[path.name] = text.encode("utf-8")
+        return Draft(migration, ((path, text),), updates=((directory / "atlas.sum", atlas_sum_text(contents)),))
+
+
+class NodePgMigrateLayout(_ForeignLayout):
+    """``<milliseconds>_<name>.sql`` with ``-- Up Migration`` and ``-- Down Migration``, as ``node-pg-migrate create``."""
+
+    name = "node-pg-migrate"
+    _FILE = re.compile(r"(?P<version>[0-9]+)_(?P<name>.+)\.sql")
+    no_transaction_hint = "node-pg-migrate: start the file with `-- no transaction` to run it outside a transaction."
+
+    def version_at(self, moment: _dt.datetime, directory: Path | None = None) -> str:
+        return str(int(moment.timestamp() * 1000))  # node-pg-migrate's default prefix: Date.now()
+
+    def next_version(self, version: str) -> str:
+        return str(int(version) + 1)
+
+    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
+        path = directory / f"{version}_{name}.sql"
+        migration = NewMigration(version, name, path, path, files=(path,))
+        text = ("-- Up Migration\n" + self._up(migration, moment, undo="the `-- Down Migration` section below")
+                + "-- Down Migration\n" + self._down(migration, moment, irreversible="delete this section"))
+        return Draft(migration, ((path, text),))
+
+
 #: Layouts that can name new migrations, by plan ``layout`` value (supabase uses the native files).
 LAYOUTS: dict[str, Layout] = {
     "native": NativeLayout(),
@@ -436,6 +515,10 @@ LAYOUTS: dict[str, Layout] = {
     "flyway": FlywayLayout(),
     "drizzle": DrizzleLayout(),
     "sqitch": SqitchLayout(),
+    "prisma": PrismaLayout(),
+    "sqlx": SqlxLayout(),
+    "atlas": AtlasLayout(),
+    "node-pg-migrate": NodePgMigrateLayout(),
 }
 
 
@@ -520,8 +603,6 @@ def layout_for(name: str, directory: Path | None = None) -> Layout:
     """
     detected = ""
     if name == "auto":
-        from .layouts import detect_layout  # reading folders is that module's job
-
         name = detect_layout(directory) if directory is not None else "native"
         detected = f" (detected in {directory})"
     try:

@@ -22,12 +22,14 @@ Nothing here opens a connection.  The layouts are described in
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import logging
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from .sources import (
     make_migration,
 )
 
-__all__ = ["LayoutFinding", "detect_layout", "read_folder", "layout_findings", "FOREIGN_LAYOUTS"]
+__all__ = ["LayoutFinding", "detect_layout", "read_folder", "layout_findings", "atlas_sum_text", "FOREIGN_LAYOUTS"]
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +131,13 @@ def detect_layout(directory: Path | str) -> str:
     """The layout of a migrations folder, from its file names and markers; ``native`` when ambiguous.
 
     Signals: ``sqitch.plan`` (sqitch), ``meta/_journal.json`` (drizzle),
-    sub-folders with an ``up.sql`` (diesel), ``*.up.sql`` files
-    (golang-migrate), ``V1__x.sql`` / ``R__x.sql`` (flyway), and numbered
-    files holding ``-- +goose Up`` (goose) or ``-- migrate:up`` (dbmate).
+    ``migration_lock.toml`` or sub-folders with a ``migration.sql`` (prisma),
+    ``atlas.sum`` (atlas), sub-folders with an ``up.sql`` (diesel),
+    ``*.up.sql`` files (golang-migrate), ``V1__x.sql`` / ``R__x.sql``
+    (flyway), and numbered files holding ``-- +goose Up`` (goose),
+    ``-- migrate:up`` (dbmate) or ``-- Up Migration`` (node-pg-migrate), or
+    starting with ``-- no-transaction`` (sqlx; other sqlx folders look like
+    native or golang-migrate ones: name the layout).
     No signal, or signals of several layouts, give ``native``.
     """
     folder = Path(directory)
@@ -140,6 +146,12 @@ def detect_layout(directory: Path | str) -> str:
     signals: list[str] = []
     if (folder / "sqitch.plan").is_file():
         signals.append("sqitch")
+    if (folder / "migration_lock.toml").is_file() or any(
+        e.is_dir() and (e / "migration.sql").is_file() for e in _listing(folder) if not e.name.startswith(".")
+    ):
+        signals.append("prisma")
+    if (folder / "atlas.sum").is_file():
+        signals.append("atlas")
     if (folder / "meta" / "_journal.json").is_file():
         signals.append("drizzle")
     entries = [e for e in _listing(folder) if not e.name.startswith(".")]
@@ -165,6 +177,13 @@ def detect_layout(directory: Path | str) -> str:
                 marked.add("goose")
             elif _DBMATE_MARK.match(line.strip()):
                 marked.add("dbmate")
+        if _PGM_MARK["up"].search(text) or _PGM_MARK["down"].search(text):
+            marked.add("node-pg-migrate")
+    if "atlas" in signals:
+        marked.discard("node-pg-migrate")  # an Atlas folder may hold files with such comments too
+    if any(_starts_with(e, b"-- no-transaction") for e in files if _SQLX_RE.fullmatch(e.name)):
+        # sqlx's own directive; its .up.sql files look like golang-migrate's, its plain ones like native.
+        signals = [s for s in signals if s != "golang-migrate"] + ["sqlx"]
     signals += sorted(marked)
     if len(signals) == 1:
         return signals[0]
@@ -175,6 +194,14 @@ def detect_layout(directory: Path | str) -> str:
             ", ".join(signals),
         )
     return "native"
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(prefix)) == prefix
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------
@@ -233,6 +260,10 @@ _LOOKED_FOR = {
     "flyway": "V<version>__<description>.sql or R__<description>.sql files",
     "drizzle": "the .sql files that meta/_journal.json lists",
     "sqitch": "the changes sqitch.plan lists, with deploy/<change>.sql scripts",
+    "prisma": "<timestamp>_<name>/ folders holding a migration.sql",
+    "sqlx": "<version>_<description>.sql files (or .up.sql with optional .down.sql)",
+    "atlas": "<version>_<name>.sql files (with atlas.sum)",
+    "node-pg-migrate": "<timestamp>_<name>.sql files (with '-- Up Migration' and '-- Down Migration' sections)",
 }
 
 
@@ -261,10 +292,6 @@ def _unsupported_layout(folder: Path) -> str | None:
     except OSError:
         return None
     names = {e.name for e in entries}
-    if "migration_lock.toml" in names or any(e.is_dir() and (e / "migration.sql").is_file() for e in entries):
-        return "a Prisma Migrate folder (migration_lock.toml, <timestamp>_<name>/migration.sql)"
-    if "atlas.sum" in names:
-        return "an Atlas versioned-migrations folder (atlas.sum, <version>_<name>.sql)"
     if "env.py" in names or "alembic.ini" in names or ("versions" in names and (folder / "versions").is_dir()):
         return "an Alembic environment (env.py, versions/<revision>_<name>.py)"
     scripts = sorted(e.suffix for e in entries if e.is_file() and e.suffix in (".js", ".ts", ".cjs", ".mjs", ".py",
@@ -811,7 +838,263 @@ def _sqitch_script(folder: Path, changes: list[tuple[str, int, list[str]]], inde
     return f"{name}{between[0]}" if between else name
 
 
+# -- prisma -----------------------------------------------------------------
+
+
+def _read_prisma(reading: _Reading) -> list[Migration]:
+    """Prisma Migrate: every sub-folder is a migration, applied in the order of the folder names.
+
+    As prisma-engines' ``list_migrations`` does: every directory, sorted by
+    name; its ``migration.sql`` is sent as one simple query (``simple_query``
+    in the Postgres flavour's ``apply_migration_script``), so PostgreSQL runs
+    a file of several statements as one implicit transaction.  There are no
+    down files.
+    """
+    lock = reading.folder / "migration_lock.toml"
+    if lock.is_file():
+        provider = _prisma_provider(lock)
+        if provider is not None and provider not in ("postgresql", "postgres"):
+            raise SourceError(
+                f"{lock}: provider = {provider!r}: these Prisma migrations are written for another database, not "
+                "PostgreSQL; point the plan at a PostgreSQL migration history"
+            )
+    migrations = []
+    for entry in _listing(reading.folder):
+        if not entry.is_dir():
+            continue
+        path = entry / "migration.sql"
+        version, _, name = entry.name.partition("_")
+        if not path.is_file():
+            # Prisma fails on the folder too (P3015: the migration file could not be found).
+            migrations.append(reading.build(
+                version=version, name=name, path=path, text="", checksum="", order_text=entry.name,
+                error=f"{path}: the migration folder {entry.name} has no migration.sql (Prisma fails on it with "
+                      "P3015); restore the file, or remove the empty folder",
+            ))
+            continue
+        data, text, error = _read_soft(path)
+        migrations.append(reading.build(
+            version=version, name=name, path=path, text=text, checksum=_sha256(data), error=error,
+            order_text=entry.name,
+        ))
+    return migrations
+
+
+def _prisma_provider(lock: Path) -> str | None:
+    """The provider migration_lock.toml names, read as Prisma reads it (the first line starting with provider)."""
+    try:
+        text = lock.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("provider"):
+            return line.removeprefix("provider").strip().lstrip("=").strip().strip('"')
+    return None
+
+
+# -- sqlx -------------------------------------------------------------------
+
+_SQLX_RE = re.compile(r"(?P<version>[^_]+)_(?P<description>.+?)(?P<kind>\.up|\.down)?\.sql")
+
+
+def _read_sqlx(reading: _Reading) -> list[Migration]:
+    """sqlx: ``<version>_<description>.sql`` (or ``.up.sql`` and ``.down.sql``), version an integer > 0.
+
+    As sqlx-core's ``resolve_blocking`` does: files whose name does not split
+    into a version and a ``.sql`` description are skipped; a version that is
+    no integer is an error; migrations sort by version.  A file whose text
+    starts with ``-- no-transaction`` runs outside a transaction.
+    """
+    ups: dict[int, tuple[str, str, Path]] = {}
+    downs: dict[int, Path] = {}
+    for entry in _files(reading.folder):
+        match = _SQLX_RE.fullmatch(entry.name)
+        if match is None:
+            if entry.name.lower().endswith(".sql"):
+                _ignored(reading, entry, "the name is not <version>_<description>.sql")
+            continue
+        try:
+            number = int(match["version"])
+        except ValueError:
+            raise SourceError(
+                f"{entry}: sqlx refuses a migration whose version {match['version']!r} is not an integer; rename "
+                "it to <version>_<description>.sql"
+            ) from None
+        if match["kind"] == ".down":
+            downs[number] = entry
+        elif number in ups:
+            raise SourceError(
+                f"{ups[number][2]} and {entry} have the same version ({number}); every migration needs its own "
+                "version: renumber one of them"
+            )
+        else:
+            ups[number] = (match["version"], match["description"], entry)
+    for number, orphan in downs.items():
+        if number not in ups:
+            raise SourceError(f"{orphan}: down migration without its up migration; rename it or add the up migration")
+    migrations = []
+    for number, (version, description, path) in ups.items():
+        data, text, error = _read_soft(path)
+        down_path = downs.get(number)
+        _, down_text, down_error = reading.read(down_path)
+        migrations.append(reading.build(
+            version=version, name=description, path=path, text=text, checksum=_sha256(data), error=error,
+            down_path=down_path, down_text=reading.down_text(down_path, down_text), down_error=down_error,
+            no_transaction=text.startswith("-- no-transaction"),
+            down_no_transaction=(down_text or "").startswith("-- no-transaction"),
+            order_parts=(number,),
+        ))
+    return migrations
+
+
+# -- atlas ------------------------------------------------------------------
+
+_ATLAS_TXMODE = re.compile(r"^--\s*atlas:txmode\s+(?P<mode>\S+)", re.MULTILINE)
+
+
+def _read_atlas(reading: _Reading) -> list[Migration]:
+    """Atlas versioned migrations: every ``*.sql`` file, in the order of the file names, checked against atlas.sum.
+
+    As Atlas's ``LocalDir.Files`` does: ``*.sql`` sorted by name, the version
+    is the name up to the first ``_``.  Each file runs in a transaction of
+    its own unless it says ``-- atlas:txmode none``.  A folder whose files do
+    not match ``atlas.sum`` is what Atlas reports as a checksum error: an
+    error finding on the first file that differs (Atlas runs nothing then).
+    """
+    files = [e for e in _files(reading.folder) if e.name.endswith(".sql")]
+    migrations = []
+    contents: list[tuple[str, bytes]] = []
+    for path in files:
+        data, text, error = _read_soft(path)
+        contents.append((path.name, data))
+        version, _, name = path.name[: -len(".sql")].partition("_")
+        mode = _ATLAS_TXMODE.search(text)
+        migrations.append(reading.build(
+            version=version, name=name, path=path, text=text, checksum=_sha256(data), error=error,
+            no_transaction=bool(mode and mode["mode"].lower() == "none"), order_text=path.name,
+        ))
+    _check_atlas_sum(reading, contents)
+    return migrations
+
+
+def _atlas_hashes(contents: Sequence[tuple[str, bytes]]) -> list[tuple[str, str]]:
+    """Atlas's per-file hashes (``NewHashFile``): one running SHA-256 over each name and its bytes, base64."""
+    running = hashlib.sha256()
+    out = []
+    for name, data in contents:
+        running.update(name.encode())
+        if re.search(rb"^--\s*atlas:sum\s+ignore\b", data, re.MULTILINE):
+            continue
+        running.update(data)
+        out.append((name, base64.b64encode(running.copy().digest()).decode()))
+    return out
+
+
+def _atlas_total(hashes: Sequence[tuple[str, str]]) -> str:
+    """The sum on atlas.sum's first line (``HashFile.Sum``): SHA-256 over every name and hash, base64."""
+    total = hashlib.sha256()
+    for name, digest in hashes:
+        total.update(name.encode())
+        total.update(digest.encode())
+    return base64.b64encode(total.digest()).decode()
+
+
+def atlas_sum_text(contents: Mapping[str, bytes]) -> str:
+    """The text of ``atlas.sum`` for files *contents* (name → bytes), as ``atlas migrate hash`` writes it."""
+    hashes = _atlas_hashes(sorted(contents.items()))
+    return f"h1:{_atlas_total(hashes)}\n" + "".join(f"{name} h1:{digest}\n" for name, digest in hashes)
+
+
+def _check_atlas_sum(reading: _Reading, contents: Sequence[tuple[str, bytes]]) -> None:
+    sum_path = reading.folder / "atlas.sum"
+    advice = "run `atlas migrate hash` after checking that the change is intended (Atlas refuses the folder until then)"
+    if not sum_path.is_file():
+        if contents:
+            reading.add(sum_path, 1, "layout-atlas-sum", "error",
+                        "atlas.sum is missing: Atlas refuses a migration folder without its sum file", advice)
+        return
+    lines = sum_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    recorded: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, digest = line.partition("h1:")
+        if sep:
+            recorded[name.strip()] = digest.strip()
+    actual = _atlas_hashes(contents)
+    if lines and lines[0].removeprefix("h1:") == _atlas_total(actual) and recorded == dict(actual):
+        return
+    for name, digest in actual:
+        if recorded.get(name) != digest:
+            reading.add(reading.folder / name, 1, "layout-atlas-sum", "error",
+                        "checksum mismatch: the file differs from what atlas.sum records (added or edited after "
+                        "`atlas migrate hash`)", advice)
+            return
+    reading.add(sum_path, 1, "layout-atlas-sum", "error",
+                "checksum mismatch: atlas.sum lists files the folder does not have, or its first line is wrong", advice)
+
+
+# -- node-pg-migrate --------------------------------------------------------
+
+# As node-pg-migrate's sqlMigration.ts: the markers anywhere at a line start, the no-transaction comment at the start.
+_PGM_MARK = {
+    "up": re.compile(r"^\s*--[\s-]*up\s+migration", re.IGNORECASE | re.MULTILINE),
+    "down": re.compile(r"^\s*--[\s-]*down\s+migration", re.IGNORECASE | re.MULTILINE),
+}
+_PGM_NO_TRANSACTION = re.compile(r"^\s*--[\s-]*no\s*transaction", re.IGNORECASE)
+
+
+def _read_node_pg_migrate(reading: _Reading) -> list[Migration]:
+    """node-pg-migrate SQL migrations: ``-- Up Migration`` and ``-- Down Migration`` sections of one file.
+
+    As its legacy SQL loader (the default for ``.sql``) does: the up SQL runs
+    from the up marker to the down marker (the whole file without an up
+    marker); without a down marker the migration has no down; a file that
+    starts with ``-- no transaction`` runs outside a transaction.  Files sort
+    by name (``localeCompare``); the name without ``.sql`` is what the
+    ``pgmigrations`` table records.
+    """
+    migrations = []
+    for entry in _files(reading.folder):
+        if entry.suffix in (".js", ".ts", ".cjs", ".mjs"):
+            reading.add(entry, 1, "layout-unsupported", "warning",
+                        "a JavaScript migration cannot be rehearsed; the harness skips it",
+                        "write the migration in SQL if its schema change matters to the rehearsal")
+            continue
+        if entry.suffix != ".sql":
+            continue
+        version, _, name = entry.name[: -len(".sql")].partition("_")
+        data, text, error = _read_soft(entry)
+        up_at, down_at = (_line_of(text, _PGM_MARK[d].search(text)) for d in ("up", "down"))
+        total = text.count("\n") + 1
+        up_start = up_at or 1
+        up_end = down_at - 1 if down_at and down_at > up_start else total
+        up_lines = set(range(up_start, up_end + 1))
+        down_text = None
+        if down_at:
+            down_end = up_at - 1 if up_at and up_at > down_at else total
+            down_text = _sections(text, set(range(down_at, down_end + 1)))
+        no_transaction = bool(_PGM_NO_TRANSACTION.match(text))
+        migrations.append(reading.build(
+            version=version, name=name, path=entry, text=_sections(text, up_lines), checksum=_sha256(data),
+            error=error, down_path=entry if down_text is not None else None,
+            down_text=reading.down_text(entry, down_text) if down_text is not None else None,
+            no_transaction=no_transaction, down_no_transaction=no_transaction, order_text=entry.name,
+        ))
+    return migrations
+
+
+def _line_of(text: str, match: re.Match[str] | None) -> int | None:
+    """The 1-based line of a marker match (the match may start with the blank lines before the marker)."""
+    if match is None:
+        return None
+    start = match.start() + (len(match.group()) - len(match.group().lstrip()))
+    return text.count("\n", 0, start) + 1
+
+
 _READERS = {
+    "prisma": _read_prisma,
+    "sqlx": _read_sqlx,
+    "atlas": _read_atlas,
+    "node-pg-migrate": _read_node_pg_migrate,
     "native": _read_native,
     "supabase": _read_native,
     "golang-migrate": _read_golang,
@@ -838,14 +1121,12 @@ def _common_findings(migration: Migration, layout: str) -> list[LayoutFinding]:
         sides.append(("down", migration.down_path, migration.down_sql, migration.down_statements,
                       migration.down_wrapped, migration.down_no_transaction))
     for side, path, text, statements, wrapped, no_transaction in sides:
-        missing = _missing_semicolon(text)
+        # Only goose splits files itself and refuses a last statement without one; the others send the file whole.
+        missing = _missing_semicolon(text) if layout == "goose" else None
         if missing is not None:
-            severity = "error" if layout == "goose" else "warning"
-            why = ("goose refuses a statement without its semicolon (\"unfinished SQL query\")" if layout == "goose"
-                   else "tools and people that concatenate or split migration files would join it to the next "
-                   "statement")
-            findings.append(LayoutFinding(path, missing[0], missing[1], "layout-missing-semicolon", severity,
-                                          f"the last statement does not end with a semicolon: {why}",
+            findings.append(LayoutFinding(path, missing[0], missing[1], "layout-missing-semicolon", "error",
+                                          "the last statement does not end with a semicolon: goose refuses a "
+                                          "statement without its semicolon (\"unfinished SQL query\")",
                                           "end the statement with ';'", side))
         reason = _tool_transaction(layout, statements, wrapped, no_transaction)
         if reason is None:
@@ -869,6 +1150,10 @@ _TRANSACTION_ADVICE = {
     "flyway": "set executeInTransaction=false in <script>.sql.conf, or move the statement into a migration of its own",
     "drizzle": "drizzle cannot run it: apply this statement outside drizzle (by hand or in a custom migration runner)",
     "sqitch": "remove the script's BEGIN; and COMMIT;",
+    "prisma": "move the statement into a migration of its own, with no other statement",
+    "sqlx": "start the file with the line -- no-transaction (and keep the statement in a migration of its own)",
+    "atlas": "add '-- atlas:txmode none' at the top of the file",
+    "node-pg-migrate": "start the file with '-- no transaction' (and keep the statement in a migration of its own)",
 }
 
 
@@ -876,9 +1161,9 @@ def _tool_transaction(layout: str, statements: Sequence[Statement], wrapped: boo
     """Why the layout's tool would run these statements inside a transaction block, or None when it would not."""
     if wrapped:
         return "the file's own BEGIN; ... COMMIT; runs it in one"
-    if layout == "golang-migrate":
+    if layout in ("golang-migrate", "prisma") or (layout in ("sqlx", "node-pg-migrate") and no_transaction):
         if len(statements) > 1:
-            return "golang-migrate sends the whole file as one query, which PostgreSQL runs as one implicit transaction"
+            return f"{layout} sends the whole file as one query, which PostgreSQL runs as one implicit transaction"
         return None
     if layout == "flyway":
         if not no_transaction and any(s.transactional for s in statements):
@@ -892,6 +1177,10 @@ def _tool_transaction(layout: str, statements: Sequence[Statement], wrapped: boo
         "diesel": "diesel runs each migration in a transaction unless its metadata.toml says run_in_transaction = false",
         "dbmate": "dbmate runs each migration in a transaction unless the section says transaction:false",
         "goose": "goose runs each migration in a transaction unless the file says -- +goose NO TRANSACTION",
+        "sqlx": "sqlx runs each migration in a transaction unless its first line is -- no-transaction",
+        "atlas": "Atlas runs each file in a transaction unless it says -- atlas:txmode none",
+        "node-pg-migrate": "node-pg-migrate runs each migration in a transaction unless the file starts with "
+                           "-- no transaction",
     }.get(layout)
 
 

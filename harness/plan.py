@@ -63,7 +63,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Migration folder layouts understood today (the same as harness.sources.LAYOUTS; a test keeps them equal).
-LAYOUTS = ("auto", "native", "supabase", "golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch")
+LAYOUTS = (
+    "auto", "native", "supabase", "golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch",
+    "prisma", "sqlx", "atlas", "node-pg-migrate",
+)
 #: Layouts announced but not implemented yet: named in the error so nobody hunts for a typo.
 PLANNED_LAYOUTS: tuple[str, ...] = ()
 #: Where the generated JSON Schema is committed.

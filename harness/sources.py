@@ -63,7 +63,10 @@ __all__ = [
 ]
 
 #: Every layout :func:`load_migrations` reads; ``auto`` detects one of the others.
-LAYOUTS = ("auto", "native", "supabase", "golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch")
+LAYOUTS = (
+    "auto", "native", "supabase", "golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch",
+    "prisma", "sqlx", "atlas", "node-pg-migrate",
+)
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ of their own, as in production.
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import signal
@@ -656,3 +657,28 @@ def test_dev_db_start_url_apply_stop(dev_root: Path, capsys: pytest.CaptureFixtu
     assert cli(["dev-db", "start", "--root", str(dev_root)], capsys)[0] == 0
     assert history_versions(dsn) == ["1"]
     assert cli(["dev-db", "stop", "--root", str(dev_root)], capsys)[0] == 0
+
+
+# ---------------------------------------------------------------------- notices
+
+
+def test_raise_notice_from_migrations_and_sql_hooks_is_shown_and_logged(tmp_path: Path, db_dsn: str) -> None:
+    (tmp_path / "hook.sql").write_text("DO $$ BEGIN RAISE NOTICE 'hook says %', 42; END $$;\n")
+    plan_path = write_project(
+        tmp_path,
+        {"1_a.sql": "DO $$ BEGIN RAISE NOTICE 'migration says hello'; RAISE WARNING 'careful'; END $$;\n"
+                    "CREATE TABLE a (id int);",
+         "2_b.sql": "CREATE INDEX CONCURRENTLY IF NOT EXISTS a_id ON a (id);\n"
+                    "DO $$ BEGIN RAISE INFO 'statement by statement'; END $$;"},
+        "hooks: {post_run: [{sql: hook.sql}]}\n",
+    )
+    result, out, error = apply(load(plan_path, db_dsn))
+    assert error is None and result is not None, out
+    for line in ("NOTICE: migration says hello", "WARNING: careful", "INFO: statement by statement",
+                 "| NOTICE: hook says 42"):
+        assert line in out
+    events = [json.loads(line) for line in result.log_path.read_text().splitlines()]  # type: ignore[union-attr]
+    notices = [(e["severity"], e["text"], e.get("phase")) for e in events if e["event"] == "notice"]
+    assert notices == [("NOTICE", "migration says hello", None), ("WARNING", "careful", None),
+                       ("INFO", "statement by statement", None), ("NOTICE", "hook says 42", "post_run")]
+

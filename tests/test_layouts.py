@@ -33,6 +33,10 @@ SAMPLE_IDS = {
     "flyway": ["1_create_users", "1.1_index_users_email", "2_add_name", "R__active_users_view"],
     "drizzle": ["0000_create_users", "0001_add_name"],
     "sqitch": ["users", "users_email_index"],
+    "prisma": ["20240101090000_create_users", "20240102090000_index_users_email"],
+    "sqlx": ["20240101090000_create_users", "20240102090000_index_users_email"],
+    "atlas": ["20240101090000_create_users", "20240102090000_index_users_email"],
+    "node-pg-migrate": ["1704099600000_create_users", "1704186000000_index_users_email"],
 }
 LAYOUT_NAMES = sorted(SAMPLE_IDS)
 
@@ -267,11 +271,15 @@ def test_order_compares_like_the_old_integer_and_totally() -> None:
 @pytest.mark.parametrize("layout", LAYOUT_NAMES)
 def test_each_sample_rehearses_green(pg_server: Server, tmp_path: Path, layout: str) -> None:
     results = rehearse(pg_server, plan_file(tmp_path, DATA / layout, f"layout: {layout}\n"))
-    bad = {k: v for k, v in results.items() if v[0] != PASSED and v != (SKIPPED, "no down migration")}
+    # Drizzle, Prisma and Atlas have no downs: rollback is skipped and the failure rehearsal (atomic) runs,
+    # except for a migration that runs outside a transaction, where there is nothing to roll back.
+    outside = "runs outside a transaction"
+    bad = {k: v for k, v in results.items() if v[0] != PASSED and v != (SKIPPED, "no down migration")
+           and not (k.endswith("::atomic") and v[0] == SKIPPED and v[1].startswith(outside))}
     assert bad == {}
     for item_id, outcome in results.items():
-        if outcome == (SKIPPED, "no down migration"):  # drizzle has no downs: the failure rehearsal still runs
-            assert results[item_id.replace("::rollback", "::atomic")][0] == PASSED
+        if outcome == (SKIPPED, "no down migration"):
+            assert results[item_id.replace("::rollback", "::atomic")][0] in (PASSED, SKIPPED)
     for mid in SAMPLE_IDS[layout]:
         assert results[f"{mid}::apply"][0] == PASSED
     if layout == "sqitch":
@@ -406,10 +414,11 @@ def test_baseline_naming_no_migration(pg_server: Server, tmp_path: Path) -> None
 
 
 QUIRKS = {
+    # golang-migrate sends the file whole: a missing final semicolon is nothing it trips over.
     "golang down without final semicolon": (
         "golang-migrate",
         {"1_a.up.sql": "CREATE TABLE a (id int);\n", "1_a.down.sql": "DROP TABLE a\n"},
-        [("1_a.down.sql", 1, "layout-missing-semicolon", "warning")],
+        [],
     ),
     "golang CONCURRENTLY among other statements": (
         "golang-migrate",

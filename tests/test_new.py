@@ -13,7 +13,7 @@ import pytest
 from harness import authoring, cli, sources
 from harness.authoring import LAYOUTS, NativeLayout, create_migration, layout_for, plan_versions
 from harness.errors import ConfigError, SourceError
-from harness.layouts import read_folder
+from harness.layouts import atlas_sum_text, read_folder
 from harness.plan import load_plan
 from harness.lint import lint_files
 from harness.sources import load_migrations, load_plan_migrations
@@ -175,6 +175,22 @@ NEW_IN = {
         "0002_add_things.sql": ["-- Custom SQL migration file, put your code below! --\n-- 0002_add_things: add things",
                                 "drizzle has no down migrations", "--> statement-breakpoint"],
     }),
+    "prisma": ("20261101123005_add_things", {
+        "20261101123005_add_things/migration.sql": ["-- 20261101123005_add_things: add things",
+                                                    "Prisma has no down migrations"],
+    }),
+    "sqlx": ("20261101123005_add_things", {
+        "20261101123005_add_things.up.sql": ["undo it in 20261101123005_add_things.down.sql", "-- no-transaction"],
+        "20261101123005_add_things.down.sql": ["-- 20261101123005_add_things.down: undo"],
+    }),
+    "atlas": ("20261101123005_add_things", {
+        "20261101123005_add_things.sql": ["-- 20261101123005_add_things: add things", "-- atlas:txmode none"],
+    }),
+    "node-pg-migrate": ("1793536205000_add_things", {
+        "1793536205000_add_things.sql": ["-- Up Migration\n-- 1793536205000_add_things: add things\n",
+                                         "\n-- Down Migration\n-- 1793536205000_add_things.down: undo",
+                                         "`-- no transaction`", "delete this section"],
+    }),
     "sqitch": ("add_things", {
         "deploy/add_things.sql": ["-- Deploy harness_sample:add_things to pg\n\n-- add_things: add things\n",
                                   "undo it in revert/add_things.sql", "\nBEGIN;\n\n-- XXX Add DDLs here.\n\nCOMMIT;\n"],
@@ -224,9 +240,12 @@ def _write_sql(layout: str, folder: Path, files: list[str]) -> None:
     """Do what the author does next: write the up and down SQL into the new files."""
     first = folder / files[0]
     text = first.read_text()
-    if layout in ("dbmate", "goose"):
-        marker = "-- migrate:down" if layout == "dbmate" else "-- +goose Down"
+    if layout in ("dbmate", "goose", "node-pg-migrate"):
+        marker = {"dbmate": "-- migrate:down", "goose": "-- +goose Down", "node-pg-migrate": "-- Down Migration"}[layout]
         first.write_text(text.replace(f"\n{marker}\n", f"\n{UP_SQL}\n{marker}\n") + DOWN_SQL)
+    elif layout == "atlas":  # then `atlas migrate hash`, as Atlas users do after editing a file
+        first.write_text(text + UP_SQL)
+        (folder / "atlas.sum").write_text(atlas_sum_text({p.name: p.read_bytes() for p in folder.glob("*.sql")}))
     elif layout == "sqitch":
         first.write_text(text.replace("-- XXX Add DDLs here.", UP_SQL))
         revert = folder / files[1]
@@ -262,7 +281,7 @@ def test_new_in_each_layout(tmp_path: Path, frozen: None, layout: str, named: bo
     (new,) = [m for m in migrations if m.id == new_id]
     assert new.path == folder / list(files)[0]
     assert [s.sql.rstrip(";") for s in new.statements] == [UP_SQL.strip().rstrip(";")]
-    if layout != "drizzle":  # drizzle has no down migrations
+    if layout not in ("drizzle", "prisma", "atlas"):  # these tools have no down migrations
         assert new.down_statements and "DROP TABLE IF EXISTS things" in new.down_statements[0].sql
     assert [m.id for m in load_plan_migrations(load_plan(plan_path))] == [m.id for m in migrations]
 

@@ -201,10 +201,11 @@ def test_cli_rehearse_exit_code_and_output(tmp_path: Path, capsys: pytest.Captur
     ("files", "fragments"),
     [
         ({}, ["no migration found in", "<version>_<name>.sql"]),
-        ({"migration_lock.toml": 'provider = "postgresql"\n', "20240101000000_init/migration.sql": USERS},
-         ["no migration found in", "Prisma Migrate", "does not read"]),
+        ({"migration_lock.toml": 'provider = "postgresql"\n'},
+         ["no migration found in", "the prisma layout looks for", "migration.sql"]),
+        ({"env.py": "", "versions/1a2b_init.py": ""}, ["no migration found in", "Alembic", "does not read"]),
     ],
-    ids=["empty", "prisma"],
+    ids=["empty", "prisma-without-migrations", "alembic"],
 )
 def test_a_folder_without_migrations_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], files: dict[str, str], fragments: list[str]

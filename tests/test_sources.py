@@ -574,14 +574,11 @@ def test_a_folder_without_migrations_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("files", "named"),
     [
-        ({"migration_lock.toml": 'provider = "postgresql"\n', "20240101000000_init/migration.sql": "SELECT 1;"},
-         "Prisma Migrate"),
-        ({"20240101000000_init/migration.sql": "SELECT 1;"}, "Prisma Migrate"),
-        ({"atlas.sum": "h1:x=\n", "20240101000000_init.sql.txt": "SELECT 1;"}, "Atlas"),
         ({"env.py": "", "versions/abc_init.py": ""}, "Alembic"),
+        ({"alembic.ini": "[alembic]\n"}, "Alembic"),
         ({"1700000000000_init.js": "exports.up = () => {};"}, "migrations written in code (.js files)"),
     ],
-    ids=["prisma", "prisma-without-lock", "atlas", "alembic", "knex"],
+    ids=["alembic", "alembic-ini", "knex"],
 )
 def test_a_folder_of_a_layout_we_do_not_read_is_named(tmp_path: Path, files: dict[str, str], named: str) -> None:
     write(tmp_path, files)
