@@ -340,6 +340,21 @@ def test_cli_status_shows_the_foreign_history(db_dsn: str, tmp_path: Path, capsy
     assert [p["version"] for p in data["pending"]] == ["00001", "00002"]
 
 
+def test_cli_status_does_not_advise_adopt_once_adopted(db_dsn: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    SETUPS["goose"][1](db_dsn)
+    plan = str(_plan(tmp_path, "goose"))
+    assert main(["status", plan, "--dsn", db_dsn]) == 0
+    assert "Run `harness adopt PLAN`" in capsys.readouterr().out
+    assert main(["adopt", plan, "--dsn", db_dsn]) == 0
+    capsys.readouterr()
+    assert main(["status", plan, "--dsn", db_dsn]) == 0
+    out = capsys.readouterr().out
+    assert "Foreign history public.goose_db_version (goose): 1 applied" in out
+    assert "adopted: harness.schema_migrations records every migration it lists" in out
+    assert "harness adopt" not in out
+
+
 def test_cli_status_fails_on_a_dirty_foreign_history(db_dsn: str, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     run(db_dsn, GOLANG_DDL)

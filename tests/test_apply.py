@@ -8,7 +8,6 @@ of their own, as in production.
 from __future__ import annotations
 
 import http.server
-import io
 import json
 import os
 import signal

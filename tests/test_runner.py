@@ -239,3 +239,20 @@ def test_main_installs_its_log_handler_once(db_dsn: str, tmp_path: Path, capsys:
     capsys.readouterr()
     logging.getLogger("harness.test").warning("logged once")
     assert capsys.readouterr().err.count("logged once") == 1
+
+
+def test_runners_take_a_plan_name_like_the_cli(
+    tmp_path: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_project(tmp_path, MIGRATIONS, name="dev")
+    write_project(tmp_path, MIGRATIONS, PRODUCTION, mode="production", name="prod")
+    execute(db_dsn, SEED)
+    monkeypatch.setenv("TARGET_URL", db_dsn)
+    monkeypatch.chdir(tmp_path)
+    dev = DevelopmentMigrationRunner("dev")
+    assert dev.plan.name == "dev" and dev.plan.path == (tmp_path / "plans" / "dev.yaml").absolute()
+    assert dev.run().applied == ["1_users", "2_orders"]
+    prod = ProductionMigrationRunner("prod")
+    assert prod.plan.name == "prod" and prod.plan.path == load_plan("prod").path
+    with pytest.raises(ConfigError, match="no plan named 'staging'.*plans that exist: dev, prod"):
+        ProductionMigrationRunner("staging")
