@@ -65,6 +65,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Resolve the plans and make them collection arguments."""
     config.addinivalue_line("markers", "harness_plan(name): an item generated from a migration plan")
+    # Plan items carry xdist_group; without pytest-xdist the mark would be unknown.
+    config.addinivalue_line("markers", "xdist_group(name): items that run on one pytest-xdist worker")
+    if getattr(config, "workerinput", {}).get("harness_loadgroup"):
+        # An xdist worker parses the command line without -n, so it never learns that the controller
+        # switched to loadgroup; without the group suffix on node ids, a plan's items would be spread.
+        config.option.loadgroup = True
     names = list(config.getoption("migrate_plan") or []) or list(config.getini("harness_plans"))
     if not names:
         return
@@ -88,6 +94,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # All items of a plan share one working database: keep them on one xdist worker.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_WorkerGroups(), "harness-xdist-groups")
+
+
+class _WorkerGroups:
+    """Tells each xdist worker that the controller groups items (the worker reads it in pytest_configure)."""
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["harness_loadgroup"] = node.config.getvalue("dist") == "loadgroup"
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> PlanFile | None:

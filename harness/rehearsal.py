@@ -377,7 +377,7 @@ class Rehearsal:
 
     def _run(self, item: Item) -> Outcome:
         self._start()
-        if self._broken and self._broken[0] < item.index:
+        if self._broken and self._broken[0] < item.index and item.assertion != "lint":
             index, _reason = self._broken
             return Outcome(SKIPPED, f"depends on {self.migrations[index].id}, which failed to apply")
         if item.assertion == "baseline":  # baseline (issue 6): apply the baseline migrations, assert nothing else
@@ -966,16 +966,28 @@ class Rehearsal:
         step = self._steps[item.index]
         if step.before is None and self._position < item.index:
             self._advance(item.index - 1)
-            if self._broken and self._broken[0] < item.index:
-                return Outcome(SKIPPED, f"depends on {self.migrations[self._broken[0]].id}, which failed to apply")
-            self._before(item.index)
-        # "Existed before" comes from the rehearsal's own snapshot, not from guesswork.
-        before = step.before if not step.released else self.snapshot_at(item.index - 1)
-        existing = set(before.tables()) if before is not None else None
+            if not (self._broken and self._broken[0] < item.index):
+                self._before(item.index)
+        if self._broken and self._broken[0] < item.index:
+            # Lint needs no database: after a failed migration it still runs, on the schema the history
+            # reached plus the tables the migrations since then create.
+            reached = self.snapshot_at(self._broken[0] - 1)
+            existing = set(reached.tables()) if reached is not None else None
+            if existing is not None:
+                for earlier in self.migrations[self._broken[0]:item.index]:
+                    existing |= _created_tables(earlier)
+        else:
+            # "Existed before" comes from the rehearsal's own snapshot, not from guesswork.
+            before = step.before if not step.released else self.snapshot_at(item.index - 1)
+            existing = set(before.tables()) if before is not None else None
+        # Declared volatility decides whether an ADD COLUMN ... DEFAULT f() rewrites the table.
+        functions = ({name: attrs["volatility"] for name, attrs in before.of_type("function").items()}
+                     if before is not None else None)
         findings = lint_mod.lint_sql(
             migration.sql,
             relpath(migration.path),
             existing_tables=existing,
+            functions=functions,
             allow=cfg.allow,
             allow_reason=cfg.reason,
             in_transaction=migration.transactional,
@@ -1683,6 +1695,18 @@ def _changed_data(
         return (table_fingerprints(conn, now.nodes) if now.nodes else {}), True
     now, touched = _touched(conn, start, nodes_before)
     return (table_fingerprints(conn, touched) if touched else {}), now.catalog > start.catalog
+
+
+def _created_tables(migration: Migration) -> set[str]:
+    """The tables *migration*'s CREATE TABLE statements name, as ``schema.table`` (``public`` when unqualified)."""
+    found = set()
+    for statement in migration.statements:
+        if statement.kind in ("CreateStmt", "CreateTableAsStmt"):
+            node = statement.node
+            relation = getattr(node, "relation", None) or getattr(getattr(node, "into", None), "rel", None)
+            if relation is not None:
+                found.add(f"{relation.schemaname or 'public'}.{relation.relname}")
+    return found
 
 
 def _tool_refusal(migration: Migration, side: str) -> str | None:

@@ -108,11 +108,13 @@ def test_status_bad_migrations_folder_names_the_file(
     db_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     mdir = _migrations(tmp_path)
-    (mdir / "oops.sql").write_text("SELECT 1;")
+    # Two files with one version: the folder itself is refused (a badly named file is only skipped, with a warning).
+    (mdir / "0001_oops.sql").write_text("SELECT 1;")
+    (mdir / "1_again.sql").write_text("SELECT 1;")
     code = main(["status", "--dsn", db_dsn, "--migrations", str(mdir)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "oops.sql" in err and "Traceback" not in err
+    assert "0001_oops.sql" in err and "Traceback" not in err
 
 
 def test_unknown_command_and_bad_option_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

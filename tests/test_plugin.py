@@ -127,8 +127,10 @@ def test_plan_alone_unless_paths_are_given(pytester: pytest.Pytester) -> None:
 def test_xdist_keeps_a_plan_on_one_worker(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist", reason="pytest-xdist is not installed")
     _project(pytester, GOOD, PLAN)
-    result = pytester.runpytest("--migrate-plan", "staging", "-n", "2")
+    result = pytester.runpytest("--migrate-plan", "staging", "-n", "2", "-v")
     result.assert_outcomes(passed=11)
+    workers = {line.split("[gw", 1)[1][0] for line in result.outlines if "PASSED" in line and "[gw" in line}
+    assert len(workers) == 1, result.outlines  # the plan's items share one working database: one worker
 
 
 def test_harness_rehearse_cli_json(pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:

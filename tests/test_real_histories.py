@@ -134,6 +134,8 @@ def test_an_up_that_does_not_parse_fails_apply_and_the_rest_skips(pg_server: Ser
         "1_users.sql": USERS,
         "2_broken.sql": "ALTER TABLE users ADD COLUMN nick text;\nALTER TABEL users ADD COLUMN x int;\n",
         "3_after.sql": "CREATE TABLE after_it (id int);\n",
+        "4_index.sql": "CREATE INDEX users_email_idx ON users (email);\nCREATE INDEX after_idx ON after_it (id);\n"
+                       "CREATE TABLE fresh (id int);\nCREATE INDEX fresh_idx ON fresh (id);\n",
     }
     results = rehearse(pg_server, project(tmp_path, files))
     assert results["1_users::apply"][0] == PASSED
@@ -141,6 +143,12 @@ def test_an_up_that_does_not_parse_fails_apply_and_the_rest_skips(pg_server: Ser
     assert status == FAILED and "2_broken.sql:2:" in message and "syntax error" in message
     assert results["2_broken::lint"][0] == FAILED and "parse-error" in results["2_broken::lint"][1]
     assert results["3_after::apply"] == (SKIPPED, "depends on 2_broken, which failed to apply")
+    # Lint needs no database: it still runs after the failure, knowing what the history created.
+    assert results["3_after::lint"][0] == PASSED
+    status, message = results["4_index::lint"]
+    assert status == FAILED and "index-not-concurrent" in message and "users" in message
+    assert "after_it" in message  # created by 3_after, an earlier migration: it exists before 4_index
+    assert "fresh" not in message  # created by 4_index itself: new, so no finding
 
 
 DIESEL = {
