@@ -97,10 +97,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Where statement-by-statement progress of non-transactional migrations is kept.
-PROGRESS_TABLE = "apply_progress"
+PROGRESS_TABLE = history.PROGRESS_TABLE
 
 #: Where the progress of a batched statement (``-- harness:batch``) is kept: the last key done, rows, batches.
-BATCH_PROGRESS_TABLE = "batch_progress"
+BATCH_PROGRESS_TABLE = history.BATCH_PROGRESS_TABLE
 
 #: A console progress line every this many batches (and for the first and the last).
 BATCH_REPORT_EVERY = 10
@@ -290,6 +290,8 @@ class _Run:
         self.dsn: str | None = None
         self.where = "?"
         self.conn: psycopg.Connection[Any] | None = None
+        # The session holding the run lock; while set, the writing session self.conn holds its fence.
+        self.lock: history.LockSession | None = None
         self.receipt: Receipt | None = None
         self.receipt_valid = False
         self.snapshot: Snapshot | None = None
@@ -297,6 +299,8 @@ class _Run:
         self.backup_path: Path | None = None
         self.applied_now: list[Migration] = []
         self.pending: list[Migration] = []
+        # (version, statement index): a statement the drift check found completed without its progress row.
+        self.completed_unrecorded: tuple[str, int] | None = None
         self.ctx: HookContext | None = None
 
     # ------------------------------------------------------------------ frame
@@ -519,6 +523,7 @@ class _Run:
                     self.conn.close()
                 self.rl.say(f"  reconnecting to {self.where}")
             self.conn = self._connect(what="reconnect")
+            self._fence(self.conn)
         return self.conn
 
     def _delay(self, attempt: int) -> float:
@@ -599,7 +604,16 @@ class _Run:
         assert self.dsn is not None
         with contextlib.ExitStack() as stack:
             with rl.phase("lock"):
-                stack.enter_context(history.run_lock(self.dsn, timeout=self.guards.lock_wait))
+                # The writing session must not idle out while this run waits for the lock.
+                history.keep_alive(self.conn)
+                t0 = time.monotonic()
+                holder = stack.enter_context(
+                    history.run_lock(self.dsn, timeout=self.guards.lock_wait, on_wait=self._waiting)
+                )
+                lock = history.lock_session(holder)
+                self._fence(self.conn, lock, timeout=max(self.guards.lock_wait - (time.monotonic() - t0), 0.0))
+                self.lock = lock
+                stack.callback(self._unfence)
             rl.say("  run lock taken")
             with rl.phase("status"):
                 status = self._status()
@@ -627,6 +641,54 @@ class _Run:
             self._retention()
             self.result.ok = True
             self._summary()
+
+    # -- the run lock and its fence (harness.history, docs/apply.md "Fencing")
+
+    def _waiting(self, text: str) -> None:
+        self.rl.say(f"  {text}")
+        self.rl.event("lock_wait", text=text)
+
+    def _fence(self, conn: psycopg.Connection[Any], lock: history.LockSession | None = None,
+               timeout: float | None = None) -> None:
+        """Make *conn* (a new writing session) hold the fence of the run lock; a no-op before the lock is taken."""
+        lock = lock or self.lock
+        if lock is None:
+            return
+        history.take_fence(conn, lock, timeout=self.guards.lock_wait if timeout is None else timeout,
+                           where=self.where, on_wait=self._waiting)
+
+    def _unfence(self) -> None:
+        if self.conn is not None and self.lock is not None:
+            history.release_fence(self.conn, self.lock)
+        self.lock = None
+
+    def _verify_lock(self, conn: psycopg.Connection[Any], *, rollback: bool = True) -> None:
+        """Prove that this run still holds the run lock (and *conn* its fence) before a statement or a commit.
+
+        When it does not, an open transaction is rolled back (*rollback*
+        ``False``: inside ``conn.transaction()``, which rolls back itself) and
+        the run stops (:class:`~harness.errors.RunLockLost`).
+        """
+        if self.lock is None:
+            return
+        try:
+            history.verify_lock(conn, self.lock, where=self.where)
+        except HarnessError as exc:
+            if rollback:
+                self._rollback_quietly(conn)
+            self.rl.event("lock_lost", text=str(exc))
+            raise
+
+    def _begin(self, conn: psycopg.Connection[Any]) -> None:
+        """``BEGIN``, the plan's ``SET LOCAL`` timeouts, and the proof that this run still holds the lock."""
+        conn.execute("BEGIN")
+        self._set_local(conn)
+        self._verify_lock(conn)
+
+    def _commit(self, conn: psycopg.Connection[Any]) -> None:
+        """``COMMIT``, after proving that this run still holds the lock (else roll back and stop)."""
+        self._verify_lock(conn)
+        conn.execute("COMMIT")
 
     # -- guards
 
@@ -784,6 +846,7 @@ class _Run:
 
         def attempt(conn: psycopg.Connection[Any], n: int) -> None:
             with conn.transaction():
+                self._verify_lock(conn, rollback=False)
                 recorded = {r.version for r in history.read_applied(conn)}
                 for migration in baselined:
                     if migration.version not in recorded:
@@ -798,6 +861,8 @@ class _Run:
     def _drift(self, status: history.Status[Migration]) -> None:
         rl = self.rl
         conn = self._live()
+        if not self.baselined and self._drift_within(conn):
+            return
         # With a baseline to record, the target must already look like the rehearsal after the baseline.
         index = self.baseline_index if self.baselined else len(status.applied) - 1
         last = self.migrations[index].id if index >= 0 else None
@@ -831,6 +896,11 @@ class _Run:
         )
 
     def _rehearsed_schema(self, index: int) -> Snapshot:
+        return self._rehearsed_schemas(index)[0]
+
+    def _rehearsed_schemas(self, index: int, completed: int | None = None, upto: int | None = None) -> list[Snapshot]:
+        """The rehearsal's schema after migration *index*; with *completed*, part-way through it (see
+        :meth:`harness.rehearsal.Rehearsal.schemas_within`), one schema per statement count up to *upto*."""
         from .postgres import start_server
         from .rehearsal import Rehearsal
 
@@ -838,9 +908,84 @@ class _Run:
         server = start_server(r.provider, r.postgres, r.dsn, data_bytes=r.seed_bytes)
         try:
             with Rehearsal(self.plan, server, migrations=self.migrations, measure=False) as rehearsal:
-                return rehearsal.schema_after(index)
+                if completed is None:
+                    return [rehearsal.schema_after(index)]
+                return rehearsal.schemas_within(index, completed, upto)
         finally:
             server.stop()
+
+    def _drift_within(self, conn: psycopg.Connection[Any]) -> bool:
+        """The drift check when an earlier run left the next migration part-way; False when it did not.
+
+        A migration that commits statement by statement (or unit by unit,
+        with batched statements) and was interrupted leaves its completed
+        statements on the target and says how many in its progress rows.  The
+        target must then look like the rehearsal after exactly those
+        statements: the plan is rehearsed up to there (the receipt keeps one
+        digest per migration, not per statement).  When it instead looks
+        like the rehearsal after the next statement as well, that statement
+        completed and the run died before its progress row: apply resumes
+        after it.  An INVALID index the interrupted statement left is named,
+        with the statement that drops it.
+        """
+        if not self.pending or self.pending[0].transactional:
+            return False
+        migration = self.pending[0]
+        statements = migration.statements
+        progress = history.read_progress(conn).get(migration.version)
+        done = self._progress(conn, migration) if progress is not None and progress.statements else -1
+        self._refuse_invalid_index(conn, migration, done)
+        if done < 0:
+            return False  # nothing of its schema changes was committed: the usual check after the migration before
+        rl = self.rl
+        index = self.migrations.index(migration)
+        unit = next((u for u in _units(migration) if u[1] > done), None)
+        # Only a statement that commits on its own can have run without its progress row (a unit's row commits with it).
+        single = unit is not None and unit[2] is None and unit[0] == unit[1] and not (
+            migration.batches and not migration.no_transaction)
+        upto = done + 2 if single else done + 1
+        where = f"after statement {done + 1} of {len(statements)} of {migration.id}"
+        actual = take_snapshot(conn)
+        self.snapshot = actual
+        rl.say(f"  drift: {migration.id} was left part-way by an earlier run ({progress.describe(len(statements)) if progress else ''}); "
+               "rehearsing the plan up to there to compare the schema ...")
+        with rl.progress("drift rehearsal"):
+            expected = self._rehearsed_schemas(index, done + 1, upto)
+        changes = diff_snapshots(expected[0], actual)
+        if not changes:
+            rl.say(f"  drift: none (schema equals the rehearsal {where})")
+            rl.event("drift", outcome="none", at=migration.id, statements=done + 1, digest=actual.digest, rehearsed=True)
+            return True
+        if len(expected) > 1 and not diff_snapshots(expected[1], actual):
+            self.completed_unrecorded = (migration.version, done + 1)
+            rl.say(f"  drift: none (schema equals the rehearsal after statement {done + 2} of {migration.id}: it "
+                   "completed, but the earlier run stopped before recording it; it is not run again)")
+            rl.event("drift", outcome="none", at=migration.id, statements=done + 2, digest=actual.digest, rehearsed=True)
+            return True
+        rl.event("drift", outcome="drift", at=migration.id, statements=done + 1, changes=[c.describe() for c in changes[:200]])
+        raise GuardError(
+            f"drift: the schema of {self.where} differs from the rehearsed schema {where}, where an earlier run "
+            f"stopped (expected → actual, {len(changes)} difference{'s' if len(changes) != 1 else ''}):\n"
+            f"{_indent(format_changes(changes))}\n"
+            "Someone changed the database outside the migrations. Undo that change, or capture it in a new "
+            "migration and rehearse again; apply refuses to run on a drifted database."
+        )
+
+    def _refuse_invalid_index(self, conn: psycopg.Connection[Any], migration: Migration, done: int) -> None:
+        """Refuse when the statement after the last completed one is a ``CREATE INDEX CONCURRENTLY`` that left an INVALID index."""
+        if done + 1 >= len(migration.statements):
+            return
+        statement = migration.statements[done + 1]
+        name = self._index_name(statement)
+        state = self._index_state(conn, name) if name else None
+        if state is None or state[1]:
+            return
+        raise GuardError(
+            f"{relpath(migration.path)}:{statement.line}: index {state[0]} exists but is INVALID: an earlier run was "
+            f"interrupted while building it (statement {done + 2} of {len(migration.statements)} of {migration.id}, "
+            f"{statement.sql.strip().splitlines()[0][:100]}). It is not used by queries but slows down writes. Drop "
+            f"it, then run apply again; it resumes at that statement:\n    DROP INDEX CONCURRENTLY IF EXISTS {state[0]};"
+        )
 
     def _check_transaction_scope(self) -> None:
         if self.guards.transaction != "single":
@@ -1020,11 +1165,10 @@ class _Run:
                 return timings
             timings.clear()
             t0 = time.perf_counter()
-            conn.execute("BEGIN")
-            self._set_local(conn)
+            self._begin(conn)
             run_statements(conn, migration.statements, migration.path, timings=timings)
             history.record_applied(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
-            conn.execute("COMMIT")
+            self._commit(conn)
             return timings
 
         try:
@@ -1042,15 +1186,14 @@ class _Run:
         def attempt(conn: psycopg.Connection[Any], n: int) -> None:
             if n > 0 and all(self._recorded(conn, m) for m in pending):
                 return
-            conn.execute("BEGIN")
-            self._set_local(conn)
+            self._begin(conn)
             for number, migration in enumerate(pending, 1):
                 current["m"] = migration
                 t0 = time.perf_counter()
                 run_statements(conn, migration.statements, migration.path)
                 history.record_applied(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
                 self.rl.say(f"[{number}/{len(pending)}] {migration.id} ran ({_plural(len(migration.statements), 'statement')})")
-            conn.execute("COMMIT")
+            self._commit(conn)
 
         with self.rl.phase("migration:single", migrations=[m.id for m in pending]):
             try:
@@ -1133,6 +1276,9 @@ class _Run:
         rl = self.rl
         conn = self._live()
         done = self._progress(conn, migration)
+        if self.completed_unrecorded and self.completed_unrecorded[0] == migration.version:
+            done = max(done, self.completed_unrecorded[1])
+            self._retrying(f"recording progress of {migration.id}", lambda c, n: self._mark(c, migration, done))
         statements = migration.statements
         if done >= 0:
             rl.say(f"  resuming {migration.id}: statements 1-{done + 1} of {len(statements)} were completed by an earlier run")
@@ -1158,6 +1304,7 @@ class _Run:
             if n > 0 and self._recorded(c, migration):
                 return
             with c.transaction():
+                self._verify_lock(c, rollback=False)
                 history.record_applied(c, migration, execution_ms=int(sum(s for _, s in timings) * 1000), mode=self.mode)
                 c.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_PROGRESS), [migration.version])
                 if migration.batches:
@@ -1199,6 +1346,7 @@ class _Run:
                     rl.say(f"  dropping the invalid index {state[0]} left by the failed try")
                     c.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.SQL(state[0])))
             self._set_local(c, "SESSION")
+            self._verify_lock(c)
             run_statements(c, [statement], migration.path, timings=timings)
 
         what = f"{migration.id} statement {index + 1}/{len(statements)}"
@@ -1235,11 +1383,10 @@ class _Run:
 
         def attempt(c: psycopg.Connection[Any], n: int) -> None:
             done: list[tuple[Statement, float]] = []
-            c.execute("BEGIN")
-            self._set_local(c)
+            self._begin(c)
             run_statements(c, statements[first:last + 1], migration.path, timings=done)
             self._mark(c, migration, last)
-            c.execute("COMMIT")
+            self._commit(c)
             timings.extend(done)
 
         try:
@@ -1294,8 +1441,7 @@ class _Run:
         started = state
 
         def attempt(c: psycopg.Connection[Any], n: int) -> tuple[BatchState, bool]:
-            c.execute("BEGIN")
-            self._set_local(c)
+            self._begin(c)
             # After a lost connection the COMMIT may have happened: the progress row says.
             current = self._batch_state(c, migration, spec) if n > 0 else state
             upper, rows = next_batch(c, spec, target, current.last_key)
@@ -1313,7 +1459,7 @@ class _Run:
                 [migration.version, migration.checksum, spec.index, spec.statement_line, after.last_key, after.rows,
                  after.batches],
             )
-            c.execute("COMMIT")
+            self._commit(c)
             return after, False
 
         while True:
@@ -1348,6 +1494,7 @@ class _Run:
 
     def _finish_batched(self, c: psycopg.Connection[Any], migration: Migration, spec: BatchSpec) -> None:
         with c.transaction():
+            self._verify_lock(c, rollback=False)
             self._mark(c, migration, spec.index)
             c.execute(sql.SQL("DELETE FROM {} WHERE version = %s AND statement_index = %s").format(_BATCH_PROGRESS),
                       [migration.version, spec.index])
@@ -1501,13 +1648,13 @@ class _Run:
                 if n > 0 and not any(r.version == migration.version for r in history.read_applied(conn)):
                     return
                 if transactional:
-                    conn.execute("BEGIN")
-                    self._set_local(conn)
+                    self._begin(conn)
                     run_statements(conn, statements, path)
                     history.remove_applied(conn, migration.version)
-                    conn.execute("COMMIT")
+                    self._commit(conn)
                 else:
                     self._set_local(conn, "SESSION")
+                    self._verify_lock(conn)
                     run_statements(conn, statements, path)
                     history.remove_applied(conn, migration.version)
                     conn.execute("RESET lock_timeout")
@@ -1604,7 +1751,14 @@ class _Run:
         if problems:
             add("status: apply WOULD REFUSE: " + ", ".join(problems))
             would_refuse.append("history needs attention")
-        if self.production and conn is not None:
+        partly = self.pending[0] if conn is not None and self.pending and not self.pending[0].transactional else None
+        progress = history.read_progress(conn).get(partly.version) if partly is not None and conn is not None else None
+        if progress is not None and partly is not None:
+            add(f"resume: {partly.id} was left part-way by an earlier run ({progress.describe(len(partly.statements))}); "
+                "apply resumes after the last completed statement or batch")
+        if self.production and conn is not None and progress is not None and progress.statements:
+            add("drift: apply would rehearse the plan up to the statements completed and compare schemas")
+        elif self.production and conn is not None:
             index = self.baseline_index if self.baselined else len(status.applied) - 1
             last = self.migrations[index].id if 0 <= index < len(self.migrations) else None
             actual = take_snapshot(conn)

@@ -34,6 +34,7 @@ __all__ = [
     "GuardError",
     "BackupError",
     "CheckFailed",
+    "RunLockLost",
 ]
 
 EXIT_OK = 0
@@ -110,3 +111,7 @@ class BackupError(HarnessError):
 
 class CheckFailed(HarnessError):
     """An assertion or check found a problem."""
+
+
+class RunLockLost(GuardError):
+    """This run can no longer prove that it holds the migration run lock, so it stops before its next statement."""

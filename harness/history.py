@@ -11,16 +11,30 @@ that idle connection instead of blocking inside a statement or a transaction:
 a blocked ``pg_advisory_lock`` call holds a snapshot, and the lock holder's
 ``CREATE INDEX CONCURRENTLY`` waits for every older snapshot to go away, so
 holder and waiter would deadlock (the Flyway / golang-migrate bug).
+
+The lock session can end under a run (``idle_session_timeout``,
+``pg_terminate_backend``, a pooler, a network failure) while the run goes
+on.  So the run lock is *fenced*: the session that writes (apply's migrating
+session) holds a second advisory lock, the fence (:func:`fence_key`), for as
+long as it lives, taken after the run lock and before the history is read
+(:func:`take_fence`); every migration transaction, statement or batch first
+proves, in that session, that the lock session still holds the run lock and
+that it holds the fence (:func:`verify_lock`).  A run whose lock session died
+stops (:class:`~harness.errors.RunLockLost`); a run that took the lock after
+it waits for the fence until the first run's writing session is gone, and
+only then reads the history: two runs never write at the same time, and the
+second one sees everything the first committed.
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,7 +46,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from .errors import ConnectionFailed, HarnessError, LockTimeout
+from .errors import ConnectionFailed, HarnessError, LockTimeout, RunLockLost
 from .redact import describe_dsn, scrub
 
 __all__ = [
@@ -41,14 +55,25 @@ __all__ = [
     "MODES",
     "APPLICATION_NAME",
     "RUN_LOCK_KEY",
+    "PROGRESS_TABLE",
+    "BATCH_PROGRESS_TABLE",
     "MigrationLike",
     "AppliedMigration",
+    "Progress",
+    "LockSession",
     "Status",
     "ensure_table",
     "read_applied",
+    "read_progress",
     "record_applied",
     "remove_applied",
     "run_lock",
+    "fence_key",
+    "keep_alive",
+    "lock_session",
+    "take_fence",
+    "release_fence",
+    "verify_lock",
     "compute_status",
     "format_status",
 ]
@@ -70,6 +95,11 @@ APPLICATION_NAME = "migration-harness"
 #: signed big-endian 64-bit integer.  Fixed forever: every version of the
 #: harness must contend for the same lock.
 RUN_LOCK_KEY = -4595217716265846067
+
+#: Where apply keeps the progress of a migration that commits part by part (written by harness.apply,
+#: read here for status): the statements completed, and the batches of a ``-- harness:batch`` statement.
+PROGRESS_TABLE = "apply_progress"
+BATCH_PROGRESS_TABLE = "batch_progress"
 
 # Key of the transaction-level lock that serialises creators of the table.
 # Deliberately different from RUN_LOCK_KEY: a process holding the run lock on
@@ -145,6 +175,45 @@ class AppliedMigration:
         }
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far an interrupted run got with a migration that commits part by part.
+
+    A non-transactional migration commits statement by statement, one with a
+    ``-- harness:batch`` statement unit by unit and batch by batch (see
+    docs/apply.md); apply records each commit and resumes after the last one.
+    ``statements`` completed statements (the first ones of the file);
+    ``batches`` and ``rows`` committed so far of the batched statement at
+    ``line`` (0 and ``None`` when none is under way).
+    """
+
+    version: str
+    checksum: str
+    statements: int
+    batches: int = 0
+    rows: int = 0
+    line: int | None = None
+    updated_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (ISO 8601 timestamp)."""
+        return {
+            "statements_done": self.statements,
+            "batches": self.batches,
+            "rows": self.rows,
+            "batch_line": self.line,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+        }
+
+    def describe(self, total: int | None = None) -> str:
+        """``statement 2 of 3 done``, with the batches of a batched statement under way."""
+        of = f" of {total}" if total else ""
+        text = f"statement {self.statements}{of} done" if self.statements else f"0{of} statements done"
+        if self.batches:
+            text += f", {self.batches} batch{'' if self.batches == 1 else 'es'} ({self.rows} rows) of line {self.line}"
+        return text
+
+
 # --------------------------------------------------------------------------
 # The table
 
@@ -182,6 +251,32 @@ def read_applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
     ).format(sql.SQL(", ").join(sql.Identifier(c) for c in _COLUMNS), _QUALIFIED)
     rows = conn.execute(query).fetchall()
     return [AppliedMigration(*row) for row in rows]
+
+
+def read_progress(conn: psycopg.Connection[Any]) -> dict[str, Progress]:
+    """The progress of migrations an interrupted run left part-way, by version; empty without the tables."""
+    found: dict[str, Progress] = {}
+    names = [f"{SCHEMA}.{PROGRESS_TABLE}", f"{SCHEMA}.{BATCH_PROGRESS_TABLE}"]
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL", names).fetchone()
+    has_progress, has_batches = (bool(row[0]), bool(row[1])) if row else (False, False)
+    if has_progress:
+        query = sql.SQL(
+            "SELECT version, checksum, max(statement_index) + 1, max(completed_at) FROM {}.{} "
+            "GROUP BY version, checksum ORDER BY max(completed_at)"
+        ).format(sql.Identifier(SCHEMA), sql.Identifier(PROGRESS_TABLE))
+        for version, checksum, done, at in conn.execute(query).fetchall():
+            found[version] = Progress(version, checksum, int(done), updated_at=at)
+    if has_batches:
+        query = sql.SQL(
+            "SELECT version, checksum, line, rows, batches, updated_at FROM {}.{} ORDER BY updated_at"
+        ).format(sql.Identifier(SCHEMA), sql.Identifier(BATCH_PROGRESS_TABLE))
+        for version, checksum, line, rows, batches, at in conn.execute(query).fetchall():
+            before = found.get(version)
+            found[version] = Progress(
+                version, checksum, before.statements if before else 0, int(batches), int(rows), int(line),
+                max(t for t in (at, before.updated_at if before else None) if t is not None),
+            )
+    return found
 
 
 def _client_identity() -> str:
@@ -279,6 +374,11 @@ ORDER BY l.pid"""
         return cur.execute(query, [classid, objid]).fetchall()
 
 
+def _seconds(value: float) -> str:
+    """``20s``, ``19.8s``."""
+    return f"{value:.1f}".rstrip("0").rstrip(".") + "s"
+
+
 def _when(value: datetime | None) -> str:
     return value.isoformat(sep=" ", timespec="seconds") if value else "?"
 
@@ -306,12 +406,32 @@ def _describe_holder(h: dict[str, Any]) -> str:
     return f"pid {h['pid']} (" + ", ".join(parts) + ")"
 
 
+def keep_alive(conn: psycopg.Connection[Any], *, idle_in_transaction: bool = False) -> None:
+    """Keep the session of *conn* from being ended for idling: it holds a lock the run depends on.
+
+    Sets ``idle_session_timeout = 0`` (PostgreSQL 14+) and, with
+    *idle_in_transaction*, ``idle_in_transaction_session_timeout = 0`` for
+    this session only; a role or database setting (``ALTER ROLE ... SET``)
+    would otherwise end the idle lock session and silently free the lock.
+    """
+    if conn.info.server_version >= 140000:
+        conn.execute("SET idle_session_timeout = 0")
+    if idle_in_transaction:
+        conn.execute("SET idle_in_transaction_session_timeout = 0")
+
+
 def _connect_lock(dsn: str, where: str) -> psycopg.Connection[Any]:
     try:
         options: dict[str, Any] = {"application_name": APPLICATION_NAME}
-        if "connect_timeout" not in conninfo_to_dict(dsn):
+        given = conninfo_to_dict(dsn)
+        if "connect_timeout" not in given:
             options["connect_timeout"] = _CONNECT_TIMEOUT
-        return psycopg.connect(dsn, autocommit=True, **options)
+        if "keepalives_idle" not in given:
+            # A peer that vanished (network, pooler) is noticed by TCP, and idle NAT entries stay open.
+            options.update(keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+        conn = psycopg.connect(dsn, autocommit=True, **options)
+        keep_alive(conn, idle_in_transaction=True)
+        return conn
     except psycopg.Error as exc:
         lines = str(exc).strip().splitlines()
         reason = scrub(lines[0]) if lines else type(exc).__name__
@@ -321,11 +441,26 @@ def _connect_lock(dsn: str, where: str) -> psycopg.Connection[Any]:
         ) from None
 
 
-def _acquire(conn: psycopg.Connection[Any], key: int, timeout: float, poll: float, where: str) -> None:
-    """Poll ``pg_try_advisory_lock`` from the idle autocommit *conn* until it succeeds or *timeout* passes."""
+def _acquire(
+    conn: psycopg.Connection[Any],
+    key: int,
+    timeout: float,
+    poll: float,
+    where: str,
+    on_wait: Callable[[str], None] | None = None,
+    what: str = "the migration run lock",
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Poll ``pg_try_advisory_lock`` from the idle autocommit *conn* until it succeeds or *timeout* passes.
+
+    *on_wait* is told once, with the holder, that this session waits;
+    *check* runs before every try (it raises to give up).
+    """
     deadline = time.monotonic() + max(timeout, 0.0)
     announced = False
     while True:
+        if check is not None:
+            check()
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
         if row and row[0]:
             return
@@ -334,12 +469,13 @@ def _acquire(conn: psycopg.Connection[Any], key: int, timeout: float, poll: floa
             break
         if not announced:
             holders = _holders(conn, key)
-            log.info(
-                "waiting up to %.0fs for the migration run lock on %s, held by %s",
-                timeout,
-                where,
-                "; ".join(_describe_holder(h) for h in holders) or "another session",
+            text = (
+                f"waiting up to {_seconds(timeout)} for {what} on {where}, held by "
+                + ("; ".join(_describe_holder(h) for h in holders) or "another session")
             )
+            log.info("%s", text)
+            if on_wait is not None:
+                on_wait(text)
             announced = True
         time.sleep(min(poll, remaining))
     holders = _holders(conn, key)
@@ -354,7 +490,7 @@ def _acquire(conn: psycopg.Connection[Any], key: int, timeout: float, poll: floa
         who = "its holder has just released it or is not visible to this user"
         advice = "Try again, or raise the lock timeout."
     raise LockTimeout(
-        f"could not take the migration run lock (advisory lock {key}) on {where} within {timeout:g}s: {who}. {advice}"
+        f"could not take {what} (advisory lock {key}) on {where} within {timeout:g}s: {who}. {advice}"
     )
 
 
@@ -365,6 +501,7 @@ def run_lock(
     timeout: float = 60.0,
     poll: float = 0.2,
     key: int = RUN_LOCK_KEY,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[psycopg.Connection[Any]]:
     """Hold the migration run lock on the database of *dsn* for the ``with`` block.
 
@@ -374,12 +511,15 @@ def run_lock(
     every *poll* seconds from that idle connection, never from inside a
     transaction, so the holder's ``CREATE INDEX CONCURRENTLY`` does not wait
     for us.  After *timeout* seconds :class:`~harness.errors.LockTimeout` names
-    the holder.  The lock is released on exit, also on an exception.
+    the holder; *on_wait* is told, with the holder, when this run starts to
+    wait.  The session is kept from idling out (:func:`keep_alive`).  The lock
+    is released on exit, also on an exception.  A run that writes on another
+    session fences it (:func:`take_fence`, :func:`verify_lock`).
     """
     where = describe_dsn(dsn)
     conn = _connect_lock(dsn, where)
     try:
-        _acquire(conn, key, timeout, poll, where)
+        _acquire(conn, key, timeout, poll, where, on_wait)
         log.debug("took the migration run lock on %s", where)
         try:
             yield conn
@@ -401,6 +541,127 @@ def _release(conn: psycopg.Connection[Any], key: int, where: str) -> None:
             log.warning("the migration run lock on %s was not held at release", where)
     except Exception as exc:  # noqa: BLE001 - never hide the error that ended the block
         log.warning("could not release the migration run lock on %s cleanly (%s); closing the connection", where, scrub(str(exc)))
+
+
+def fence_key(key: int = RUN_LOCK_KEY) -> int:
+    """Key of the fence of run lock *key*: the first 8 bytes of sha256 of ``migration-harness:fence:<key>``, signed."""
+    digest = hashlib.sha256(f"migration-harness:fence:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class LockSession:
+    """The session that holds a run lock: what :func:`verify_lock` looks for in ``pg_locks``.
+
+    A backend pid can be reused once its session ended, so the session is
+    known by its pid and its start time.
+    """
+
+    pid: int
+    backend_start: datetime | None
+    key: int = RUN_LOCK_KEY
+
+    @property
+    def fence(self) -> int:
+        """The key of the fence that goes with this run lock."""
+        return fence_key(self.key)
+
+    def describe(self) -> str:
+        """``pid 123, connected since 2026-11-01 12:00:00+00:00``."""
+        return f"pid {self.pid}, connected since {_when(self.backend_start)}"
+
+
+def lock_session(conn: psycopg.Connection[Any], key: int = RUN_LOCK_KEY) -> LockSession:
+    """The identity of *conn*, the connection :func:`run_lock` yields."""
+    row = conn.execute(
+        "SELECT pg_backend_pid(), (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())"
+    ).fetchone()
+    assert row is not None
+    return LockSession(int(row[0]), row[1], key)
+
+
+_VERIFY = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.classid::bigint = %(classid)s AND l.objid::bigint = %(objid)s
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.pid = %(pid)s AND a.backend_start IS NOT DISTINCT FROM %(started)s
+), EXISTS (
+    SELECT 1 FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.classid::bigint = %(fence_classid)s AND l.objid::bigint = %(fence_objid)s
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.pid = pg_backend_pid()
+)"""
+
+
+def verify_lock(conn: psycopg.Connection[Any], lock: LockSession, *, where: str = "?", fence: bool = True) -> None:
+    """Prove, on the writing session *conn*, that *lock*'s session still holds the run lock and *conn* the fence.
+
+    One query on ``pg_locks`` (live, also inside a transaction).  Raises
+    :class:`~harness.errors.RunLockLost` when either is not held: the caller
+    must not run its next statement.  *fence* ``False``: check the run lock only.
+    """
+    classid, objid = _lock_parts(lock.key)
+    fence_classid, fence_objid = _lock_parts(lock.fence)
+    row = conn.execute(
+        _VERIFY,
+        {"classid": classid, "objid": objid, "pid": lock.pid, "started": lock.backend_start,
+         "fence_classid": fence_classid, "fence_objid": fence_objid},
+    ).fetchone()
+    held, fenced = (bool(row[0]), bool(row[1])) if row else (False, False)
+    if not held:
+        raise RunLockLost(
+            f"lost the migration run lock on {where}: the session that held it ({lock.describe()}) no longer does; "
+            "it was ended (idle_session_timeout, pg_terminate_backend, a connection pooler or a network failure). "
+            "Stopped before the next statement: nothing more runs. Another run may hold the lock now; when no run "
+            "is in progress, run apply again: it carries on from what is committed."
+        )
+    if fence and not fenced:
+        raise RunLockLost(
+            f"this run's writing session on {where} does not hold the run-lock fence (advisory lock {lock.fence}); "
+            "it cannot prove that no other run writes. Stopped before the next statement; run apply again."
+        )
+
+
+def take_fence(
+    conn: psycopg.Connection[Any],
+    lock: LockSession,
+    *,
+    timeout: float,
+    poll: float = 0.2,
+    where: str = "?",
+    on_wait: Callable[[str], None] | None = None,
+) -> None:
+    """Make *conn*, the session that writes, hold the fence of *lock* (a session-level advisory lock).
+
+    Call it after taking the run lock and before reading the history, and
+    after every reconnect.  While another session holds the fence (a run
+    that lost its lock session but still writes, or this run's own old
+    session after a network failure, until the server notices it is gone)
+    this waits, telling *on_wait*, up to *timeout* seconds
+    (:class:`~harness.errors.LockTimeout`); before every try it proves that
+    the run lock is still held (:class:`~harness.errors.RunLockLost`).  The
+    session is kept from idling out (:func:`keep_alive`).
+    """
+    keep_alive(conn)
+
+    def still_held() -> None:
+        verify_lock(conn, lock, where=where, fence=False)
+
+    _acquire(conn, lock.fence, timeout, poll, where, on_wait, what="the run-lock fence", check=still_held)
+
+
+def release_fence(conn: psycopg.Connection[Any], lock: LockSession) -> None:
+    """Let go of the fence on *conn* (best effort: closing the session lets go of it too)."""
+    if conn.closed or conn.broken:
+        return
+    try:
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [lock.fence])
+    except psycopg.Error as exc:
+        log.debug("could not release the run-lock fence (%s); it goes with the session", scrub(str(exc)))
 
 
 # --------------------------------------------------------------------------
@@ -438,6 +699,8 @@ class Status(Generic[M]):
     are the rows among them that need attention.  A failed row is not
     ``pending``: it has to be looked at (and the row removed) before it runs again.
     ``files`` holds every migration file, in the order its layout's tool applies them.
+    ``partial`` holds, by version, the progress of pending migrations an
+    interrupted run left part-way (apply resumes them).
     """
 
     applied: list[tuple[AppliedMigration, M | None]] = field(default_factory=list)
@@ -447,6 +710,7 @@ class Status(Generic[M]):
     failed: list[AppliedMigration] = field(default_factory=list)
     last_applied_at: datetime | None = None
     files: list[M] = field(default_factory=list)
+    partial: dict[str, Progress] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -457,7 +721,11 @@ class Status(Generic[M]):
         """The status as JSON-ready values (ISO 8601 timestamps)."""
 
         def file(m: MigrationLike) -> dict[str, Any]:
-            return {"version": m.version, "name": m.name, "id": m.id, "checksum": m.checksum}
+            entry: dict[str, Any] = {"version": m.version, "name": m.name, "id": m.id, "checksum": m.checksum}
+            progress = self.partial.get(m.version)
+            if progress is not None:
+                entry["progress"] = {**progress.to_dict(), "statements": _statement_count(m)}
+            return entry
 
         return {
             "ok": self.ok,
@@ -479,8 +747,17 @@ class Status(Generic[M]):
         }
 
 
-def compute_status(migrations: Sequence[M], applied: Sequence[AppliedMigration]) -> Status[M]:
-    """Compare migration files with history rows (no database involved)."""
+def _statement_count(m: Any) -> int | None:
+    statements = getattr(m, "statements", None)
+    return len(statements) if statements is not None else None
+
+
+def compute_status(
+    migrations: Sequence[M],
+    applied: Sequence[AppliedMigration],
+    progress: Mapping[str, Progress] | None = None,
+) -> Status[M]:
+    """Compare migration files with history rows and the progress of interrupted runs (no database involved)."""
     by_version: dict[str, M] = {m.version: m for m in migrations}
     recorded = {row.version for row in applied}
     position = {m.version: i for i, m in enumerate(migrations)}
@@ -496,6 +773,7 @@ def compute_status(migrations: Sequence[M], applied: Sequence[AppliedMigration])
         failed=[row for row in rows if not row.success],
         last_applied_at=max((row.applied_at for row in rows), default=None),
         files=list(migrations),
+        partial={v: p for v, p in (progress or {}).items() if v in by_version and v not in recorded},
     )
 
 
@@ -536,6 +814,10 @@ def format_status(status: Status[Any], *, where: str) -> str:
         row = rows.get(m.version)
         if row is not None:
             entries.append((m.version, applied_cells(row, m)))
+        elif m.version in status.partial:
+            p = status.partial[m.version]
+            state = "partly applied: " + p.describe(_statement_count(m))
+            entries.append((m.version, (m.version, m.name, state, _when(p.updated_at), "-")))
         elif m.version in waiting:
             entries.append((m.version, (m.version, m.name, "pending", "-", "-")))
     gone = [(row.version, applied_cells(row, None)) for row, m in status.applied if m is None]
@@ -554,6 +836,8 @@ def format_status(status: Status[Any], *, where: str) -> str:
         out.append("(no migration files and no history)")
 
     summary = f"{len(status.applied)} applied, {len(status.pending)} pending"
+    if status.partial:
+        summary += f" ({len(status.partial)} partly applied)"
     problems = [
         f"{len(items)} {label}"
         for label, items in (("changed", status.changed), ("missing", status.missing), ("failed", status.failed))
@@ -570,6 +854,11 @@ def format_status(status: Status[Any], *, where: str) -> str:
         )
     if status.missing:
         out.append("MISSING: applied but the file is gone. Restore the file from version control.")
+    if status.partial:
+        out.append(
+            "PARTLY APPLIED: a run stopped inside a migration that commits statement by statement or batch by batch; "
+            "`harness apply` resumes after the last completed statement or batch."
+        )
     if status.failed:
         out.append(
             "FAILED: a run stopped part-way. Check the database by hand, then fix forward or remove the history row."

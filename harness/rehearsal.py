@@ -1560,6 +1560,32 @@ class Rehearsal:
         assert after is not None
         return after
 
+    def schemas_within(self, index: int, completed: int, upto: int | None = None) -> list[Snapshot]:
+        """The schema part-way through migration *index*: after its first *completed* statements, then after each next one up to *upto*.
+
+        For apply's drift check when an interrupted run left a migration that
+        commits statement by statement (or unit by unit, with batched
+        statements) part-way.  Applies the history up to the migration before,
+        then the statements one by one in autocommit, as apply runs them; a
+        batched statement runs whole (it changes rows, not the schema).  The
+        working database is left part-way through the migration: nothing can
+        be rehearsed after this.
+        """
+        self.schema_after(index - 1)
+        migration = self.migrations[index]
+        upto = completed if upto is None else min(upto, len(migration.statements))
+        snapshots: list[Snapshot] = []
+        self._broken = (index, "the rehearsal was stopped part-way through this migration")
+        for count in range(upto + 1):
+            if count >= completed:
+                snapshots.append(self._snapshot())
+            if count < upto:
+                try:
+                    run_statements(self.conn, migration.statements[count:count + 1], migration.path)
+                except StatementFailed as exc:
+                    raise HarnessError(f"the rehearsal could not run {migration.id} up to statement {count + 1}: {exc}") from None
+        return snapshots
+
     def write_receipt(self) -> Path | None:
         """Write the plan's receipt from this (green) rehearsal; ``None`` if the history is incomplete.
 

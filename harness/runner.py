@@ -252,7 +252,8 @@ def read_status(dsn: str, migrations: Sequence[Migration]) -> history.Status[Mig
         ) from None
     with conn:
         applied = history.read_applied(conn)
-    return history.compute_status(migrations, applied)
+        progress = history.read_progress(conn)
+    return history.compute_status(migrations, applied, progress)
 
 
 # --------------------------------------------------------------------------

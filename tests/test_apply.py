@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -681,3 +682,227 @@ def test_raise_notice_from_migrations_and_sql_hooks_is_shown_and_logged(tmp_path
     assert notices == [("NOTICE", "migration says hello", None), ("WARNING", "careful", None),
                        ("INFO", "statement by statement", None), ("NOTICE", "hook says 42", "post_run")]
 
+
+# ---------------------------------------------------------------------- production resume after a crash
+
+
+RESUME_SEED = """
+CREATE TABLE sleep_control (seconds float);
+INSERT INTO sleep_control VALUES (0);
+CREATE TABLE items (id int PRIMARY KEY, email text NOT NULL);
+INSERT INTO items SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 200) g;
+CREATE TABLE marks (n int);
+"""
+
+RESUMABLE = {
+    # Statement by statement: killed in statement 3 (the sleep), after a CONCURRENTLY index and an insert.
+    "statements": """
+        CREATE INDEX CONCURRENTLY items_email_idx ON items (email);
+        INSERT INTO marks VALUES (2);
+        SELECT pg_sleep(coalesce((SELECT seconds FROM sleep_control), 0));
+        CREATE INDEX CONCURRENTLY items_id_email_idx ON items (id, email);
+        INSERT INTO marks VALUES (5);
+    """,
+    # A batched backfill in a file that also changes the schema: killed between batches.
+    "batches": """
+        ALTER TABLE items ADD COLUMN touched int NOT NULL DEFAULT 0;
+        INSERT INTO marks VALUES (2);
+        -- harness:batch key=id size=20 pause=300ms
+        UPDATE items SET touched = touched + 1;
+        CREATE INDEX items_touched_idx ON items (touched);
+        INSERT INTO marks VALUES (5);
+    """,
+}
+
+
+def _kill(proc: Any) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.parametrize("kind", list(RESUMABLE))
+def test_production_apply_resumes_a_migration_killed_part_way(
+    tmp_path: Path, db_dsn: str, kind: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execute(db_dsn, RESUME_SEED)
+    plan_path = write_project(tmp_path, {"1_change.sql": RESUMABLE[kind]}, mode="production", seed=RESUME_SEED)
+    rehearse(plan_path, db_dsn, capsys, monkeypatch)
+
+    def batches_done() -> int:
+        if not table_exists(db_dsn, "harness.batch_progress"):
+            return 0
+        return int(query(db_dsn, "SELECT coalesce(max(batches), 0) FROM harness.batch_progress")[0][0])
+
+    execute(db_dsn, "UPDATE sleep_control SET seconds = 60")
+    proc = harness_process(["apply", str(plan_path), "--yes"], db_dsn, tmp_path)
+    try:
+        if kind == "statements":
+            wait_until(lambda: sleeping_backend(db_dsn), "the migration to sleep in statement 3")
+        else:
+            wait_until(lambda: batches_done() >= 2, "two committed batches")
+    finally:
+        _kill(proc)
+    execute(db_dsn, "UPDATE sleep_control SET seconds = 0")
+    assert history_versions(db_dsn) == []
+    assert query(db_dsn, "SELECT n FROM marks") == [(2,)]
+
+    # harness status: partly applied, statement 2 of 5 (and, batched, the batches committed).
+    code, out, _ = cli(["status", str(plan_path)], capsys)
+    assert "partly applied: statement 2 of 5 done" in out and "(1 partly applied)" in out, out
+    code, out, _ = cli(["status", str(plan_path), "--json"], capsys)
+    progress = json.loads(out)["pending"][0]["progress"]
+    assert progress["statements_done"] == 2 and progress["statements"] == 5
+    assert progress["batches"] == (0 if kind == "statements" else batches_done())
+
+    result, out, error = apply(load(plan_path, db_dsn))
+    assert error is None, out
+    assert "resuming 1_change: statements 1-2 of 5 were completed by an earlier run" in out
+    assert "drift: none (schema equals the rehearsal after statement 2 of 5 of 1_change)" in out
+    if kind == "batches":
+        assert "resuming after" in out
+        assert query(db_dsn, "SELECT touched, count(*) FROM items GROUP BY touched") == [(1, 200)]  # every row once
+    assert result is not None and result.applied == ["1_change"] and result.backup is not None
+    assert result.backup.is_file() and len(list((tmp_path / "backups").glob("p-*.dump"))) == 2
+    assert result.verification.startswith("passed")
+    assert query(db_dsn, "SELECT n FROM marks ORDER BY n") == [(2,), (5,)]  # no statement ran twice
+    assert history_versions(db_dsn) == ["1"]
+    assert query(db_dsn, "SELECT count(*) FROM harness.apply_progress") == [(0,)]
+
+
+def test_production_apply_names_the_invalid_index_an_interrupted_build_left(
+    tmp_path: Path, db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execute(db_dsn, RESUME_SEED)
+    plan_path = write_project(tmp_path, {"1_index.sql": """
+        INSERT INTO marks VALUES (1);
+        CREATE INDEX CONCURRENTLY items_email_idx ON items (email);
+        INSERT INTO marks VALUES (3);
+    """}, mode="production", seed=RESUME_SEED)
+    rehearse(plan_path, db_dsn, capsys, monkeypatch)
+
+    def building() -> bool:
+        return bool(query(db_dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                  "'migration-harness apply' AND query ILIKE 'CREATE INDEX CONCURRENTLY%%' "
+                                  "AND wait_event_type = 'Lock'")[0][0])
+
+    # An open writing transaction on the table: the concurrent build waits for it, its index already INVALID.
+    with holding(db_dsn, "INSERT INTO items VALUES (1000, 'x@example.com')"):
+        proc = harness_process(["apply", str(plan_path), "--yes"], db_dsn, tmp_path)
+        try:
+            wait_until(building, "the index build to wait for the open transaction")
+        finally:
+            _kill(proc)
+        wait_until(lambda: not building(), "the server to cancel the build of the killed run")
+    assert query(db_dsn, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'items_email_idx'::regclass") == [(False,)]
+
+    _, out, error = apply(load(plan_path, db_dsn))
+    assert isinstance(error, GuardError) and error.exit_code == 1, out
+    text = str(error)
+    assert "items_email_idx exists but is INVALID" in text and "statement 2 of 3 of 1_index" in text
+    assert "DROP INDEX CONCURRENTLY IF EXISTS items_email_idx;" in text and "Someone changed" not in text
+    execute(db_dsn, "DROP INDEX CONCURRENTLY IF EXISTS items_email_idx")
+
+    result, out, error = apply(load(plan_path, db_dsn))
+    assert error is None, out
+    assert result is not None and result.applied == ["1_index"] and result.backup is not None
+    assert query(db_dsn, "SELECT n FROM marks ORDER BY n") == [(1,), (3,)]
+    assert query(db_dsn, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'items_email_idx'::regclass") == [(True,)]
+    assert history_versions(db_dsn) == ["1"]
+
+
+# ---------------------------------------------------------------------- the run lock is fenced
+
+
+def _lock_holder(dsn: str) -> int | None:
+    """The pid of the session holding the migration run lock on *dsn*'s database."""
+    from harness.history import RUN_LOCK_KEY
+
+    unsigned = RUN_LOCK_KEY & 0xFFFFFFFFFFFFFFFF
+    rows = query(dsn, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                      "AND classid::bigint = %s AND objid::bigint = %s "
+                      "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                 [unsigned >> 32, unsigned & 0xFFFFFFFF])
+    return rows[0][0] if rows else None
+
+
+def _lock_waiters(dsn: str) -> int:
+    """How many run-lock sessions (application_name migration-harness) are connected."""
+    return int(query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migration-harness' "
+                          "AND datname = current_database()")[0][0])
+
+
+@pytest.mark.skipif(int(os.environ.get("HARNESS_TEST_MAJOR", "18")) < 14, reason="idle_session_timeout is PostgreSQL 14+")
+def test_idle_session_timeout_does_not_free_the_run_lock(
+    tmp_path: Path, db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed = "CREATE TABLE applied_log (migration text);\n"
+    execute(db_dsn, seed)
+    plan_path = write_project(
+        tmp_path, {"1_log.sql": "INSERT INTO applied_log VALUES ('1');\nSELECT pg_sleep(3.5);\n"},
+        mode="production", seed=seed,
+    )
+    rehearse(plan_path, db_dsn, capsys, monkeypatch)
+    dbname = query(db_dsn, "SELECT current_database()")[0][0]
+    execute(db_dsn, f'ALTER DATABASE "{dbname}" SET idle_session_timeout = \'1s\'')
+    first = harness_process(["apply", str(plan_path), "--yes"], db_dsn, tmp_path)
+    try:
+        # By now the first run's lock session has been idle since before its drift check and backup; the
+        # second one's start-up adds more than idle_session_timeout before it asks for the lock.
+        wait_until(lambda: sleeping_backend(db_dsn), "the first run to sleep in its migration")
+        second = harness_process(["apply", str(plan_path), "--yes"], db_dsn, tmp_path)
+        outputs = [first.communicate(timeout=WAIT_S), second.communicate(timeout=WAIT_S)]
+    finally:
+        for proc in (first, second) if "second" in locals() else (first,):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert query(db_dsn, "SELECT migration FROM applied_log") == [("1",)]  # ran once
+    assert "waiting up to 20s for the migration run lock" in outputs[1][0], outputs[1]
+    assert "held by pid" in outputs[1][0] and "application_name 'migration-harness'" in outputs[1][0]
+    assert "nothing to apply" in outputs[1][0]
+    assert len(list((tmp_path / "backups").glob("p-*.dump"))) == 1  # only the run that applied took a backup
+    assert history_versions(db_dsn) == ["1"]
+
+
+def test_an_applier_whose_lock_session_is_terminated_stops_and_the_next_one_applies_once(
+    tmp_path: Path, db_dsn: str
+) -> None:
+    execute(db_dsn, "CREATE TABLE applied_log (migration text); CREATE TABLE sleep_control (seconds float);"
+                    "INSERT INTO sleep_control VALUES (4)")
+    plan_path = write_project(tmp_path, {
+        "1_log.sql": "INSERT INTO applied_log VALUES ('1');\n"
+                     "SELECT pg_sleep(coalesce((SELECT seconds FROM sleep_control), 0));\n",
+        "2_log.sql": "INSERT INTO applied_log VALUES ('2');\n",
+    })
+    first = harness_process(["apply", str(plan_path)], db_dsn, tmp_path)
+    second = None
+    try:
+        wait_until(lambda: sleeping_backend(db_dsn), "the first run to sleep in its migration")
+        holder = _lock_holder(db_dsn)
+        assert holder is not None
+        second = harness_process(["apply", str(plan_path)], db_dsn, tmp_path)
+        wait_until(lambda: _lock_waiters(db_dsn) == 2, "the second run to wait for the run lock")
+        # The first run's lock session ends while its migration still runs (a pooler, a network failure...).
+        assert query(db_dsn, "SELECT pg_terminate_backend(%s)", [holder]) == [(True,)]
+        execute(db_dsn, "UPDATE sleep_control SET seconds = 0")  # the second run need not sleep
+        outputs = [first.communicate(timeout=WAIT_S), second.communicate(timeout=WAIT_S)]
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    (out1, err1), (out2, err2) = outputs
+    assert first.returncode == 1, (out1, err1)
+    assert "lost the migration run lock" in err1 and "Stopped before the next statement" in err1, err1
+    assert second.returncode == 0, (out2, err2)
+    assert "s for the run-lock fence on " in out2 and "application_name 'migration-harness apply'" in out2
+    # The first run rolled its migration back at COMMIT; the second applied both, each once.
+    assert sorted(query(db_dsn, "SELECT migration FROM applied_log")) == [("1",), ("2",)]
+    assert history_versions(db_dsn) == ["1", "2"]
+    assert out2.count(" applied in ") == 2
