@@ -211,6 +211,8 @@ class Rehearsal:
         self._verified = -1  # last position whose tracked state equalled a full snapshot (or was read in full)
         self._exact = {-1}  # positions whose schema was read in full or compared with a full snapshot
         self._warned = False  # the warning that tracking was wrong is logged once
+        # Verdicts already reported that full snapshots overturn (item id, reported, full-mode outcome).
+        self._overturned: list[tuple[str, Outcome, Outcome]] = []
 
     # ------------------------------------------------------------------ setup
 
@@ -371,6 +373,15 @@ class Rehearsal:
             outcome = Outcome(FAILED, scrub(str(exc)))
         except StatementFailed as exc:
             outcome = Outcome(FAILED, scrub(str(exc)))
+        if self._overturned:
+            # A verdict reported earlier rested on a tracked state that turned out wrong, and full snapshots
+            # judge it otherwise: it cannot be taken back, so the item running now carries the failure.
+            lines = [f"  {i}: reported {was.status}, with full snapshots {now.status}: {now.message}"
+                     for i, was, now in self._overturned]
+            self._overturned = []
+            outcome = Outcome(FAILED, "verdicts reported earlier were wrong (the rehearsal's incremental snapshot "
+                              "was wrong and full snapshots judge them otherwise):\n" + "\n".join(lines)
+                              + (f"\nThis item: {outcome.status} {outcome.message}" if outcome.message else ""))
         outcome.duration = time.perf_counter() - t0
         self._results[item.id] = outcome
         return outcome
@@ -492,9 +503,32 @@ class Rehearsal:
         )
 
     def _fall_back(self, changes: Sequence[Change], where: str) -> None:
-        """The tracked state was wrong: warn once, rebuild every state in full, and go on untracked."""
+        """The tracked state was wrong: warn once, rebuild every state in full, and go on untracked.
+
+        The verdicts reported since the last verified position may rest on the
+        wrong state: they are judged again with full snapshots, and any that
+        differs is reported by the item running now (:meth:`run`).
+        """
         self._warn(changes, where)
+        verified = self._verified
         self._rebuild(track=False)
+        self._rejudge(verified + 1, self._position)
+
+    def _rejudge(self, first: int, last: int) -> None:
+        """Judge again, on a rehearsal of its own with full snapshots, the reported items of migrations *first*..*last*."""
+        reported = {item.id: item for item in self.items() if first <= item.index <= last and not item.plan_level
+                    and item.id in self._results and item.assertion != "lint"}
+        if not reported:
+            return
+        with Rehearsal(self.plan, self.server, migrations=self.migrations, measure=self._measure) as again:
+            again._track_mode = "full"
+            for item in again.items():
+                if item.plan_level or item.index > last:
+                    continue
+                outcome = again.run(item)
+                was = self._results.get(item.id)
+                if item.id in reported and was is not None and was.status != outcome.status:
+                    self._overturned.append((item.id, was, outcome))
 
     def _rebuild(self, *, track: bool) -> list[Change]:
         """Replay the history up to the current position on a new working database, with full snapshots.

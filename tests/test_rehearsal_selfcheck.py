@@ -9,6 +9,7 @@ on purpose.
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -175,3 +176,35 @@ def test_a_missed_change_is_caught_at_a_checkpoint_before_head(
     warnings = warnings_of(caplog)
     assert len(warnings) == 1 and "after 2_hack (table public.t)" in warnings[0], warnings
     assert not tracking_on
+
+
+def _blind_to_indexes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break the tracking on purpose: it never sees an index, so a down that forgets one looks right."""
+    real = tracking._advance_incrementally
+
+    def broken(state: tracking.State, delta: tracking.Delta) -> tuple[tracking.State, frozenset[str]]:
+        objects = {k: v for k, v in delta.objects.items() if not k.startswith("index ")}
+        return real(state, dataclasses.replace(delta, objects=objects))
+
+    monkeypatch.setattr(tracking, "_advance_incrementally", broken)
+
+
+def test_a_pass_that_rested_on_a_wrong_tracked_state_is_overturned(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A false pass reported before a checkpoint found the tracking wrong cannot stay green: the run fails."""
+    monkeypatch.setenv("HARNESS_SNAPSHOTS", "incremental")
+    _blind_to_indexes(monkeypatch)
+    migrations = {**DROPPING_DOWNS, "2_index.down.sql": "SELECT 1;"}  # the down forgets the index
+    plan = PLAN.replace("locks: false", "locks: true")  # one migration at a time: 2's items report before 3 applies
+    with caplog.at_level("WARNING"):
+        results = rehearse(pg_server, make_project(tmp_path, migrations, plan))
+    # The tracked rollback of 2_index passed: the broken tracking never saw the index the down leaves.
+    assert results["2_index::rollback"][0] == PASSED
+    # The head's checkpoint found the tracked state wrong; full snapshots judge that rollback FAILED, so a
+    # later item carries the failure and the rehearsal is red.
+    failed = {k: v for k, v in results.items() if v[0] == FAILED}
+    assert any("2_index::rollback: reported passed, with full snapshots failed" in m for _, m in failed.values()), (
+        results
+    )
+    assert len(warnings_of(caplog)) == 1
