@@ -8,14 +8,18 @@ phases, each logged with its timing (see :mod:`harness.runlog`):
    (``guards.max_retries``, ``retry_delay``, ``retry_factor``);
 2. **receipt** (production): the plan and every migration must match a green
    rehearsal receipt, unless ``--force`` (logged as a WARNING);
-3. **lock**: the migration run lock (``guards.lock_wait``), held to the end;
+3. **lock**: the migration run lock (``guards.lock_wait``), held to the end,
+   and its fence on the migration session; every transaction, statement and
+   batch first proves that the run still holds both, else stops
+   (:class:`~harness.errors.RunLockLost`; see :mod:`harness.history`);
 4. **status**: refuse a history with changed, missing or failed migrations
    (production; development warns about changed and missing ones), and a
    foreign history (another tool's table) that is dirty, failed, mismatched
    or not adopted yet; decide whether the plan's ``baseline`` is recorded
    instead of run (an empty history on a non-empty schema);
 5. **drift** (production): the target's schema must be the rehearsed schema
-   at the target's current version;
+   at the target's current version (part-way through a migration an earlier
+   run left there: after its completed statements);
 6. **backup** (production): ``pg_dump`` archive verified before any change,
    or the plan's backup hook;
 7. **pre_run hooks**, then each migration: pre_migration hooks, the

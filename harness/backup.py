@@ -539,7 +539,9 @@ def restore_backup(path: Path, dsn: str, *, into: str | None = None, lock_wait: 
     if into:
         proc = run()
     else:
-        with history.run_lock(dsn, timeout=lock_wait):
+        with history.run_lock(dsn, timeout=lock_wait) as holder:
+            # Fenced as apply is: an apply run that lost its lock session may still be writing; wait for it.
+            history.take_fence(holder, history.lock_session(holder), timeout=lock_wait, where=describe_dsn(dsn))
             proc = run()
     if proc.returncode != 0:
         if into:
