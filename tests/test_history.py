@@ -18,18 +18,22 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from harness.errors import ConnectionFailed, HarnessError, LockTimeout
+from harness.errors import ConnectionFailed, HarnessError, LockTimeout, RunLockLost
 from harness.history import (
     APPLICATION_NAME,
     RUN_LOCK_KEY,
     AppliedMigration,
+    Progress,
     compute_status,
     ensure_table,
     format_status,
     read_applied,
     record_applied,
+    lock_session,
     remove_applied,
     run_lock,
+    take_fence,
+    verify_lock,
 )
 
 WORKER = Path(__file__).with_name("_history_worker.py")
@@ -439,3 +443,49 @@ def test_connection_error_never_shows_the_password(dsn: str) -> None:
     assert SECRET not in text
     assert "/nonexistent-mh-socket" in str(info.value) and "run lock" in str(info.value)
 
+
+# --------------------------------------------------------------------------
+# The fence
+
+
+def test_the_fence_proves_the_lock_and_keeps_out_a_run_that_took_over(db_dsn: str) -> None:
+    with run_lock(db_dsn) as holder, psycopg.connect(db_dsn, autocommit=True) as writer:
+        lock = lock_session(holder)
+        take_fence(writer, lock, timeout=1)
+        verify_lock(writer, lock)  # held: no error
+        with writer.transaction():
+            verify_lock(writer, lock)  # also inside a transaction
+        assert holder.execute("SHOW idle_session_timeout").fetchone()[0] == "0"
+        assert holder.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == "0"
+        assert writer.execute("SHOW idle_session_timeout").fetchone()[0] == "0"
+
+        # The lock session ends under the run: the next proof fails; another run takes the lock
+        # but waits for the fence, which the first run's writing session still holds.
+        with psycopg.connect(db_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", [lock.pid])  # waits for it to end
+            with pytest.raises(RunLockLost, match=r"lost the migration run lock .* no longer does"):
+                verify_lock(writer, lock)
+            said: list[str] = []
+            with run_lock(db_dsn, timeout=WAIT) as second, psycopg.connect(db_dsn, autocommit=True) as writer2:
+                started = time.monotonic()
+                with pytest.raises(LockTimeout, match="could not take the run-lock fence"):
+                    take_fence(writer2, lock_session(second), timeout=0.3, poll=0.05, on_wait=said.append)
+                assert time.monotonic() - started >= 0.3
+                assert said and "for the run-lock fence" in said[0] and f"pid {writer.info.backend_pid}" in said[0]
+                writer.close()  # the first run stops: its fence goes with its session
+                take_fence(writer2, lock_session(second), timeout=WAIT, poll=0.05)
+                verify_lock(writer2, lock_session(second))
+
+
+def test_status_shows_a_partly_applied_migration() -> None:
+    progress = {"2": Progress("2", "sum2", 1, batches=3, rows=60, line=4,
+                              updated_at=datetime(2024, 5, 1, 12, 5, tzinfo=timezone.utc))}
+    status = compute_status([mig("1"), mig("2")], [row("1")], progress)
+    assert status.ok and list(status.partial) == ["2"]
+    text = format_status(status, where="db")
+    assert "partly applied: statement 1 done, 3 batches (60 rows) of line 4" in text
+    assert "1 applied, 1 pending (1 partly applied)" in text and "PARTLY APPLIED" in text
+    pending = status.to_dict()["pending"][0]
+    assert pending["progress"]["statements_done"] == 1 and pending["progress"]["batches"] == 3
+    # Progress of an applied migration (left over) is not shown.
+    assert not compute_status([mig("1")], [row("1")], {"1": Progress("1", "sum1", 1)}).partial
