@@ -67,6 +67,7 @@ TOOLS = {
     "sqlx": "sqlx",
     "atlas": "atlas",
     "node-pg-migrate": "node-pg-migrate",
+    "alembic": "alembic",
 }
 
 # Which tools' histories fit a folder layout ("native" is the Supabase CLI's layout).
@@ -84,11 +85,12 @@ _TOOLS_FOR_LAYOUT = {
     "sqlx": ("sqlx",),
     "atlas": ("atlas",),
     "node-pg-migrate": ("node-pg-migrate",),
+    "alembic": ("alembic",),
 }
 
 _TABLE_NAMES = ["flyway_schema_history", "schema_migrations", "__diesel_schema_migrations", "goose_db_version",
                 "__drizzle_migrations", "_prisma_migrations", "_sqlx_migrations", "atlas_schema_revisions",
-                "pgmigrations"]
+                "pgmigrations", "alembic_version"]
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,8 @@ def _tool_of(schema: str, table: str, columns: dict[str, str]) -> str | None:
         return "atlas"
     if table == "pgmigrations" and {"name", "run_on"} <= set(columns):
         return "node-pg-migrate"
+    if table == "alembic_version" and "version_num" in columns:
+        return "alembic"
     if table == "schema_migrations" and "version" in columns:
         if "dirty" in columns and columns["version"] == "bigint":
             return "golang-migrate"
@@ -392,7 +396,14 @@ def _read_node_pg_migrate(conn: Any, table: sql.Composable, name: str, columns: 
                                                          for n, at in rows))
 
 
+def _read_alembic(conn: Any, table: sql.Composable, name: str, columns: dict[str, str]) -> ForeignHistory:
+    # One row per head (HeadMaintainer in alembic/runtime/migration.py): every ancestor of a head is applied.
+    rows = conn.execute(sql.SQL("SELECT version_num FROM {} ORDER BY version_num").format(table)).fetchall()
+    return ForeignHistory("alembic", name, tuple(ForeignEntry(version=v) for (v,) in rows))
+
+
 _READERS = {
+    "alembic": _read_alembic,
     "prisma": _read_prisma,
     "sqlx": _read_sqlx,
     "atlas": _read_atlas,
@@ -437,6 +448,8 @@ def _version_parts(version: str) -> Order | None:
 
 def match_history(foreign: ForeignHistory, migrations: Sequence[Migration]) -> Match:
     """Which *migrations* the foreign history says are applied, and what it names that does not fit the files."""
+    if foreign.tool == "alembic":
+        return _match_heads(foreign, migrations)
     versioned = [m for m in migrations if not m.repeatable]
     applied: list[Migration] = []
     unknown: list[str] = []
@@ -477,6 +490,27 @@ def match_history(foreign: ForeignHistory, migrations: Sequence[Migration]) -> M
         changed=tuple(changed),
         failed=tuple(failed),
     )
+
+
+def _match_heads(foreign: ForeignHistory, migrations: Sequence[Migration]) -> Match:
+    """Alembic's heads: each recorded head and everything it requires (:attr:`Migration.requires`) is applied."""
+    by_version = {m.version: m for m in migrations}
+    unknown: list[str] = []
+    applied: set[str] = set()
+    pending = []
+    for entry in foreign.entries:
+        if entry.version in by_version:
+            pending.append(entry.version)
+        else:
+            unknown.append(entry.label)
+    while pending:
+        version = pending.pop()
+        if version in applied or version not in by_version:
+            continue
+        applied.add(version)
+        pending += by_version[version].requires
+    return Match(history=foreign, applied=tuple(m for m in migrations if m.version in applied),
+                 unknown=tuple(unknown))
 
 
 def prisma_checksum_matches(data: bytes, recorded: str) -> bool:

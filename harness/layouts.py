@@ -36,6 +36,7 @@ from typing import Any
 
 from pglast import parser
 
+from . import _alembic
 from .errors import SourceError
 from .sources import (
     LAYOUTS,
@@ -137,13 +138,16 @@ def detect_layout(directory: Path | str) -> str:
     (flyway), and numbered files holding ``-- +goose Up`` (goose),
     ``-- migrate:up`` (dbmate) or ``-- Up Migration`` (node-pg-migrate), or
     starting with ``-- no-transaction`` (sqlx; other sqlx folders look like
-    native or golang-migrate ones: name the layout).
+    native or golang-migrate ones: name the layout); ``alembic.ini``, or
+    ``env.py`` beside ``versions/`` (alembic).
     No signal, or signals of several layouts, give ``native``.
     """
     folder = Path(directory)
     if not folder.is_dir():
         return "native"
     signals: list[str] = []
+    if _alembic.looks_like_alembic(folder):
+        signals.append("alembic")
     if (folder / "sqitch.plan").is_file():
         signals.append("sqitch")
     if (folder / "migration_lock.toml").is_file() or any(
@@ -264,6 +268,7 @@ _LOOKED_FOR = {
     "sqlx": "<version>_<description>.sql files (or .up.sql with optional .down.sql)",
     "atlas": "<version>_<name>.sql files (with atlas.sum)",
     "node-pg-migrate": "<timestamp>_<name>.sql files (with '-- Up Migration' and '-- Down Migration' sections)",
+    "alembic": _alembic.LOOKED_FOR,
 }
 
 
@@ -272,7 +277,10 @@ def _nothing_found(folder: Path, layout: str) -> str:
     looked = _LOOKED_FOR.get(layout, "migration files")
     message = f"no migration found in {folder}: the {layout} layout looks for {looked}"
     foreign = _unsupported_layout(folder)
-    if foreign is not None:
+    if foreign is not None and foreign.startswith("an Alembic"):
+        if layout != "alembic":
+            return f"{message}. The folder looks like {foreign}: name its layout in the plan (layout: alembic)"
+    elif foreign is not None:
         return f"{message}. The folder looks like {foreign}, a layout migration-harness does not read yet"
     try:
         subfolders = sorted(e.name for e in folder.iterdir() if e.is_dir() and not e.name.startswith("."))
@@ -286,7 +294,8 @@ def _nothing_found(folder: Path, layout: str) -> str:
 
 
 def _unsupported_layout(folder: Path) -> str | None:
-    """The name and signature of a known migration layout the harness does not read, when *folder* has one."""
+    """The name and signature of a known migration layout the harness does not read (or reads only when named:
+    Alembic), when *folder* has one."""
     try:
         entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
     except OSError:
@@ -1090,7 +1099,13 @@ def _line_of(text: str, match: re.Match[str] | None) -> int | None:
     return text.count("\n", 0, start) + 1
 
 
+def _read_alembic(reading: _Reading) -> list[Migration]:
+    """Alembic: each revision's upgrade and downgrade as Alembic's offline mode renders them (:mod:`harness._alembic`)."""
+    return _alembic.read_alembic(reading.folder, reading.build, reading.down_text)
+
+
 _READERS = {
+    "alembic": _read_alembic,
     "prisma": _read_prisma,
     "sqlx": _read_sqlx,
     "atlas": _read_atlas,
@@ -1154,11 +1169,14 @@ _TRANSACTION_ADVICE = {
     "sqlx": "start the file with the line -- no-transaction (and keep the statement in a migration of its own)",
     "atlas": "add '-- atlas:txmode none' at the top of the file",
     "node-pg-migrate": "start the file with '-- no transaction' (and keep the statement in a migration of its own)",
+    "alembic": "run the operation inside `with op.get_context().autocommit_block():` in the revision",
 }
 
 
 def _tool_transaction(layout: str, statements: Sequence[Statement], wrapped: bool, no_transaction: bool) -> str | None:
     """Why the layout's tool would run these statements inside a transaction block, or None when it would not."""
+    if layout == "alembic" and wrapped:
+        return "Alembic runs the revision in a transaction (env.py's begin_transaction()) outside an autocommit_block()"
     if wrapped:
         return "the file's own BEGIN; ... COMMIT; runs it in one"
     if layout in ("golang-migrate", "prisma") or (layout in ("sqlx", "node-pg-migrate") and no_transaction):

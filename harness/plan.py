@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 #: Migration folder layouts understood today (the same as harness.sources.LAYOUTS; a test keeps them equal).
 LAYOUTS = (
     "auto", "native", "supabase", "golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch",
-    "prisma", "sqlx", "atlas", "node-pg-migrate",
+    "prisma", "sqlx", "atlas", "node-pg-migrate", "alembic",
 )
 #: Layouts announced but not implemented yet: named in the error so nobody hunts for a typo.
 PLANNED_LAYOUTS: tuple[str, ...] = ()

@@ -65,7 +65,7 @@ __all__ = [
 #: Every layout :func:`load_migrations` reads; ``auto`` detects one of the others.
 LAYOUTS = (
     "auto", "native", "supabase", "golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch",
-    "prisma", "sqlx", "atlas", "node-pg-migrate",
+    "prisma", "sqlx", "atlas", "node-pg-migrate", "alembic",
 )
 
 log = logging.getLogger(__name__)
@@ -290,6 +290,9 @@ class Migration:
     down_error: str | None = None
     #: Quirks of this migration's files that its layout's own tool would trip over (:mod:`harness.layouts`).
     findings: tuple[LayoutFinding, ...] = ()
+    #: Versions that must be applied before this one, where the layout records them (Alembic's
+    #: ``down_revision`` and ``depends_on``); adopting a head adopts everything it requires.
+    requires: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:

@@ -211,7 +211,8 @@ def test_cli_rehearse_exit_code_and_output(tmp_path: Path, capsys: pytest.Captur
         ({}, ["no migration found in", "<version>_<name>.sql"]),
         ({"migration_lock.toml": 'provider = "postgresql"\n'},
          ["no migration found in", "the prisma layout looks for", "migration.sql"]),
-        ({"env.py": "", "versions/1a2b_init.py": ""}, ["no migration found in", "Alembic", "does not read"]),
+        # Read as Alembic now: a revision file without its revision id is the environment's error.
+        ({"env.py": "", "versions/1a2b_init.py": ""}, ["Alembic cannot read the environment", "1a2b_init.py"]),
     ],
     ids=["empty", "prisma-without-migrations", "alembic"],
 )

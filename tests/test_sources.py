@@ -574,11 +574,10 @@ def test_a_folder_without_migrations_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("files", "named"),
     [
-        ({"env.py": "", "versions/abc_init.py": ""}, "Alembic"),
-        ({"alembic.ini": "[alembic]\n"}, "Alembic"),
+        # Alembic environments are read by layout: alembic (tests/test_alembic_layout.py).
         ({"1700000000000_init.js": "exports.up = () => {};"}, "migrations written in code (.js files)"),
     ],
-    ids=["alembic", "alembic-ini", "knex"],
+    ids=["knex"],
 )
 def test_a_folder_of_a_layout_we_do_not_read_is_named(tmp_path: Path, files: dict[str, str], named: str) -> None:
     write(tmp_path, files)
