@@ -31,6 +31,7 @@ from typing import Any
 
 from pglast import ast, enums, parser
 
+from .batch import BATCH_MARK as _BATCH_MARK
 from .errors import ConfigError, SourceError
 
 __all__ = [
@@ -135,6 +136,13 @@ RULES: dict[str, Rule] = _rules(
         "CREATE UNIQUE INDEX CONCURRENTLY first, then ADD CONSTRAINT ... UNIQUE (or PRIMARY KEY) USING INDEX.",
     ),
     Rule(
+        "validate-in-same-transaction", "error", "constraints",
+        "VALIDATE CONSTRAINT runs in the transaction that added the constraint NOT VALID: the scan of every "
+        "row still happens under the lock the ADD CONSTRAINT took, held until commit.",
+        "Validate in a later migration (or after a COMMIT in one that runs without a transaction): "
+        "alone, VALIDATE CONSTRAINT only takes a SHARE UPDATE EXCLUSIVE lock.",
+    ),
+    Rule(
         "set-not-null", "error", "constraints",
         "SET NOT NULL on an existing table scans every row under an ACCESS EXCLUSIVE lock.",
         "ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT c (later); "
@@ -160,6 +168,13 @@ RULES: dict[str, Rule] = _rules(
         "ADD COLUMN ... GENERATED ALWAYS AS (...) STORED rewrites the whole table.",
         "Add a plain column kept up to date by a trigger and backfilled in batches "
         "(or a VIRTUAL generated column on PostgreSQL 18+).",
+    ),
+    Rule(
+        "unbatched-data-change", "warning", "rewrites",
+        "UPDATE / DELETE of an existing table runs as one statement: it locks every row it changes and keeps "
+        "their old versions alive until the migration commits.",
+        "Mark it -- harness:batch key=<column> size=<rows> to run it in short transactions over key ranges "
+        "(docs/authoring.md).",
     ),
     Rule(
         "vacuum-full", "error", "rewrites",
@@ -220,6 +235,13 @@ RULES: dict[str, Rule] = _rules(
         "Deploy readers that accept the new value before writers start using it.",
     ),
     # -- robustness
+    Rule(
+        "enum-value-used-in-transaction", "error", "robustness",
+        "An enum value added by ALTER TYPE ... ADD VALUE is used before its transaction commits: "
+        "PostgreSQL 12+ fails with \"unsafe use of new value\".",
+        "Add the value in one migration (or before a COMMIT in one that runs without a transaction) "
+        "and use it in a later one.",
+    ),
     Rule(
         "not-rerunnable", "warning", "robustness",
         "The statement fails when run a second time; PostgreSQL offers a re-runnable form.",
@@ -323,6 +345,7 @@ class _Lexed:
 
 _SPECIAL = re.compile(r"--|/\*|'|\"|\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$|\\|;|\(|\)")
 _WORD = re.compile(r"[A-Za-z_]+")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
 
 
 def _is_ident_char(ch: str) -> bool:
@@ -653,14 +676,106 @@ _VOLATILE_FUNCTIONS = frozenset({
 })
 
 
-def _volatile_call(expr: object) -> str | None:
-    """Name of a known volatile function called in *expr*, if any."""
-    for node in _walk(expr):
-        if isinstance(node, ast.FuncCall):
-            names = _names(node.funcname)
-            if names and names[-1].lower() in _VOLATILE_FUNCTIONS:
-                return names[-1]
+_VOLATILITY = {"i": "immutable", "s": "stable", "v": "volatile"}
+_VOLATILITY_RANK = {"immutable": 0, "stable": 1, "volatile": 2}
+
+
+def _function_key(name: str) -> tuple[str, str]:
+    """``schema.name`` or ``schema.name(argument types)`` in quote_ident style -> (schema, name)."""
+    quoted = False
+    for i, ch in enumerate(name):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "(" and not quoted:
+            name = name[:i]
+            break
+    parts = _split_identifiers(name.strip())
+    return ("public", parts[0]) if len(parts) == 1 else (parts[-2], parts[-1])
+
+
+def _known_functions(functions: Mapping[str, str] | None) -> dict[tuple[str, str], str]:
+    """Caller's function volatilities by (schema, name); of overloads, the most volatile counts."""
+    out: dict[tuple[str, str], str] = {}
+    for name, volatility in (functions or {}).items():
+        word = _VOLATILITY.get(str(volatility).lower()[:1])
+        if word is None:
+            continue
+        key = _function_key(name)
+        if _VOLATILITY_RANK[word] >= _VOLATILITY_RANK[out.get(key, "immutable")]:
+            out[key] = word
+    return out
+
+
+def _declared_volatility(options: object) -> str | None:
+    """The IMMUTABLE / STABLE / VOLATILE option among a function's options, if given."""
+    for opt in options if isinstance(options, (tuple, list)) else ():
+        if isinstance(opt, ast.DefElem) and opt.defname == "volatility":
+            value = getattr(opt.arg, "sval", None)
+            if isinstance(value, str) and value.lower() in _VOLATILITY_RANK:
+                return value.lower()
     return None
+
+
+def _plpgsql_queries(tree: object) -> Iterator[tuple[int, str, bool]]:
+    """(line in the body, SQL text, is a string literal for EXECUTE) of the statements in a PL/pgSQL parse tree.
+
+    The tree is the JSON of ``pglast.parser.parse_plpgsql_json``: plain SQL
+    statements are ``PLpgSQL_stmt_execsql`` nodes; ``EXECUTE`` is
+    ``PLpgSQL_stmt_dynexecute`` with the expression's text.
+    """
+    stack: list[Any] = [tree]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, list):
+            stack.extend(reversed(cur))
+        elif isinstance(cur, dict):
+            execsql = cur.get("PLpgSQL_stmt_execsql")
+            dynamic = cur.get("PLpgSQL_stmt_dynexecute")
+            if isinstance(execsql, dict):
+                query = execsql.get("sqlstmt", {}).get("PLpgSQL_expr", {}).get("query")
+                if isinstance(query, str):
+                    yield int(execsql.get("lineno", 1)), query, False
+            elif isinstance(dynamic, dict):
+                query = dynamic.get("query", {}).get("PLpgSQL_expr", {}).get("query")
+                if isinstance(query, str):
+                    yield int(dynamic.get("lineno", 1)), query, True
+            else:
+                stack.extend(reversed(list(cur.values())))
+
+
+def _string_literal(expr: str) -> tuple[str | None, int | None]:
+    """The value of *expr* if it is one string literal, and where that value starts in *expr* when verbatim.
+
+    Only the two forms written verbatim or nearly so: ``'...'`` (with doubled
+    quotes; ``E''`` strings and concatenations are not literals here) and
+    dollar quoting.  PL/pgSQL evaluates them with standard_conforming_strings,
+    so backslashes are plain characters.
+    """
+    lead = len(expr) - len(expr.lstrip())
+    text = expr.strip()
+    if len(text) < 2:
+        return None, None
+    if text[0] == "'":
+        i = 1
+        while True:
+            q = text.find("'", i)
+            if q < 0:
+                return None, None
+            if q + 1 < len(text) and text[q + 1] == "'":
+                i = q + 2
+                continue
+            if q != len(text) - 1:
+                return None, None  # something follows the literal
+            inner = text[1:-1]
+            return inner.replace("''", "'"), (lead + 1 if "''" not in inner else None)
+    tag = _DOLLAR_TAG.match(text)
+    if tag is None:
+        return None, None
+    mark = tag.group()
+    close = text.find(mark, len(mark))
+    if close != len(text) - len(mark):
+        return None, None
+    return text[len(mark):close], lead + len(mark)
 
 
 def _constraints(coldef: ast.ColumnDef) -> list[ast.Constraint]:
@@ -739,6 +854,8 @@ class _History:
     """(table, constraint) -> column, for CHECK (col IS NOT NULL) constraints not yet validated."""
     proven_not_null: set[tuple[str, str]] = field(default_factory=set)
     """(table, column) with a validated CHECK (col IS NOT NULL): SET NOT NULL does not scan."""
+    functions: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(schema, function) -> declared volatility, ``"immutable"``, ``"stable"`` or ``"volatile"``."""
 
 
 @dataclass(frozen=True)
@@ -782,10 +899,21 @@ class _Linter:
         self.open_begin: tuple[int, str] | None = None  # offset and text of the file's open BEGIN
         self.lock_timeout = False
         self.lock_reported = False
+        # Transactions: a number per transaction the file's statements run in.
+        self.txn = 0
+        self.not_valid: dict[tuple[str, str], int] = {}  # (table, constraint) added NOT VALID -> its txn
+        self.new_enum_values: dict[str, tuple[int, str]] = {}  # label -> (txn, enum) of ADD VALUE
+        self._comment_lines: tuple[set[int], dict[int, list[str]]] | None = None
+        # PL/pgSQL routines created in the file: (schema, name) -> (statement, body, body offset)
+        self.routines: dict[tuple[str, str], tuple[str, str, int | None]] = {}
         # current statement
         self.stmt_start = 0
         self.stmt_stop = 0
         self.stmt_text = ""
+        # Inside a DO body: node locations are relative to *base* (None: unknown, use *anchor*).
+        self.in_body = False
+        self.base: int | None = 0
+        self.anchor: int | None = None
 
     # -- positions and findings
 
@@ -796,9 +924,13 @@ class _Linter:
 
     def add(self, rule: str, message: str, node: object = None, *, offset: int | None = None,
             severity: str | None = None, statement: str | None = None, advice: str | None = None) -> None:
-        where = offset if offset is not None else _location(node)
+        where = offset
         if where is None:
-            where = self.stmt_start
+            loc = _location(node)
+            if loc is not None and self.base is not None:
+                where = self.base + loc
+        if where is None:
+            where = self.stmt_start if self.anchor is None else self.anchor
         line, col = self.line_col(where)
         spec = RULES[rule]
         self.findings.append(Finding(
@@ -876,6 +1008,8 @@ class _Linter:
             self.stmt_stop = stop
             try:
                 if raw.stmt is not None:
+                    if not self.in_transaction():
+                        self.txn += 1  # autocommit: each statement is its own transaction
                     self.statement(raw.stmt)
                 self.identifiers(start, end)
             except Exception:  # noqa: BLE001 - a rule bug must not stop the lint of a valid file
@@ -951,6 +1085,8 @@ class _Linter:
     # -- statements
 
     def statement(self, stmt: ast.Node) -> None:
+        if self.new_enum_values and not isinstance(stmt, ast.AlterEnumStmt):
+            self.enum_uses(stmt)
         # Decide on the lock before the handler updates what this file has created.
         if self.options.require_lock_timeout and not self.lock_reported and self.takes_lock(stmt):
             self.lock_reported = True
@@ -995,8 +1131,144 @@ class _Linter:
         return names[0] in self.created_indexes
 
     def rerunnable(self, ok: bool, what: str, fix: str, node: object = None) -> None:
-        if not ok:
+        # A migration that runs in one transaction is rolled back whole when it fails, so it never
+        # re-runs half-applied; statements in a DO block usually sit behind their own guard.
+        if not ok and not self.options.in_transaction and not self.in_body:
             self.add("not-rerunnable", f"{what} fails if it already ran; use {fix}", node)
+
+    # -- enums added in this transaction
+
+    def enum_uses(self, stmt: ast.Node) -> None:
+        """Flag the first string constant in *stmt* that is an enum label added earlier in this transaction."""
+        pending = {label: enum for label, (txn, enum) in self.new_enum_values.items() if txn == self.txn}
+        if not pending:
+            return
+        for node in _walk(stmt):
+            if isinstance(node, ast.A_Const) and not node.isnull:
+                label = getattr(node.val, "sval", None)
+                if isinstance(label, str) and label in pending:
+                    # A_Const carries no location: point at the literal in the statement's text.
+                    origin = self.base if self.in_body else self.stmt_start
+                    pos = self.stmt_text.find("'" + label.replace("'", "''") + "'")
+                    self.add("enum-value-used-in-transaction",
+                             f"enum value {label!r} was added to {pending[label]} earlier in this transaction; "
+                             "using it before the commit fails (unsafe use of new value)",
+                             offset=origin + pos if origin is not None and pos >= 0 else None)
+                    return
+
+    # -- functions
+
+    def function_volatility(self, names: list[str]) -> str | None:
+        """The declared volatility of a user-defined function called as *names*, if the history knows it."""
+        functions = self.history.functions
+        if not functions:
+            return None
+        if len(names) >= 2:
+            return functions.get((names[-2], names[-1]))
+        for schema in self.search_path:
+            found = functions.get((schema, names[0]))
+            if found is not None:
+                return found
+        return None
+
+    def volatile_call(self, expr: object) -> str | None:
+        """Name of a volatile function called in *expr*: a known built-in, or one the history declares volatile."""
+        for node in _walk(expr):
+            if isinstance(node, ast.FuncCall):
+                names = _names(node.funcname)
+                if not names:
+                    continue
+                if names[-1].lower() in _VOLATILE_FUNCTIONS or self.function_volatility(names) == "volatile":
+                    return ".".join(names)
+        return None
+
+    # -- batch directives
+
+    def batched(self) -> bool:
+        """Whether a ``-- harness:batch`` comment sits directly above the current statement."""
+        if self._comment_lines is None:
+            own: set[int] = set()
+            batch: dict[int, list[str]] = {}
+            text = self.text
+            for start, end in self.lexed.comments:
+                line, _ = self.line_col(start)
+                last, _ = self.line_col(end)
+                line_end = self.line_starts[last] - 1 if last < len(self.line_starts) else len(text)
+                if not text[self.line_starts[line - 1]:start].strip() and not text[end:line_end].strip():
+                    own.update(range(line, last + 1))
+                    batch.setdefault(line, []).append(text[start:end].lstrip("-/* \t"))
+            self._comment_lines = (own, batch)
+        own, bodies = self._comment_lines
+        line = self.line_col(self.stmt_start)[0] - 1
+        while line in own:
+            if any(b == _BATCH_MARK or b.startswith((_BATCH_MARK + " ", _BATCH_MARK + "\t"))
+                   for b in bodies.get(line, ())):
+                return True
+            line -= 1
+        return False
+
+    # -- PL/pgSQL bodies
+
+    def body_offset(self, body: str) -> int | None:
+        """Where the current statement's routine body starts in the file (found when it is written verbatim)."""
+        found = self.text.find(body, self.stmt_start, self.stmt_stop) if body else -1
+        return found if found >= 0 else None
+
+    def plpgsql(self, source: str, body: str, body_at: int | None) -> None:
+        """Run the rules on the SQL statements of a PL/pgSQL body (*source* is the statement holding it).
+
+        Positions: *body_at* is where the body starts in the file (None when
+        unknown), each statement is looked up from its line in the body on.
+        Findings keep the span of the current statement, so its allow comments
+        apply.
+        """
+        try:
+            tree = json.loads(parser.parse_plpgsql_json(source))
+        except Exception:  # noqa: BLE001 - PostgreSQL reports a bad body when it runs it
+            log.debug("lint: cannot parse the PL/pgSQL body at %s line %d", self.path,
+                      self.line_col(self.stmt_start)[0], exc_info=True)
+            return
+        saved = (self.in_body, self.base, self.anchor, self.stmt_text)
+        self.in_body = True
+        try:
+            for lineno, query, literal in _plpgsql_queries(tree):
+                self.body_statement(body, body_at, lineno, query, literal)
+        finally:
+            self.in_body, self.base, self.anchor, self.stmt_text = saved
+
+    def body_statement(self, body: str, body_at: int | None, lineno: int, query: str, literal: bool) -> None:
+        """Lint one statement of a PL/pgSQL body; *literal*: *query* is the string literal EXECUTE runs."""
+        at: int | None = None
+        if body_at is not None:
+            line_at = 0
+            for _ in range(max(0, lineno - 1)):
+                nxt = body.find("\n", line_at)
+                if nxt < 0:
+                    break
+                line_at = nxt + 1
+            pos = body.find(query, line_at)
+            if pos < 0:
+                pos = body.find(query)
+            at = body_at + (pos if pos >= 0 else line_at)
+            if pos < 0:
+                at = _skip_trivia(self.text, at)
+        sql: str | None = query
+        base = at
+        if literal:
+            sql, skip = _string_literal(query)
+            base = None if at is None or skip is None else at + skip
+        if not sql:
+            return
+        try:
+            stmts = parser.parse_sql(sql)
+        except Exception:  # noqa: BLE001 - PostgreSQL reports it when the body runs
+            return
+        self.anchor = base if base is not None else at if at is not None else self.stmt_start
+        self.base = base
+        self.stmt_text = sql
+        for raw in stmts:
+            if raw.stmt is not None and not isinstance(raw.stmt, ast.DoStmt):
+                self.statement(raw.stmt)
 
     # -- identifiers
 
@@ -1225,11 +1497,11 @@ def _on_create_table(lint: _Linter, stmt: ast.CreateStmt) -> None:
             coldefs[elt.colname] = elt
             _check_types(lint, elt)
             if any(c.contype == CT.CONSTR_PRIMARY for c in _constraints(elt)):
-                _check_pk_type(lint, elt)
+                _check_pk_type(lint, elt.colname, columns[elt.colname], elt)
         elif isinstance(elt, ast.Constraint) and elt.contype == CT.CONSTR_PRIMARY:
             keys = _names(elt.keys)
             if len(keys) == 1 and keys[0] in coldefs:
-                _check_pk_type(lint, coldefs[keys[0]], elt)
+                _check_pk_type(lint, keys[0], columns[keys[0]], elt)
     if not known_before:
         lint.created_tables.add(name)
         lint.history.columns[name] = columns
@@ -1247,6 +1519,8 @@ def _on_select(lint: _Linter, stmt: ast.SelectStmt) -> None:
     into = stmt.intoClause
     if into is not None and into.rel is not None:
         lint.created_tables.add(lint.creation_name(into.rel))
+    if lint.routines:
+        _run_routines(lint, [getattr(target, "val", None) for target in stmt.targetList or ()])
     for target in stmt.targetList or ():
         call = getattr(target, "val", None)
         if not isinstance(call, ast.FuncCall):
@@ -1301,6 +1575,7 @@ def _on_transaction(lint: _Linter, stmt: ast.TransactionStmt) -> None:
                      severity="warning")
         lint.open_begin = (lint.stmt_start, lint.stmt_text)
     elif kind in (TK.TRANS_STMT_COMMIT, TK.TRANS_STMT_ROLLBACK, TK.TRANS_STMT_PREPARE):
+        lint.txn += 1
         if getattr(stmt, "chain", False) and lint.open_begin is not None:
             return
         if lint.open_begin is None:
@@ -1334,6 +1609,10 @@ def _on_alter_table(lint: _Linter, stmt: ast.AlterTableStmt) -> None:
             col = lint.history.not_null_checks.pop((table, cmd.name or ""), None)
             if col is not None:
                 lint.history.proven_not_null.add((table, col))
+            if lint.not_valid.pop((table, cmd.name or ""), None) == lint.txn:
+                lint.add("validate-in-same-transaction",
+                         f"VALIDATE CONSTRAINT {cmd.name} on {shown} runs in the transaction that added it "
+                         "NOT VALID: the scan runs under the lock ADD CONSTRAINT took")
         elif sub == AT.AT_SetNotNull:
             if existing and (table, cmd.name) not in lint.history.proven_not_null:
                 lint.add("set-not-null", f"SET NOT NULL on {shown}.{cmd.name} scans the whole table "
@@ -1368,7 +1647,7 @@ def _add_column(lint: _Linter, cmd: ast.AlterTableCmd, col: ast.ColumnDef, exist
     _check_types(lint, col)
     cons = _constraints(col)
     if any(c.contype == CT.CONSTR_PRIMARY for c in cons):
-        _check_pk_type(lint, col)
+        _check_pk_type(lint, col.colname, _type_of(col.typeName), col)
     if not existing:
         return
     where = f"{shown}.{col.colname}"
@@ -1380,7 +1659,7 @@ def _add_column(lint: _Linter, cmd: ast.AlterTableCmd, col: ast.ColumnDef, exist
     identity = any(c.contype == CT.CONSTR_IDENTITY for c in cons) or col.identity not in (None, "", "\x00")
     ctype = _type_of(col.typeName)
     serial = ctype is not None and ctype.name in _SERIAL.values()
-    volatile = _volatile_call(default_expr) if default_expr is not None else None
+    volatile = lint.volatile_call(default_expr) if default_expr is not None else None
     if volatile:
         lint.add("add-column-volatile-default",
                  f"ADD COLUMN {where} with volatile default {volatile}() rewrites the table", col)
@@ -1430,8 +1709,15 @@ def _add_constraint(lint: _Linter, con: ast.Constraint, existing: bool, shown: s
                 lint.history.not_null_checks[(table, con.conname or "")] = col
             else:
                 lint.history.proven_not_null.add((table, col))
+    if kind == CT.CONSTR_PRIMARY and not con.indexname:
+        keys = _names(con.keys)
+        model = lint.history.columns.get(table)
+        if len(keys) == 1 and model is not None:
+            _check_pk_type(lint, keys[0], model.get(keys[0]), con)
     if not existing:
         return
+    if con.skip_validation and con.conname and kind in (CT.CONSTR_FOREIGN, CT.CONSTR_CHECK, CT.CONSTR_NOTNULL):
+        lint.not_valid[(table, con.conname)] = lint.txn
     name = f" {con.conname}" if con.conname else ""
     if kind in (CT.CONSTR_FOREIGN, CT.CONSTR_CHECK) and not con.skip_validation:
         label = "FOREIGN KEY" if kind == CT.CONSTR_FOREIGN else "CHECK"
@@ -1521,11 +1807,13 @@ def _check_types(lint: _Linter, col: ast.ColumnDef) -> None:
         lint.add("prefer-identity", f"column {name} uses {ctype.name}", node)
 
 
-def _check_pk_type(lint: _Linter, col: ast.ColumnDef, node: object = None) -> None:
-    ctype = _type_of(col.typeName)
-    if ctype is not None and ctype.name in ("int4", "int2") and not ctype.array:
-        shown = "integer" if ctype.name == "int4" else "smallint"
-        lint.add("prefer-bigint-pk", f"primary key {col.colname} is {shown}", node or col)
+_SMALL_KEYS = {"int4": "integer", "int2": "smallint", "serial": "serial (integer)",
+               "smallserial": "smallserial (smallint)"}
+
+
+def _check_pk_type(lint: _Linter, name: str | None, ctype: _Type | None, node: object) -> None:
+    if ctype is not None and ctype.name in _SMALL_KEYS and not ctype.array:
+        lint.add("prefer-bigint-pk", f"primary key {name} is {_SMALL_KEYS[ctype.name]}", node)
 
 
 def _on_rename(lint: _Linter, stmt: ast.RenameStmt) -> None:
@@ -1562,6 +1850,9 @@ def _on_enum(lint: _Linter, stmt: ast.AlterEnumStmt) -> None:
     else:
         lint.rerunnable(bool(stmt.skipIfNewValExists), "ALTER TYPE ... ADD VALUE", "ADD VALUE IF NOT EXISTS")
         lint.add("enum-add-value", f"new value {stmt.newVal!r} of enum {name} may reach readers that do not know it")
+        if stmt.newVal:
+            # A value added to a type created in the same transaction is safe to use at once.
+            lint.new_enum_values[stmt.newVal] = (lint.txn, name)
 
 
 def _on_create_enum(lint: _Linter, stmt: ast.Node) -> None:
@@ -1635,9 +1926,100 @@ def _if_not_exists(label: str) -> Callable[[_Linter, ast.Node], None]:
     return handler
 
 
+def _function_name(lint: _Linter, names: list[str]) -> tuple[str, str]:
+    if len(names) >= 2:
+        return names[-2], names[-1]
+    return (lint.search_path[0] if lint.search_path else "public"), names[0]
+
+
 def _on_function(lint: _Linter, stmt: ast.CreateFunctionStmt) -> None:
     label = "CREATE PROCEDURE" if stmt.is_procedure else "CREATE FUNCTION"
     lint.rerunnable(bool(stmt.replace), label, label.replace("CREATE ", "CREATE OR REPLACE "))
+    names = _names(stmt.funcname)
+    if not names:
+        return
+    key = _function_name(lint, names)
+    if not stmt.is_procedure:
+        # PostgreSQL's default is VOLATILE: a function is volatile unless it says otherwise.
+        lint.history.functions[key] = _declared_volatility(stmt.options) or "volatile"
+    language, body = "sql", ""
+    for opt in stmt.options or ():
+        if isinstance(opt, ast.DefElem) and opt.defname == "language":
+            language = str(getattr(opt.arg, "sval", "")).lower()
+        elif isinstance(opt, ast.DefElem) and opt.defname == "as" and isinstance(opt.arg, (tuple, list)):
+            body = str(getattr(opt.arg[0], "sval", "")) if len(opt.arg) == 1 else ""
+    if language == "plpgsql" and body and not lint.in_body:
+        # Linted if the migration calls it (SELECT f(); CALL p();), when the call runs.
+        lint.routines[key] = (lint.text[lint.stmt_start:lint.stmt_stop], body, lint.body_offset(body))
+
+
+def _on_alter_function(lint: _Linter, stmt: ast.AlterFunctionStmt) -> None:
+    volatility = _declared_volatility(stmt.actions)
+    names = _names(getattr(stmt.func, "objname", None))
+    if volatility and names:
+        lint.history.functions[_function_name(lint, names)] = volatility
+
+
+def _on_do(lint: _Linter, stmt: ast.DoStmt) -> None:
+    if lint.in_body:
+        return
+    body, language = "", "plpgsql"
+    for opt in stmt.args or ():
+        if isinstance(opt, ast.DefElem):
+            value = getattr(opt.arg, "sval", None)
+            if opt.defname == "as" and isinstance(value, str):
+                body = value
+            elif opt.defname == "language" and isinstance(value, str):
+                language = value.lower()
+    if body and language == "plpgsql":
+        lint.plpgsql(lint.text[lint.stmt_start:lint.stmt_stop], body, lint.body_offset(body))
+
+
+def _run_routines(lint: _Linter, calls: Iterable[object]) -> None:
+    """Lint the bodies of PL/pgSQL routines created earlier in the file that *calls* run (each once)."""
+    for call in calls:
+        if isinstance(call, ast.FuncCall) and lint.routines and not lint.in_body:
+            names = _names(call.funcname)
+            keys = [_function_name(lint, names)] if len(names) >= 2 else \
+                [(schema, names[0]) for schema in lint.search_path] if names else []
+            for key in keys:
+                routine = lint.routines.pop(key, None)
+                if routine is not None:
+                    lint.plpgsql(*routine)
+                    break
+
+
+def _on_call(lint: _Linter, stmt: ast.CallStmt) -> None:
+    _run_routines(lint, [stmt.funccall])
+
+
+def _pins_id(where: object) -> bool:
+    """Whether a WHERE clause pins a column named ``id`` to constants (a handful of rows)."""
+    conjuncts = where.args if isinstance(where, ast.BoolExpr) and where.boolop == enums.BoolExprType.AND_EXPR \
+        else [where]
+    for expr in conjuncts or ():
+        if not isinstance(expr, ast.A_Expr) or expr.kind not in (enums.A_Expr_Kind.AEXPR_OP,
+                                                                 enums.A_Expr_Kind.AEXPR_IN):
+            continue
+        if expr.kind == enums.A_Expr_Kind.AEXPR_OP and _names(expr.name) != ["="]:
+            continue
+        sides = [expr.lexpr, expr.rexpr]
+        column = next((s for s in sides if isinstance(s, ast.ColumnRef)), None)
+        other = sides[1] if column is sides[0] else sides[0]
+        values = other if isinstance(other, (tuple, list)) else [other]
+        if column is not None and _names(column.fields)[-1:] == ["id"] and values and all(
+                isinstance(v, (ast.A_Const, ast.ParamRef)) for v in values):
+            return True
+    return False
+
+
+def _on_data_change(lint: _Linter, stmt: ast.UpdateStmt | ast.DeleteStmt) -> None:
+    rel = stmt.relation
+    if lint.in_body or rel is None or not lint.existing(rel) or _pins_id(stmt.whereClause) or lint.batched():
+        return
+    kind = "UPDATE" if isinstance(stmt, ast.UpdateStmt) else "DELETE"
+    lint.add("unbatched-data-change",
+             f"{kind} of existing table {lint.show(rel)} runs as one statement over every matching row", rel)
 
 
 _HANDLERS: dict[type, Callable[[_Linter, Any], None]] = {
@@ -1660,6 +2042,11 @@ _HANDLERS: dict[type, Callable[[_Linter, Any], None]] = {
     ast.CreateSeqStmt: _if_not_exists("CREATE SEQUENCE"),
     ast.CreateExtensionStmt: _if_not_exists("CREATE EXTENSION"),
     ast.CreateFunctionStmt: _on_function,
+    ast.AlterFunctionStmt: _on_alter_function,
+    ast.DoStmt: _on_do,
+    ast.CallStmt: _on_call,
+    ast.UpdateStmt: _on_data_change,
+    ast.DeleteStmt: _on_data_change,
     ast.ViewStmt: _replace_check("CREATE VIEW"),
     ast.CreateTrigStmt: _replace_check("CREATE TRIGGER"),
     ast.RuleStmt: _replace_check("CREATE RULE"),
@@ -1711,6 +2098,7 @@ def lint_sql(
     allow_reason: str | None = None,
     require_lock_timeout: bool = False,
     in_transaction: bool = True,
+    functions: Mapping[str, str] | None = None,
 ) -> list[Finding]:
     """Lint one migration's SQL text and return its findings, allowed ones included.
 
@@ -1721,7 +2109,12 @@ def lint_sql(
     as existing).  *severities* overrides a rule's severity (``"error"``,
     ``"warning"`` or ``"off"``); *allow* acknowledges rules for the whole text
     with *allow_reason*.  *in_transaction* says whether the harness runs the
-    text inside a transaction.  Never raises on SQL: syntax errors become
+    text inside a transaction.  *functions* gives the declared volatility
+    (``"immutable"``, ``"stable"``, ``"volatile"``, or ``provolatile``'s
+    ``i``/``s``/``v``) of user-defined functions that exist before the text
+    runs, by qualified name in quote_ident style (an argument list after the
+    name is ignored; of overloads the most volatile counts); functions created
+    in *text* are read from it.  Never raises on SQL: syntax errors become
     ``parse-error`` findings.  Raises :class:`~harness.errors.ConfigError` for an
     unknown rule id or severity.
     """
@@ -1729,7 +2122,7 @@ def lint_sql(
     existing: set[str] | None = None
     if existing_tables is not None:
         existing = {_qualify(t) for t in existing_tables} | {_qualify(t) for t in created_before}
-    history = _History(existing=existing)
+    history = _History(existing=existing, functions=_known_functions(functions))
     return _finish(_Linter(text, path, history, options).run(), options)
 
 

@@ -1012,11 +1012,11 @@ class Rehearsal:
                     existing |= _created_tables(earlier)
         else:
             # "Existed before" comes from the rehearsal's own snapshot, not from guesswork.
-            before = step.before if not step.released else self.snapshot_at(item.index - 1)
-            existing = set(before.tables()) if before is not None else None
+            reached = step.before if not step.released else self.snapshot_at(item.index - 1)
+            existing = set(reached.tables()) if reached is not None else None
         # Declared volatility decides whether an ADD COLUMN ... DEFAULT f() rewrites the table.
-        functions = ({name: attrs["volatility"] for name, attrs in before.of_type("function").items()}
-                     if before is not None else None)
+        functions = ({name: attrs["volatility"] for name, attrs in reached.of_type("function").items()}
+                     if reached is not None else None)
         findings = lint_mod.lint_sql(
             migration.sql,
             relpath(migration.path),

@@ -79,6 +79,21 @@ RULE_CASES: list[tuple[str, str, str, dict]] = [
     ("unique-constraint-without-index",
      "ALTER TABLE users ADD PRIMARY KEY (id);",
      "ALTER TABLE users ADD CONSTRAINT users_pkey PRIMARY KEY USING INDEX users_id_idx;", {}),
+    ("validate-in-same-transaction",
+     "ALTER TABLE orders ADD CONSTRAINT positive CHECK (amount > 0) NOT VALID;\n"
+     "ALTER TABLE orders VALIDATE CONSTRAINT positive;",
+     "ALTER TABLE orders ADD CONSTRAINT positive CHECK (amount > 0) NOT VALID;\n"
+     "ALTER TABLE orders VALIDATE CONSTRAINT positive;", {"_safe": NO_TX}),
+    ("validate-in-same-transaction",
+     "BEGIN;\nALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;\n"
+     "ALTER TABLE orders VALIDATE CONSTRAINT fk;\nCOMMIT;",
+     "BEGIN;\nALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;\n"
+     "COMMIT;\nALTER TABLE orders VALIDATE CONSTRAINT fk;", NO_TX),
+    ("validate-in-same-transaction",
+     "ALTER TABLE orders ADD CONSTRAINT positive CHECK (amount > 0) NOT VALID, VALIDATE CONSTRAINT positive;",
+     "CREATE TABLE IF NOT EXISTS orders (amount int);\n"
+     "ALTER TABLE orders ADD CONSTRAINT positive CHECK (amount > 0) NOT VALID;\n"
+     "ALTER TABLE orders VALIDATE CONSTRAINT positive;", {}),
     ("set-not-null",
      "ALTER TABLE users ALTER COLUMN email SET NOT NULL;",
      "ALTER TABLE users ADD CONSTRAINT email_nn CHECK (email IS NOT NULL) NOT VALID;\n"
@@ -102,9 +117,32 @@ RULE_CASES: list[tuple[str, str, str, dict]] = [
      "ALTER TABLE users ADD COLUMN IF NOT EXISTS r float8 DEFAULT random() * 10;",
      "CREATE TABLE IF NOT EXISTS t (id bigint); ALTER TABLE t ADD COLUMN IF NOT EXISTS r float8 DEFAULT random();",
      {}),
+    ("add-column-volatile-default",
+     "CREATE OR REPLACE FUNCTION new_token() RETURNS text LANGUAGE sql AS $$ SELECT md5(random()::text) $$;\n"
+     "ALTER TABLE users ADD COLUMN IF NOT EXISTS token text DEFAULT new_token();",
+     "CREATE OR REPLACE FUNCTION new_token() RETURNS text LANGUAGE sql STABLE AS $$ SELECT 'x' $$;\n"
+     "ALTER TABLE users ADD COLUMN IF NOT EXISTS token text DEFAULT new_token();", {}),
+    ("add-column-volatile-default",
+     "ALTER TABLE users ADD COLUMN IF NOT EXISTS token text DEFAULT app.new_token();",
+     "ALTER TABLE users ADD COLUMN IF NOT EXISTS token text DEFAULT app.new_token();",
+     {"functions": {"app.new_token()": "volatile"}, "_safe": {"functions": {"app.new_token()": "immutable"}}}),
+    ("add-column-volatile-default",
+     "ALTER TABLE users ADD COLUMN IF NOT EXISTS token text DEFAULT new_token();",
+     "ALTER TABLE users ADD COLUMN IF NOT EXISTS token text DEFAULT new_token();",
+     {"functions": {'public."new_token"(integer)': "v"}, "_safe": {"functions": {"public.new_token()": "s"}}}),
     ("add-column-generated-stored",
      "ALTER TABLE orders ADD COLUMN IF NOT EXISTS total numeric GENERATED ALWAYS AS (price * qty) STORED;",
      "ALTER TABLE orders ADD COLUMN IF NOT EXISTS total numeric;", {}),
+    ("unbatched-data-change",
+     "UPDATE accounts SET plan = 'free' WHERE plan IS NULL;",
+     "-- harness:batch key=id size=5000\nUPDATE accounts SET plan = 'free' WHERE plan IS NULL;", {}),
+    ("unbatched-data-change",
+     "DELETE FROM sessions WHERE expires_at < now();",
+     "CREATE TABLE IF NOT EXISTS sessions (id bigint, expires_at timestamptz);\n"
+     "DELETE FROM sessions WHERE expires_at < now();", {}),
+    ("unbatched-data-change",
+     "UPDATE app.settings SET value = 'on' WHERE name = 'beta';",
+     "UPDATE app.settings SET value = 'on' WHERE id = 7;\nDELETE FROM app.settings WHERE id IN (1, 2);", {}),
     ("vacuum-full", "VACUUM FULL users;", "VACUUM (ANALYZE) users;", NO_TX),
     ("cluster", "CLUSTER users USING users_pkey;",
      "CREATE TABLE IF NOT EXISTS t (id bigint); CLUSTER t USING t_pkey;", {}),
@@ -129,20 +167,33 @@ RULE_CASES: list[tuple[str, str, str, dict]] = [
     ("enum-add-value", "ALTER TYPE mood ADD VALUE IF NOT EXISTS 'meh';",
      "CREATE TYPE public.mood AS ENUM ('sad'); ALTER TYPE mood ADD VALUE IF NOT EXISTS 'meh';", {}),
     # robustness
-    ("not-rerunnable", "CREATE TABLE t (id bigint);", "CREATE TABLE IF NOT EXISTS t (id bigint);", {}),
-    ("not-rerunnable", "CREATE SCHEMA s;", "CREATE SCHEMA IF NOT EXISTS s;", {}),
-    ("not-rerunnable", "CREATE SEQUENCE s;", "CREATE SEQUENCE IF NOT EXISTS s;", {}),
-    ("not-rerunnable", "CREATE EXTENSION pgcrypto;", "CREATE EXTENSION IF NOT EXISTS pgcrypto;", {}),
+    ("enum-value-used-in-transaction",
+     "ALTER TYPE mood ADD VALUE IF NOT EXISTS 'meh';\nUPDATE people SET mood = 'meh' WHERE id = 1;",
+     "ALTER TYPE mood ADD VALUE IF NOT EXISTS 'meh';\nUPDATE people SET mood = 'meh' WHERE id = 1;",
+     {"_safe": NO_TX}),
+    ("enum-value-used-in-transaction",
+     "ALTER TYPE mood ADD VALUE IF NOT EXISTS 'meh';\n"
+     "ALTER TABLE people ALTER COLUMN mood SET DEFAULT 'meh'::mood;",
+     "CREATE TYPE mood AS ENUM ('sad');\nALTER TYPE mood ADD VALUE IF NOT EXISTS 'meh';\n"
+     "ALTER TABLE people ALTER COLUMN mood SET DEFAULT 'meh'::mood;", {}),
+    ("enum-value-used-in-transaction",
+     "BEGIN;\nALTER TYPE mood ADD VALUE IF NOT EXISTS 'meh';\nINSERT INTO people (mood) VALUES ('meh');\nCOMMIT;",
+     "BEGIN;\nALTER TYPE mood ADD VALUE IF NOT EXISTS 'meh';\nCOMMIT;\nINSERT INTO people (mood) VALUES ('meh');",
+     NO_TX),
+    ("not-rerunnable", "CREATE TABLE t (id bigint);", "CREATE TABLE IF NOT EXISTS t (id bigint);", NO_TX),
+    ("not-rerunnable", "CREATE SCHEMA s;", "CREATE SCHEMA IF NOT EXISTS s;", NO_TX),
+    ("not-rerunnable", "CREATE SEQUENCE s;", "CREATE SEQUENCE IF NOT EXISTS s;", NO_TX),
+    ("not-rerunnable", "CREATE EXTENSION pgcrypto;", "CREATE EXTENSION IF NOT EXISTS pgcrypto;", NO_TX),
     ("not-rerunnable", "CREATE INDEX CONCURRENTLY i ON users (a);",
      "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (a);", NO_TX),
     ("not-rerunnable", "ALTER TABLE users ADD COLUMN note text;",
-     "ALTER TABLE users ADD COLUMN IF NOT EXISTS note text;", {}),
-    ("not-rerunnable", "DROP VIEW v;", "DROP VIEW IF EXISTS v;", {}),
-    ("not-rerunnable", "CREATE VIEW v AS SELECT 1;", "CREATE OR REPLACE VIEW v AS SELECT 1;", {}),
+     "ALTER TABLE users ADD COLUMN IF NOT EXISTS note text;", NO_TX),
+    ("not-rerunnable", "DROP VIEW v;", "DROP VIEW IF EXISTS v;", NO_TX),
+    ("not-rerunnable", "CREATE VIEW v AS SELECT 1;", "CREATE OR REPLACE VIEW v AS SELECT 1;", NO_TX),
     ("not-rerunnable", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
-     "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;", {}),
+     "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;", NO_TX),
     ("not-rerunnable", "CREATE MATERIALIZED VIEW mv AS SELECT 1;",
-     "CREATE MATERIALIZED VIEW IF NOT EXISTS mv AS SELECT 1;", {}),
+     "CREATE MATERIALIZED VIEW IF NOT EXISTS mv AS SELECT 1;", NO_TX),
     ("nested-transaction", "BEGIN;\nBEGIN;\nCOMMIT;\nCOMMIT;", "BEGIN;\nSELECT 1;\nCOMMIT;", NO_TX),
     ("unterminated-transaction", "BEGIN;\nSELECT 1;", "BEGIN;\nSELECT 1;\nCOMMIT;", NO_TX),
     ("commit-without-begin", "SELECT 1;\nCOMMIT;", "BEGIN;\nSELECT 1;\nCOMMIT;", NO_TX),
@@ -180,6 +231,12 @@ RULE_CASES: list[tuple[str, str, str, dict]] = [
      "CREATE TABLE IF NOT EXISTS t (id bigint PRIMARY KEY);", {}),
     ("prefer-bigint-pk", "CREATE TABLE IF NOT EXISTS t (id int4, name text, PRIMARY KEY (id));",
      "CREATE TABLE IF NOT EXISTS t (a int, b int, PRIMARY KEY (a, b));", {}),
+    ("prefer-bigint-pk", "CREATE TABLE IF NOT EXISTS t (id serial PRIMARY KEY);",
+     "CREATE TABLE IF NOT EXISTS t (id bigserial PRIMARY KEY);", {}),
+    ("prefer-bigint-pk", 'CREATE TABLE "User" ("id" SERIAL NOT NULL, CONSTRAINT "User_pkey" PRIMARY KEY ("id"));',
+     'CREATE TABLE "User" ("id" BIGSERIAL NOT NULL, CONSTRAINT "User_pkey" PRIMARY KEY ("id"));', {}),
+    ("prefer-bigint-pk", "CREATE TABLE t (id smallserial NOT NULL);\nALTER TABLE t ADD CONSTRAINT t_pkey PRIMARY KEY (id);",
+     "CREATE TABLE t (id int NOT NULL, n int);\nALTER TABLE t ADD CONSTRAINT t_pkey PRIMARY KEY (id, n);", {}),
 ]
 
 
@@ -276,6 +333,111 @@ def test_lock_timeout_reported_once_and_reset() -> None:
     assert not only(lint_sql(sql, "m.sql", require_lock_timeout=True), "missing-lock-timeout")
     # off unless asked for
     assert not only(lint_sql("DROP TABLE IF EXISTS users;", "m.sql"), "missing-lock-timeout")
+
+
+# ---------------------------------------------------------------------------- PL/pgSQL bodies
+# (SQL, the (rule, line, column) findings expected, lint_sql keyword arguments)
+
+DO_CASES: list[tuple[str, list[tuple[str, int, int]], dict]] = [
+    # a guarded FK inside a DO block: the guard makes it re-runnable, not safe
+    ("SELECT 1;\nDO $$\nBEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'fk') THEN\n"
+     "    ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (user_id) REFERENCES users (id);\n"
+     "  END IF;\nEND\n$$;",
+     [("constraint-missing-not-valid", 5, 28)], NO_TX),
+    # the safe twin: NOT VALID, and nothing about re-runs inside the body
+    ("DO $$\nBEGIN\n  ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;\n"
+     "EXCEPTION WHEN duplicate_object THEN NULL;\nEND\n$$;", [], NO_TX),
+    # loops and nested blocks; EXECUTE of a literal, dollar- or single-quoted
+    ("DO $body$ DECLARE r record; BEGIN\n  FOR r IN SELECT 1 LOOP\n    BEGIN\n"
+     "      EXECUTE 'CREATE INDEX i ON users (a)';\n    END;\n  END LOOP;\n"
+     "  EXECUTE $q$ALTER TABLE users DROP COLUMN legacy$q$;\nEND $body$;",
+     [("index-not-concurrent", 4, 34), ("drop-column", 7, 14)], {}),
+    ("DO $$ BEGIN EXECUTE format('DROP TABLE %I', 'users'); END $$;", [], {}),
+    # a single-quoted body with doubled quotes: reported at the DO statement
+    ("SELECT 1;\nDO 'BEGIN ALTER TABLE users ADD COLUMN c text DEFAULT ''x''; ALTER TABLE users DROP COLUMN d; END';",
+     [("drop-column", 2, 1)], {}),
+    # tables created in the file are new inside the body too
+    ("CREATE TABLE IF NOT EXISTS t (a int);\nDO $$ BEGIN CREATE INDEX i ON t (a); END $$;", [], {}),
+    # a DO block is one statement: NOT VALID then VALIDATE inside it share a transaction
+    ("DO $$ BEGIN\n  ALTER TABLE orders ADD CONSTRAINT c CHECK (a > 0) NOT VALID;\n"
+     "  ALTER TABLE orders VALIDATE CONSTRAINT c;\nEND $$;", [("validate-in-same-transaction", 3, 3)], NO_TX),
+    # an enum value added before the DO block and used in it
+    ("ALTER TYPE mood ADD VALUE IF NOT EXISTS 'meh';\nDO $$ BEGIN UPDATE people SET mood = 'meh' WHERE id = 1; END $$;",
+     [("enum-value-used-in-transaction", 2, 38)], {"severities": {"enum-add-value": "off"}}),
+    # a PL/pgSQL function created and called in the migration
+    ("CREATE OR REPLACE FUNCTION fix() RETURNS void LANGUAGE plpgsql AS $fn$\nBEGIN\n"
+     "  ALTER TABLE users DROP COLUMN legacy;\nEND $fn$;\nSELECT fix();",
+     [("drop-column", 3, 3)], {}),
+    ("CREATE OR REPLACE PROCEDURE fix() LANGUAGE plpgsql AS $fn$\nBEGIN\n"
+     "  CREATE INDEX i ON users (a);\nEND $fn$;\nCALL public.fix();",
+     [("index-not-concurrent", 3, 21)], {}),
+    # ...but not one that is only created
+    ("CREATE OR REPLACE FUNCTION fix() RETURNS void LANGUAGE plpgsql AS $fn$\nBEGIN\n"
+     "  ALTER TABLE users DROP COLUMN legacy;\nEND $fn$;", [], {}),
+    # a body that PL/pgSQL cannot parse is left to PostgreSQL
+    ("DO $$ BEGIN ALTER TABL users; END $$;", [], {}),
+    ("DO LANGUAGE plperl $$ 1; $$;", [], {}),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected", "kwargs"), DO_CASES, ids=[str(i) for i in range(len(DO_CASES))])
+def test_statements_inside_plpgsql_bodies(sql: str, expected: list[tuple[str, int, int]], kwargs: dict) -> None:
+    findings = lint_sql(sql, "m.sql", **kwargs)
+    found = [(f.rule, f.line, f.column) for f in findings if f.rule not in ("enum-add-value",)]
+    assert found == expected, format_findings(findings)
+
+
+def test_allow_comment_on_do_statement_covers_its_body() -> None:
+    sql = "-- harness:allow drop-column: unused since v3\nDO $$ BEGIN ALTER TABLE users DROP COLUMN legacy; END $$;"
+    [hit] = only(lint_sql(sql, "m.sql"), "drop-column")
+    assert hit.allowed == "unused since v3" and hit.statement == "ALTER TABLE users DROP COLUMN legacy"
+
+
+# ---------------------------------------------------------------------------- re-runs, transactions
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TABLE t (id bigint);",
+    "ALTER TABLE users ADD COLUMN note text;",
+    "DROP INDEX CONCURRENTLY i;",
+    "ALTER TYPE mood ADD VALUE 'x';",
+])
+def test_rerunnability_only_without_a_transaction(sql: str) -> None:
+    assert not only(lint_sql(sql, "m.sql", in_transaction=True), "not-rerunnable")
+    assert only(lint_sql(sql, "m.sql", in_transaction=False), "not-rerunnable")
+
+
+def test_function_volatility_from_earlier_files(tmp_path: Path) -> None:
+    first = tmp_path / "001_fn.sql"
+    first.write_text("CREATE FUNCTION app.token() RETURNS text LANGUAGE sql AS $$ SELECT md5(random()::text) $$;\n"
+                     "CREATE FUNCTION app.tenant() RETURNS text LANGUAGE sql STABLE AS $$ SELECT 'x' $$;\n")
+    second = tmp_path / "002_use.sql"
+    second.write_text("ALTER TABLE users ADD COLUMN IF NOT EXISTS a text DEFAULT app.token();\n"
+                      "ALTER TABLE users ADD COLUMN IF NOT EXISTS b text DEFAULT app.tenant();\n"
+                      "SET search_path TO app;\n"
+                      "ALTER TABLE public.users ADD COLUMN IF NOT EXISTS c text DEFAULT token();\n")
+    third = tmp_path / "003_stable.sql"
+    third.write_text("ALTER FUNCTION app.token() STABLE;\n"
+                     "ALTER TABLE users ADD COLUMN IF NOT EXISTS d text DEFAULT app.token();\n")
+    hits = only(lint_files([first, second, third]), "add-column-volatile-default")
+    assert [(Path(h.path).name, h.line) for h in hits] == [("002_use.sql", 1), ("002_use.sql", 4)]
+    # without the first file the function is unknown: not assumed volatile
+    assert not only(lint_files([second]), "add-column-volatile-default")
+
+
+def test_overloads_most_volatile_counts() -> None:
+    sql = "ALTER TABLE users ADD COLUMN IF NOT EXISTS a text DEFAULT f(1);"
+    functions = {"public.f(integer)": "immutable", "public.f(text)": "volatile"}
+    assert only(lint_sql(sql, "m.sql", functions=functions), "add-column-volatile-default")
+    assert not only(lint_sql(sql, "m.sql", functions={"other.f()": "volatile"}), "add-column-volatile-default")
+
+
+def test_enum_value_used_after_commit_is_fine_and_found_once_per_statement() -> None:
+    sql = ("ALTER TYPE mood ADD VALUE IF NOT EXISTS 'meh';\n"
+           "INSERT INTO people (mood, other) VALUES ('meh', 'meh'), ('meh', 'x');\n")
+    hits = only(lint_sql(sql, "m.sql"), "enum-value-used-in-transaction")
+    assert [(h.line, h.column) for h in hits] == [(2, 42)]
+    assert not only(lint_sql(sql, "m.sql", in_transaction=False), "enum-value-used-in-transaction")
 
 
 # ---------------------------------------------------------------------------- existing tables
@@ -389,7 +551,7 @@ def test_allow_comment_above_with_reason() -> None:
            "CREATE INDEX i ON users\n"
            "  (email);\n"
            "CREATE INDEX j ON users (name);\n")
-    findings = lint_sql(sql, "m.sql")
+    findings = lint_sql(sql, "m.sql", in_transaction=False)
     first = [f for f in findings if f.line == 3]
     assert {f.rule for f in first} == {"index-not-concurrent", "not-rerunnable"}
     assert all(f.allowed == "table has 40 rows" for f in first)
