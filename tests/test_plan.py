@@ -479,7 +479,7 @@ BAD: list[tuple[str, str, str, list[str], bool]] = [
      ["defaults.rollback: expected true, false or none, got a string 'never'"], True),
     ("bad-layout", "migrations: migrations/\nlayout: flyaway\n", "2",
      ["layout: expected one of auto, native, supabase, golang-migrate, diesel, dbmate, goose, flyway, drizzle, "
-      "sqitch, prisma, sqlx, atlas, node-pg-migrate, got a string 'flyaway'"], True),
+      "sqitch, prisma, sqlx, atlas, node-pg-migrate, alembic, got a string 'flyaway'"], True),
     ("substitution-both", "migrations: migrations/\nsubstitutions:\n  - {literal: a, regex: b, value: c}\n", "3",
      ["substitutions[0]: give exactly one of literal, regex (got literal, regex)"], True),
     ("substitution-no-value", "migrations: migrations/\nsubstitutions:\n  - {literal: a}\n", "3",
