@@ -204,19 +204,23 @@ class _ForeignLayout(NativeLayout):
         )
 
 
-class GolangMigrateLayout(_ForeignLayout):
-    """``<version>_<name>.up.sql`` plus ``.down.sql``; timestamps, or the next number in a sequential folder."""
-
-    name = "golang-migrate"
-    _FILE = re.compile(r"V?(?P<version>[0-9]+)[_.](?P<name>.+)\.up\.sql")
-    sequential = True
-    no_transaction_hint = "golang-migrate runs a file of one statement outside a transaction: keep it alone."
+class _UpDownLayout(_ForeignLayout):
+    """``<version>_<name>.up.sql`` plus ``<version>_<name>.down.sql``."""
 
     def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
         migration = NewMigration(
             version, name, directory / f"{version}_{name}.up.sql", directory / f"{version}_{name}.down.sql"
         )
         return _two_files(migration, self._up(migration, moment), self._down(migration, moment))
+
+
+class GolangMigrateLayout(_UpDownLayout):
+    """``<version>_<name>.up.sql`` plus ``.down.sql``; timestamps, or the next number in a sequential folder."""
+
+    name = "golang-migrate"
+    _FILE = re.compile(r"V?(?P<version>[0-9]+)[_.](?P<name>.+)\.up\.sql")
+    sequential = True
+    no_transaction_hint = "golang-migrate runs a file of one statement outside a transaction: keep it alone."
 
 
 class DieselLayout(_ForeignLayout):
@@ -449,18 +453,12 @@ class PrismaLayout(_ForeignLayout):
         return Draft(migration, ((path, text),), directories=(folder,))
 
 
-class SqlxLayout(_ForeignLayout):
+class SqlxLayout(_UpDownLayout):
     """``<YYYYMMDDHHMMSS>_<name>.up.sql`` plus ``.down.sql``, as ``sqlx migrate add -r``."""
 
     name = "sqlx"
     _FILE = re.compile(r"(?P<version>[0-9]+)_(?P<name>.+?)(?:\.up|\.down)?\.sql")
     no_transaction_hint = "sqlx: make `-- no-transaction` the file's first line to run it outside a transaction."
-
-    def draft(self, directory: Path, version: str, name: str, moment: _dt.datetime) -> Draft:
-        migration = NewMigration(
-            version, name, directory / f"{version}_{name}.up.sql", directory / f"{version}_{name}.down.sql"
-        )
-        return _two_files(migration, self._up(migration, moment), self._down(migration, moment))
 
 
 class AtlasLayout(_ForeignLayout):

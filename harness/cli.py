@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-k", dest="select", metavar="TEXT", help="only items whose id contains TEXT")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache", metavar="DIR", type=Path,
+                       help="rehearsed-prefix cache directory (default: the plan's rehearsal.cache, .harness/cache)")
+    cache.add_argument("--no-cache", dest="cache", action="store_false",
+                       help="rehearse every migration; neither read nor write the cache")
 
     p = sub.add_parser("lint", help="lint migration files statically (no database needed)")
     p.add_argument("paths", nargs="*", help="migration files or directories (default: the plan's migrations)")
@@ -251,7 +256,7 @@ def _rehearse(args: argparse.Namespace) -> int:
 
     result = rehearse_plan(
         plan, provider=args.provider, dsn=args.rehearsal_dsn, select=args.select, exitfirst=args.exitfirst,
-        on_item=show,
+        on_item=show, cache=args.cache,
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -264,7 +269,7 @@ def _rehearse(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-_MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
+_MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP", "cached": "CACHED"}
 
 
 def _print_outcome(out: TextIO, item_id: str, outcome: Any) -> None:
@@ -272,8 +277,10 @@ def _print_outcome(out: TextIO, item_id: str, outcome: Any) -> None:
     out.write(f"{_MARK[outcome.status]} {item_id}")
     if outcome.status == "skipped":
         out.write(f" ({outcome.message})")
+    elif outcome.status == "cached":
+        out.write(f": {outcome.message}")
     out.write("\n")
-    if outcome.status != "skipped":
+    if outcome.status not in ("skipped", "cached"):
         # A passed item's note says what was proved (or warns: a lock over budget but allowed).
         for line in outcome.message.splitlines():
             out.write(f"     {line}\n")

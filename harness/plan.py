@@ -158,6 +158,8 @@ class Rehearsal:
     postgres: int | None = None
     dsn: str | None = field(default=None, repr=False)
     seed: tuple[Path, ...] = ()
+    #: Where rehearsed prefixes are cached (``None``: no cache); a loaded plan defaults to ``<root>/.harness/cache``.
+    cache: Path | None = None
 
     @property
     def seed_bytes(self) -> int:
@@ -1312,6 +1314,14 @@ _PLAN = _Obj(
                 "postgres": _Major("The wanted PostgreSQL major version."),
                 "dsn": _Str("The server to rehearse on (provider dsn, or auto).", dsn=True),
                 "seed": _PATH_OR_PATHS,
+                "cache": _Union(
+                    _Str(), _Literal({False: False}),
+                    description=(
+                        "Directory of the rehearsed-prefix cache (relative to the plan's root), or false to rehearse "
+                        "every migration every time. Default: .harness/cache."
+                    ),
+                    expected="a directory or false",
+                ),
             },
             "How rehearsals run.",
             rules=(
@@ -1760,6 +1770,7 @@ def _build(doc: _Map, *, path: Path, display: str, cwd: Path, sha: str, ctx: _Ct
             b.existing(s, line, f"rehearsal.seed[{i}]" if len(seeds) > 1 else "rehearsal.seed")
             for i, (s, line) in enumerate(zip(seeds, getattr(seeds, "item_lines", ())))
         ),
+        cache=None if r.get("cache") is False else b.resolve(r.get("cache", ".harness/cache")),
     )
 
     d: _Map = doc.get("defaults", _Map())

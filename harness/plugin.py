@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +32,10 @@ if TYPE_CHECKING:
     from .postgres import Server
     from .rehearsal import Item, Rehearsal
 
-PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+PASSED, FAILED, SKIPPED, CACHED = "passed", "failed", "skipped", "cached"
 _APPLY = "apply_target"
 
-__all__ = ["PlanFile", "MigrationNode", "AssertionItem", "RehearsalFailed"]
+__all__ = ["PlanFile", "MigrationNode", "AssertionItem", "RehearsalFailed", "CacheWarning"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,12 @@ _HELP = {
     "provider": "rehearsal server provider: auto, local, embedded, docker or dsn (overrides the plan)",
     "dsn": "server for the dsn provider: scratch databases are created there and dropped afterwards",
     "apply": "after a fully green rehearsal, apply each plan to its target as the last item (harness apply)",
+    "cache": (
+        "rehearsed-prefix cache directory, or false for none (overrides the plan's rehearsal.cache, by default "
+        ".harness/cache): items of migrations an earlier green rehearsal proved are skipped as cached"
+    ),
 }
+_OFF = ("false", "no", "off", "0", "none")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,10 +62,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--migrate-provider", default=None, metavar="PROVIDER", help=_HELP["provider"])
     group.addoption("--migrate-rehearsal-dsn", default=None, metavar="DSN", help=_HELP["dsn"])
     group.addoption("--migrate-apply", action="store_true", default=None, help=_HELP["apply"])
+    group.addoption("--migrate-cache", default=None, metavar="DIR", help=_HELP["cache"])
     parser.addini("harness_plans", type="args", default=[], help=_HELP["plan"])
     parser.addini("harness_provider", default="", help=_HELP["provider"])
     parser.addini("harness_rehearsal_dsn", default="", help=_HELP["dsn"])
     parser.addini("harness_apply", type="bool", default=False, help=_HELP["apply"])
+    parser.addini("harness_cache", default="", help=_HELP["cache"])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -145,6 +153,10 @@ class _Notes:
                 terminal.currentfspath = -2
 
 
+class CacheWarning(UserWarning):
+    """A rehearsal cache entry was not used or not written; the plan was rehearsed without it."""
+
+
 class _Servers:
     """Rehearsal servers of this session, one per (provider, major, dsn), started on first use."""
 
@@ -152,6 +164,20 @@ class _Servers:
         self.config = config
         self._servers: dict[tuple[str, int | None, str | None], Server] = {}
         self.files: list[PlanFile] = []
+
+    def cache_for(self, plan: Plan) -> Path | None:
+        """The plan's cache directory: ``--migrate-cache``, else ``harness_cache``, else the plan's own."""
+        option = self.config.getoption("migrate_cache")
+        base = self.config.invocation_params.dir
+        if not option:
+            option = self.config.getini("harness_cache")
+            if self.config.inipath is not None:
+                base = self.config.inipath.parent
+        if not option:
+            return plan.rehearsal.cache
+        if option.strip().lower() in _OFF:
+            return None
+        return base / Path(option).expanduser()
 
     def provider_for(self, plan: Plan) -> tuple[str, str | None]:
         provider = self.config.getoption("migrate_provider") or self.config.getini("harness_provider") or None
@@ -189,18 +215,22 @@ class PlanFile(pytest.File):
     rehearsal: Rehearsal
 
     def collect(self) -> Iterator[MigrationNode | AssertionItem]:
+        from .cache import PrefixCache
         from .plan import load_plan
         from .rehearsal import Rehearsal
 
         servers: _Servers = self.config.stash[_servers_key]
         try:
             self.plan = load_plan(self.path, cwd=self.config.invocation_params.dir)
-            self.rehearsal = Rehearsal(self.plan, lambda: servers.get(self.plan))
+            directory = servers.cache_for(self.plan)
+            cache = PrefixCache(directory, self.plan.name) if directory is not None else None
+            self.rehearsal = Rehearsal(self.plan, lambda: servers.get(self.plan), cache=cache)
         except HarnessError as exc:
             raise self.CollectError(scrub(str(exc))) from None
         servers.files.append(self)
         self.results: dict[str, str] = {}
         self._receipt: Path | None = None
+        self.warned = 0  # cache warnings already shown
         self.expected = [item.id for item in self.rehearsal.items()]
         by_migration: dict[str, list[Item]] = {}
         plan_level: list[Item] = []
@@ -227,8 +257,8 @@ class PlanFile(pytest.File):
         self.results[item.id] = status
 
     def green(self) -> bool:
-        """Whether every rehearsal item of the plan ran and passed."""
-        return bool(self.expected) and all(self.results.get(i) == PASSED for i in self.expected)
+        """Whether every rehearsal item of the plan ran and passed (or was proved by a cached rehearsal)."""
+        return bool(self.expected) and all(self.results.get(i) in (PASSED, CACHED) for i in self.expected)
 
     def write_receipt(self) -> Path | None:
         """Write the receipt once, if the plan is green."""
@@ -241,7 +271,9 @@ class PlanFile(pytest.File):
     def finish(self) -> None:
         """Write the receipt if every item of the plan ran and passed; drop the database."""
         try:
-            self.write_receipt()
+            receipt = self.write_receipt()
+            if receipt is not None:
+                self.rehearsal.save_cache(receipt)
         finally:
             self.rehearsal.close()
 
@@ -291,7 +323,10 @@ class AssertionItem(pytest.Item):
             plan_file.record(self.spec, FAILED)
             raise RehearsalFailed(scrub(str(exc))) from None
         plan_file.record(self.spec, outcome.status)
-        if outcome.status == SKIPPED:
+        for message in plan_file.rehearsal.cache_warnings[plan_file.warned:]:
+            warnings.warn(CacheWarning(message), stacklevel=1)
+            plan_file.warned += 1
+        if outcome.status in (SKIPPED, CACHED):  # cached: proved by an earlier rehearsal, not run now
             pytest.skip(outcome.message)
         if outcome.status == FAILED:
             raise RehearsalFailed(outcome.message)
@@ -310,7 +345,7 @@ class AssertionItem(pytest.Item):
         from .apply import ApplyOptions, apply_plan
 
         if not plan_file.green():
-            failed = [i for i in plan_file.expected if plan_file.results.get(i) != PASSED]
+            failed = [i for i in plan_file.expected if plan_file.results.get(i) not in (PASSED, CACHED)]
             pytest.skip(
                 f"not applying: {len(failed)} rehearsal item(s) did not pass or did not run "
                 f"(first: {failed[0]})"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import re
 import time
@@ -34,6 +35,7 @@ from psycopg import generators, pq, sql
 
 from . import lint as lint_mod
 from . import tracking
+from .cache import CacheError, CachedItem, PrefixCache, prefix_keys, restore
 from .checks import check_problem, check_summary
 from .compat import breaking_changes, redefined_tables
 from .errors import HarnessError
@@ -54,7 +56,7 @@ from .snapshot import (
 )
 from .sources import Migration, Statement, baseline_index, load_plan_migrations, parse_sql
 
-__all__ = ["Item", "Outcome", "Rehearsal", "ASSERTIONS", "PASSED", "FAILED", "SKIPPED"]
+__all__ = ["Item", "Outcome", "Rehearsal", "ASSERTIONS", "PASSED", "FAILED", "SKIPPED", "CACHED"]
 
 # The column of the marker that ends each segment of a message sent ahead.
 _SEGMENT = "harness.segment"
@@ -67,6 +69,8 @@ _VERIFY_EVERY = 32
 log = logging.getLogger(__name__)
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+#: Not run: an earlier rehearsal of the same prefix proved it (harness/cache.py); the message names its receipt.
+CACHED = "cached"
 
 #: Assertions in the order they run for each migration.
 ASSERTIONS = (
@@ -171,6 +175,7 @@ class Rehearsal:
         *,
         migrations: Sequence[Migration] | None = None,
         measure: bool = True,
+        cache: PrefixCache | None = None,
     ) -> None:
         self.plan = plan
         self._server = server
@@ -211,6 +216,11 @@ class Rehearsal:
         self._verified = -1  # last position whose tracked state equalled a full snapshot (or was read in full)
         self._exact = {-1}  # positions whose schema was read in full or compared with a full snapshot
         self._warned = False  # the warning that tracking was wrong is logged once
+        # The rehearsed-prefix cache (harness/cache.py): items of the migrations restored from it are not run.
+        self._cache = cache
+        self._keys: list[str] | None = None
+        self._cached: dict[str, CachedItem] = {}
+        self._resumed: str | None = None  # key of the entry the rehearsal went on from
         # Verdicts already reported that full snapshots overturn (item id, reported, full-mode outcome).
         self._overturned: list[tuple[str, Outcome, Outcome]] = []
 
@@ -233,6 +243,8 @@ class Rehearsal:
         if self._started:
             return
         self._started = True
+        if self._cache is not None and self._resume():
+            return
         self.server.create_database(self.dbname)
         self._connect()
         self._load_seed()
@@ -295,6 +307,136 @@ class Rehearsal:
             except Exception as exc:  # noqa: BLE001 - cleanup is best effort
                 log.warning("could not drop rehearsal database %s: %s", self.dbname, exc)
             self._started = False
+
+    # ------------------------------------------------------------------ cached prefix (harness/cache.py)
+
+    @property
+    def cache_warnings(self) -> list[str]:
+        """Why a cache entry was not used or not written (the rehearsal went on without it)."""
+        return list(self._cache.warnings) if self._cache is not None else []
+
+    @property
+    def cached_migrations(self) -> int:
+        """How many migrations were restored from the cache instead of being rehearsed again."""
+        return self._position + 1 if self._resumed is not None else 0
+
+    def _prefix_keys(self) -> list[str]:
+        if self._keys is None:
+            self._keys = prefix_keys(self.plan, self.migrations, self.configs, self.server.version)
+        return self._keys
+
+    def _resume(self) -> bool:
+        """Restore the longest rehearsed prefix the cache holds, check it, and go on from there.
+
+        The restored database must equal, in a full snapshot and the data of
+        every table, the state the entry recorded; otherwise the entry is
+        discarded with a warning and the rehearsal starts from the beginning.
+        """
+        assert self._cache is not None
+        entry = self._cache.find(self._prefix_keys())
+        if entry is None:
+            return False
+        last = entry.length - 1
+        wanted = {i.id for i in self.items() if not i.plan_level and i.index <= last}
+        try:
+            if set(entry.items) != wanted or any(i.status != PASSED for i in entry.items.values()):
+                raise CacheError("its items are not those of these migrations, or not all of them passed")
+            restore(self.server, self.dbname, entry)
+            self._connect()
+            kept, expected = entry.schemas(_CHECKPOINT)
+            self._drop_event_triggers()
+            snapshot, roots = take_rooted_snapshot(self.conn)
+            self._refresh_data()
+            changes = diff_snapshots(expected, snapshot)
+            if changes:
+                raise CacheError(f"the restored schema differs from the recorded one:\n{format_changes(changes)}")
+            if self._data != entry.data:
+                raise CacheError(f"the restored data differs from the recorded data:\n{_data_changes(entry.data, self._data)}")
+            if self._track_mode != "full":
+                self._tracking = tracking.install(self.conn)
+        except (CacheError, psycopg.Error, HarnessError) as exc:
+            self._cache.warn(
+                f"the cached rehearsal of the first {entry.length} migrations ({entry.path}) cannot be used and is "
+                f"discarded: {scrub(str(exc))[:2000]}. Rehearsing every migration."
+            )
+            self._cache.discard(entry.path)
+            self.close()  # drops the database restored so far
+            self._started = True
+            self._tracking, self._data, self._nodes = False, {}, {}
+            return False
+        self._state = tracking.State(snapshot, roots, dict(self._data))
+        self._steps[0].before = entry.base
+        for index in range(entry.length):
+            step = self._steps[index]
+            step.applied = step.released = step.tracked = True
+            step.after_delta = entry.changes[index]
+            # What differs from the schema before: all that chain_rollback needs to compare.
+            step.up_keys = frozenset(entry.changes[index])
+            step.after = kept[index]
+        self._steps[last].after = snapshot
+        self._position = self._verified = last
+        self._exact = {-1, last}
+        self._cached = {item_id: entry.items[item_id] for item_id in wanted}
+        self._resumed = entry.key
+        log.info("rehearsal of plan %s goes on after %s, restored from the cache", self.plan.name,
+                 self.migrations[last].id)
+        return True
+
+    def _drop_event_triggers(self) -> None:
+        """Remove the tracking's event triggers a restored archive brought (installed again when tracking is on)."""
+        names = [r[0] for r in self.conn.execute(
+            "SELECT evtname FROM pg_catalog.pg_event_trigger WHERE evtname = ANY(%s)",
+            (["harness_track_ddl", "harness_track_drop", "harness_track_links"],),
+        ).fetchall()]
+        for name in names:
+            self.conn.execute(sql.SQL("DROP EVENT TRIGGER {}").format(sql.Identifier(name)))
+
+    def save_cache(self, receipt: Path) -> Path | None:
+        """After a green rehearsal that wrote *receipt*, cache the rehearsed history; return the entry's path.
+
+        Only when every item ran and passed (or was itself cached) and the
+        whole history applied; a failure to write is a warning, never an error.
+        """
+        if self._cache is None or not self.migrations or self._broken is not None:
+            return None
+        if self._position != len(self.migrations) - 1:
+            return None
+        items = self.items()
+        outcomes = [self._results.get(item.id) for item in items]
+        if any(o is None or o.status not in (PASSED, CACHED) for o in outcomes):
+            return None
+        key = self._prefix_keys()[-1]
+        if key == self._resumed:
+            return None  # the whole history came from this entry: nothing new to keep
+        try:
+            proof = hashlib.sha256(receipt.read_bytes()).hexdigest()
+            verdicts = []
+            for item, outcome in zip(items, outcomes):
+                assert outcome is not None
+                if item.plan_level:
+                    continue  # chain_rollback and schema_matches are about the whole history: always run
+                cached = self._cached.get(item.id)
+                verdicts.append(cached if cached is not None else CachedItem(item.id, PASSED, outcome.message, proof))
+            base = self.snapshot_at(-1)
+            assert base is not None
+            objects = dict(base.objects)
+            changes: list[dict[str, Mapping[str, Any] | None]] = []
+            for step in self._steps:
+                delta = step.after_delta
+                if delta is None:  # not let go yet: compared in full
+                    assert step.after is not None
+                    delta = _object_changes(objects, step.after.objects)
+                _apply_object_changes(objects, delta)
+                changes.append(delta)
+            if self._flight is not None:
+                self._land()  # the database must be idle, at head, when it is dumped
+            return self._cache.save(
+                server=self.server, dbname=self.dbname, key=key, base=base, changes=changes, data=self._data,
+                items=verdicts,
+            )
+        except (CacheError, OSError, psycopg.Error) as exc:
+            self._cache.warn(f"could not write the rehearsal cache: {scrub(str(exc))[:1000]}")
+            return None
 
     # ------------------------------------------------------------------ items
 
@@ -388,6 +530,9 @@ class Rehearsal:
 
     def _run(self, item: Item) -> Outcome:
         self._start()
+        cached = self._cached.get(item.id)
+        if cached is not None:
+            return Outcome(CACHED, cached.reason, details={"receipt": cached.receipt, "verdict": cached.message})
         if self._broken and self._broken[0] < item.index and item.assertion != "lint":
             index, _reason = self._broken
             return Outcome(SKIPPED, f"depends on {self.migrations[index].id}, which failed to apply")

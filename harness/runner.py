@@ -46,7 +46,8 @@ from .errors import ConfigError, ConnectionRefusedByConfig, TargetUnreachable
 from .hooks import EVENTS, PythonHook
 from .plan import Hook, Plan, load_plan
 from .redact import describe_dsn, register_dsn
-from .rehearsal import FAILED, PASSED, SKIPPED, Item, Outcome, Rehearsal
+from .cache import PrefixCache
+from .rehearsal import CACHED, FAILED, PASSED, SKIPPED, Item, Outcome, Rehearsal
 from .sources import Migration, load_plan_migrations
 
 __all__ = [
@@ -80,7 +81,7 @@ class ItemResult:
 
     @property
     def status(self) -> str:
-        """``passed``, ``failed`` or ``skipped``."""
+        """``passed``, ``failed``, ``skipped`` or ``cached`` (proved by an earlier rehearsal, see harness/cache.py)."""
         return self.outcome.status
 
     @property
@@ -119,13 +120,19 @@ class RehearsalResult:
         return self._count(SKIPPED)
 
     @property
+    def cached(self) -> int:
+        """How many items were not run because an earlier rehearsal of the same prefix proved them."""
+        return self._count(CACHED)
+
+    @property
     def ok(self) -> bool:
         """True when no item failed."""
         return self.failed == 0
 
     def summary(self) -> str:
-        """``N passed, N failed, N skipped in S s``."""
-        return f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped in {self.seconds:.2f}s"
+        """``N passed, N failed, N skipped[, N cached] in S s``."""
+        cached = f", {self.cached} cached" if self.cached else ""
+        return f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped{cached} in {self.seconds:.2f}s"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (the shape of ``harness rehearse --json``)."""
@@ -134,6 +141,7 @@ class RehearsalResult:
             "passed": self.passed,
             "failed": self.failed,
             "skipped": self.skipped,
+            "cached": self.cached,
             "seconds": round(self.seconds, 3),
             "receipt": str(self.receipt) if self.receipt else None,
             "warnings": list(self.warnings),
@@ -152,13 +160,18 @@ def rehearse_plan(
     select: str | None = None,
     exitfirst: bool = False,
     on_item: OnItem | None = None,
+    cache: Path | bool | None = None,
 ) -> RehearsalResult:
     """Rehearse *plan* on a throwaway server and write its receipt when every item passed.
 
     *provider* and *dsn* override the plan's rehearsal server; *select* keeps
     only items whose id contains it (no receipt is written then);
     *exitfirst* stops at the first failure; *on_item* is called after each
-    item.  The server is started on first use and always stopped.
+    item.  *cache* is the rehearsed-prefix cache directory (``None``: the
+    plan's ``rehearsal.cache``; ``False``: none): the migrations an earlier
+    green rehearsal proved are restored, their items reported ``cached``, and
+    a green rehearsal is cached in turn.  The server is started on first use
+    and always stopped.
     """
     from .postgres import Server, start_server
 
@@ -172,8 +185,10 @@ def rehearse_plan(
 
     t0 = time.perf_counter()
     result = RehearsalResult(plan=plan.name)
+    directory = plan.rehearsal.cache if cache is None or cache is True else (cache or None)
+    prefix_cache = PrefixCache(directory, plan.name) if directory is not None and not select else None
     try:
-        with Rehearsal(plan, factory) as rehearsal:
+        with Rehearsal(plan, factory, cache=prefix_cache) as rehearsal:
             items = rehearsal.items()
             if select:
                 items = [i for i in items if select in i.id]
@@ -187,6 +202,9 @@ def rehearse_plan(
             complete = not select and result.failed == 0 and result.skipped == 0 and len(result.items) == len(items)
             if complete:
                 result.receipt = rehearsal.write_receipt()
+                if result.receipt is not None:
+                    rehearsal.save_cache(result.receipt)
+            result.warnings.extend(rehearsal.cache_warnings)
     finally:
         for server in servers:
             server.stop()
