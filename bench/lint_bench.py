@@ -1,7 +1,7 @@
 """Benchmark the static linter over a generated migration history.
 
 Writes 300 realistic migration files (tables, indexes, constraints, functions
-with dollar-quoted bodies, enums, views, data updates) into a temporary
+with dollar-quoted bodies, DO blocks, enums, views, data updates) into a temporary
 directory, lints them in order with :func:`harness.lint.lint_files` (the
 no-database mode), and prints files per second and seconds per 100 files.
 
@@ -64,7 +64,7 @@ CREATE TRIGGER t{i}_touch BEFORE UPDATE ON app.t{i - 1}
 
 
 def _constraints(i: int) -> str:
-    return f"""-- migration {i}: constraints, in the safe two-step form
+    return f"""-- migration {i}: constraints, NOT VALID then VALIDATE (in one transaction: flagged)
 SET lock_timeout = '2s';
 ALTER TABLE app.t{i - 2} ADD CONSTRAINT t{i - 2}_amount_positive CHECK (amount >= 0) NOT VALID;
 ALTER TABLE app.t{i - 2} VALIDATE CONSTRAINT t{i - 2}_amount_positive;
@@ -113,7 +113,28 @@ ALTER TABLE app.t{i - 6} RENAME COLUMN note TO remark;
 """
 
 
-_KINDS = [_table, _table, _function, _constraints, _enum, _data, _risky]
+def _do_block(i: int) -> str:
+    return f"""-- migration {i}: guarded DDL in a DO block (its statements are linted too)
+DO $do$
+DECLARE
+    n bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 't{i - 7}_account_fk') THEN
+        ALTER TABLE app.t{i - 7}
+            ADD CONSTRAINT t{i - 7}_account_fk FOREIGN KEY (account_id) REFERENCES app.t{i - 8} (id) NOT VALID;
+    END IF;
+    SELECT count(*) INTO n FROM app.t{i - 7};
+    IF n < 1000 THEN
+        EXECUTE 'CREATE INDEX IF NOT EXISTS t{i - 7}_updated_idx ON app.t{i - 7} (updated_at)';
+    END IF;
+EXCEPTION WHEN duplicate_object THEN
+    RAISE NOTICE 'already there; %', SQLERRM;
+END
+$do$;
+"""
+
+
+_KINDS = [_table, _table, _function, _constraints, _enum, _data, _risky, _do_block]
 
 
 def write_history(folder: Path, count: int, seed: int = 7) -> list[Path]:

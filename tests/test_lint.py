@@ -1,4 +1,4 @@
-"""Static lint of migration SQL (no database needed)."""
+"""Static lint of migration SQL (no database needed, except to read function volatility in a rehearsal)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import pytest
 
 from harness.errors import ConfigError, SourceError
 from harness.lint import RULES, Finding, format_findings, lint_files, lint_sql
+from harness.plan import load_plan
+from harness.postgres import Server
+from harness.rehearsal import Rehearsal
 
 
 def rules_of(findings: list[Finding], *, include_allowed: bool = True) -> set[str]:
@@ -423,6 +426,29 @@ def test_function_volatility_from_earlier_files(tmp_path: Path) -> None:
     assert [(Path(h.path).name, h.line) for h in hits] == [("002_use.sql", 1), ("002_use.sql", 4)]
     # without the first file the function is unknown: not assumed volatile
     assert not only(lint_files([second]), "add-column-volatile-default")
+
+
+@pytest.mark.parametrize(("volatility", "status"), [("", "failed"), ("STABLE", "passed")])
+def test_rehearsal_reads_function_volatility_from_the_catalog(
+        pg_server: Server, tmp_path: Path, volatility: str, status: str) -> None:
+    # The second migration alone does not say what token() is: the rehearsal's snapshot does.
+    (tmp_path / "migrations").mkdir()
+    files = {
+        "1_fn.sql": "CREATE TABLE IF NOT EXISTS users (id bigint PRIMARY KEY);\n"
+                    f"CREATE OR REPLACE FUNCTION token() RETURNS text LANGUAGE sql {volatility} "
+                    "AS $$ SELECT 'x' $$;",
+        "2_col.sql": "ALTER TABLE users ADD COLUMN IF NOT EXISTS token text DEFAULT token();",
+    }
+    for name, sql in files.items():
+        (tmp_path / "migrations" / name).write_text(sql)
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text("migrations: migrations/\nrehearsal: {provider: embedded}\n"
+                         "defaults: {idempotent: false, rollback: false, backward_compatible: false, lint: true}\n")
+    with Rehearsal(load_plan(plan_path), pg_server) as rehearsal:
+        results = {item.id: outcome for item, outcome in rehearsal.run_all()}
+    outcome = results["2_col::lint"]
+    assert outcome.status == status, outcome.message
+    assert ("add-column-volatile-default" in outcome.message) == (status == "failed")
 
 
 def test_overloads_most_volatile_counts() -> None:
