@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import PlanError
 from harness.plan import load_plan
 from harness.rehearsal import CACHED, PASSED
 from harness.runner import RehearsalResult, rehearse_plan
@@ -273,3 +274,22 @@ def test_the_plugin_reports_cached_items_as_skipped_with_the_receipt(pytester: p
 def test_the_cache_setting_is_documented_in_the_help(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*--migrate-cache=DIR*", "*harness_cache*"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [(None, ".harness/cache"), ("false", None), ("ci/rehearsals", "ci/rehearsals")],
+)
+def test_the_cache_setting_of_a_plan(tmp_path: Path, setting: str | None, expected: str | None) -> None:
+    (tmp_path / "migrations").mkdir()
+    text = "migrations: migrations/\n" + (f"rehearsal: {{cache: {setting}}}\n" if setting else "")
+    (tmp_path / "p.yaml").write_text(text)
+    plan = load_plan(tmp_path / "p.yaml")
+    assert plan.rehearsal.cache == (tmp_path / expected if expected else None)
+
+
+def test_a_bad_cache_setting_is_a_plan_error(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "p.yaml").write_text("migrations: migrations/\nrehearsal: {cache: true}\n")
+    with pytest.raises(PlanError, match="a directory or false"):
+        load_plan(tmp_path / "p.yaml")

@@ -79,7 +79,9 @@ def test_full_plan_loads_into_typed_objects(staging: Plan) -> None:
     assert plan.layout == "native"
     assert plan.target_dsn == STAGING_ENV["STAGING_DATABASE_URL"]
     assert plan.mode == "production"
-    assert plan.rehearsal == Rehearsal(postgres=16, seed=(PROJECT / "seeds" / "staging.sql",))
+    assert plan.rehearsal == Rehearsal(
+        postgres=16, seed=(PROJECT / "seeds" / "staging.sql",), cache=PROJECT / ".harness" / "cache"
+    )
     assert plan.guards == Guards(statement_timeout=120.0)
     assert plan.health == Health(
         checks=(Check("users readable", "SELECT count(*) >= 0 FROM users", line=51),),
@@ -134,7 +136,7 @@ def test_minimal_plan_gets_every_default() -> None:
     assert plan.substitutions == () and plan.baseline is None
     assert plan.mode == "development"
     assert plan.target_dsn is None
-    assert plan.rehearsal == Rehearsal()
+    assert plan.rehearsal == Rehearsal(cache=PROJECT / ".harness" / "cache")
     assert plan.guards == Guards()
     assert plan.health == Health()
     assert plan.backup == Backup(dir=PROJECT / "backups")
