@@ -53,7 +53,10 @@ from .sources import (
     make_migration,
 )
 
-__all__ = ["LayoutFinding", "detect_layout", "read_folder", "layout_findings", "atlas_sum_text", "FOREIGN_LAYOUTS"]
+__all__ = [
+    "LayoutFinding", "detect_layout", "read_folder", "layout_findings", "atlas_sum_text", "FOREIGN_LAYOUTS",
+    "supabase_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +201,27 @@ def detect_layout(directory: Path | str) -> str:
             ", ".join(signals),
         )
     return "native"
+
+
+def supabase_folder(directory: Path | str) -> bool:
+    """Whether a migrations folder is a Supabase project's: ``supabase/migrations``, or beside the CLI's ``config.toml``.
+
+    Such a folder reads as ``native`` under ``layout: auto`` (the files are
+    the same); the rehearsal uses this to advise ``base: supabase`` when a
+    migration misses an object the platform creates.
+    """
+    folder = Path(directory).absolute()
+    if folder.name == "migrations" and folder.parent.name == "supabase":
+        return True
+    config = folder.parent / "config.toml"
+    if not config.is_file():
+        return False
+    try:
+        settings = tomllib.loads(config.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    # The Supabase CLI's config: a project_id and its [db] and [api] tables.
+    return "project_id" in settings and isinstance(settings.get("db"), dict) and isinstance(settings.get("api"), dict)
 
 
 def _starts_with(path: Path, prefix: bytes) -> bool:

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from .bases import BASES
 from .errors import PlanError
 from .redact import register_dsn, register_secret
 from .lint import RULES
@@ -152,12 +153,14 @@ class StepConfig:
 
 @dataclass(frozen=True)
 class Rehearsal:
-    """Where rehearsals run: a provider, the wanted PostgreSQL major, seed files."""
+    """Where rehearsals run: a provider, the wanted PostgreSQL major, a built-in base, seed files."""
 
     provider: str = "auto"
     postgres: int | None = None
     dsn: str | None = field(default=None, repr=False)
     seed: tuple[Path, ...] = ()
+    #: A built-in base (harness.bases.BASES) loaded before the seed: what a platform creates before any migration.
+    base: str | None = None
     #: Where rehearsed prefixes are cached (``None``: no cache); a loaded plan defaults to ``<root>/.harness/cache``.
     cache: Path | None = None
 
@@ -1314,6 +1317,12 @@ _PLAN = _Obj(
                 "postgres": _Major("The wanted PostgreSQL major version."),
                 "dsn": _Str("The server to rehearse on (provider dsn, or auto).", dsn=True),
                 "seed": _PATH_OR_PATHS,
+                "base": _Str(
+                    "A built-in base loaded before the seed and the first migration: the objects a platform "
+                    "creates before any migration (supabase: auth, storage, roles, extensions schema, realtime "
+                    "publication).",
+                    enum=BASES,
+                ),
                 "cache": _Union(
                     _Str(), _Literal({False: False}),
                     description=(
@@ -1766,6 +1775,7 @@ def _build(doc: _Map, *, path: Path, display: str, cwd: Path, sha: str, ctx: _Ct
         provider=r.get("provider", "auto"),
         postgres=r.get("postgres"),
         dsn=r.get("dsn"),
+        base=r.get("base"),
         seed=tuple(
             b.existing(s, line, f"rehearsal.seed[{i}]" if len(seeds) > 1 else "rehearsal.seed")
             for i, (s, line) in enumerate(zip(seeds, getattr(seeds, "item_lines", ())))

@@ -33,6 +33,7 @@ import psycopg
 from pglast import visitors
 from psycopg import generators, pq, sql
 
+from . import bases
 from . import lint as lint_mod
 from . import tracking
 from .cache import CacheError, CachedItem, PrefixCache, prefix_keys, restore
@@ -40,6 +41,7 @@ from .checks import check_problem, check_summary
 from .compat import breaking_changes, redefined_tables
 from .errors import HarnessError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
+from .layouts import supabase_folder
 from .locks import LockReport, judge, run_measured  # locks (issue 5)
 from .plan import Check, Plan
 from .postgres import Server
@@ -194,6 +196,8 @@ class Rehearsal:
         self._position = -1  # index of the last migration applied to the working database
         self._broken: tuple[int, str] | None = None  # (index, reason) of the first migration that failed
         self._seeded = bool(plan.rehearsal.seed)
+        # A built-in base (harness/bases): loaded before the seed, so none of its objects is a migration's change.
+        self._base = bases.base(base) if (base := getattr(plan.rehearsal, "base", None)) else None
         self._results: dict[str, Outcome] = {}
         self._started = False
         self._final: Snapshot | None = None
@@ -254,6 +258,7 @@ class Rehearsal:
         self._refresh_data()
 
     def _load_seed(self) -> None:
+        self._load_base()
         for seed in self.plan.rehearsal.seed:
             text = seed.read_text(encoding="utf-8")
             statements = parse_sql(text, seed, target_major=self.server.major)
@@ -261,6 +266,27 @@ class Rehearsal:
                 run_statements(self.conn, statements, seed)
             except StatementFailed as exc:
                 raise HarnessError(f"the rehearsal seed failed to load: {exc}") from None
+
+    def _load_base(self) -> None:
+        """Load the plan's built-in base: the state before the first migration starts from it, like a seed."""
+        if self._base is None:
+            return
+        statements = parse_sql(self._base.read(), self._base.path, target_major=self.server.major)
+        try:
+            run_statements(self.conn, statements, self._base.path)
+        except StatementFailed as exc:
+            raise HarnessError(f"the rehearsal base {self._base.name} failed to load: {exc}") from None
+        setting = self._search_path()
+        if setting is not None:
+            # For every later session on this database, and for one that RESETs it.
+            self.conn.execute(sql.SQL("ALTER DATABASE {} SET {}").format(sql.Identifier(self.dbname), setting))
+            self.conn.execute(sql.SQL("SET {}").format(setting))
+
+    def _search_path(self) -> sql.Composable | None:
+        """``search_path = ...`` as the base wants it for sessions that run migrations, or ``None``."""
+        if self._base is None or not self._base.search_path:
+            return None
+        return sql.SQL("search_path = {}").format(sql.SQL(", ").join(map(sql.Identifier, self._base.search_path)))
 
     def _refresh_data(self) -> None:
         """Read the data of every table (after the seed, or a non-transactional migration)."""
@@ -281,6 +307,9 @@ class Rehearsal:
         # prepared only if psycopg prepares nothing itself.
         self._conn.prepare_threshold = None
         self._conn.execute("SET client_min_messages = warning")
+        setting = self._search_path()
+        if setting is not None:  # a database restored or copied has lost its settings
+            self._conn.execute(sql.SQL("SET {}").format(setting))
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -782,6 +811,15 @@ class Rehearsal:
             self._exact.add(index)
         self._release(index - 2)
 
+    def _apply_failure(self, exc: StatementFailed) -> str:
+        """A migration's apply failure as reported, with advice when a missing platform object or extension explains it."""
+        layout = self.plan.layout
+        supabase = layout == "supabase" or (layout == "auto" and supabase_folder(self.plan.migrations_dir))
+        base = self._base.name if self._base is not None else None
+        hint = bases.advice(exc.failure.error, base_name=base, supabase_project=supabase)
+        message = scrub(str(exc))
+        return f"{message}\n    advice: {hint}" if hint else message
+
     def _release(self, index: int) -> None:
         """Let go of what only the items of migration *index* use; they have all run by now.
 
@@ -831,7 +869,7 @@ class Rehearsal:
                 self._run_up(index)  # locks (issue 5): measured when the locks item is on
             except StatementFailed as exc:
                 self.conn.execute("ROLLBACK")
-                step.apply_error = scrub(str(exc))
+                step.apply_error = self._apply_failure(exc)
                 return
             step.apply_seconds = time.perf_counter() - t0
             now, touched = _touched(self.conn, start, self._nodes)
@@ -849,7 +887,7 @@ class Rehearsal:
             try:
                 self._run_up(index)  # locks (issue 5): measured when the locks item is on
             except StatementFailed as exc:
-                step.apply_error = scrub(str(exc))
+                step.apply_error = self._apply_failure(exc)
                 return
             step.apply_seconds = time.perf_counter() - t0
             step.after, roots = take_rooted_snapshot(self.conn)
@@ -929,7 +967,7 @@ class Rehearsal:
                     seconds = delta.seconds
             except StatementFailed as exc:
                 self._recover()
-                step.apply_error = scrub(str(exc))
+                step.apply_error = self._apply_failure(exc)
                 return
             except psycopg.Error:
                 self._recover()
@@ -1133,6 +1171,9 @@ class Rehearsal:
             with self.server.connect(copy, autocommit=True) as conn:
                 conn.prepare_threshold = None
                 conn.execute("SET client_min_messages = warning")
+                setting = self._search_path()
+                if setting is not None:  # CREATE DATABASE ... TEMPLATE does not copy database settings
+                    conn.execute(sql.SQL("SET {}").format(setting))
                 yield conn, None
         finally:
             self.server.drop_database(copy)
