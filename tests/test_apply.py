@@ -38,7 +38,7 @@ from _apply_helpers import (
     write_project,
 )
 from harness.apply import ApplyOptions, apply_plan
-from harness.errors import CheckFailed, ConfigError, GuardError, MigrationError
+from harness.errors import CheckFailed, ConfigError, GuardError, MigrationError, RunLockLost
 from harness.hooks import HookContext
 
 SEED = """
@@ -845,36 +845,69 @@ def _lock_waiters(dsn: str) -> int:
                           "AND datname = current_database()")[0][0])
 
 
+# The migration waits at this gate (an advisory lock the test holds) for as long as the test wants.
+GATE = 4242
+GATED = f"INSERT INTO applied_log VALUES ('1');\nSELECT pg_advisory_xact_lock({GATE});\n"
+GATE_GUARDS = GUARDS.replace("lock_timeout: 400ms", "lock_timeout: 20s")
+
+
+def _at_gate(dsn: str, runs: int = 1) -> bool:
+    """Whether *runs* apply sessions wait at the gate."""
+    return int(query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migration-harness apply' "
+                          "AND wait_event_type = 'Lock' AND wait_event = 'advisory' "
+                          "AND datname = current_database()")[0][0]) >= runs
+
+
+class _Applier(threading.Thread):
+    """``apply`` of a plan in a thread of this process (no interpreter start-up to wait for)."""
+
+    def __init__(self, plan_path: Path, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.plan = load(plan_path, dsn)
+        self.out = ""
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        _, self.out, self.error = apply(self.plan)
+
+    def finish(self) -> _Applier:
+        self.join(WAIT_S)
+        assert not self.is_alive(), "apply did not finish"
+        return self
+
+
 @pytest.mark.skipif(int(os.environ.get("HARNESS_TEST_MAJOR", "18")) < 14, reason="idle_session_timeout is PostgreSQL 14+")
 def test_idle_session_timeout_does_not_free_the_run_lock(
     tmp_path: Path, db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed = "CREATE TABLE applied_log (migration text);\n"
     execute(db_dsn, seed)
-    plan_path = write_project(
-        tmp_path, {"1_log.sql": "INSERT INTO applied_log VALUES ('1');\nSELECT pg_sleep(3.5);\n"},
-        mode="production", seed=seed,
-    )
+    plan_path = write_project(tmp_path, {"1_log.sql": GATED}, mode="production", seed=seed, guards=GATE_GUARDS)
     rehearse(plan_path, db_dsn, capsys, monkeypatch)
     dbname = query(db_dsn, "SELECT current_database()")[0][0]
     execute(db_dsn, f'ALTER DATABASE "{dbname}" SET idle_session_timeout = \'1s\'')
-    first = harness_process(["apply", str(plan_path), "--yes"], db_dsn, tmp_path)
-    try:
-        # By now the first run's lock session has been idle since before its drift check and backup; the
-        # second one's start-up adds more than idle_session_timeout before it asks for the lock.
-        wait_until(lambda: sleeping_backend(db_dsn), "the first run to sleep in its migration")
-        second = harness_process(["apply", str(plan_path), "--yes"], db_dsn, tmp_path)
-        outputs = [first.communicate(timeout=WAIT_S), second.communicate(timeout=WAIT_S)]
-    finally:
-        for proc in (first, second) if "second" in locals() else (first,):
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    assert [first.returncode, second.returncode] == [0, 0], outputs
+    runs: list[_Applier] = []
+    with psycopg.connect(db_dsn, autocommit=True) as gate:
+        gate.execute("SET idle_session_timeout = 0")
+        gate.execute("SELECT pg_advisory_lock(%s)", [GATE])
+        try:
+            runs.append(_Applier(plan_path, db_dsn))
+            wait_until(lambda: _at_gate(db_dsn), "the first run to wait at the gate in its migration")
+            time.sleep(1.2)  # its lock session has now been idle for longer than idle_session_timeout
+            runs.append(_Applier(plan_path, db_dsn))
+            # (Both runs at the gate: the second one took a lock that was not held any more; the test fails below.)
+            wait_until(lambda: _lock_waiters(db_dsn) == 2 or _at_gate(db_dsn, 2), "the second run to wait for the run lock")
+        finally:
+            gate.execute("SELECT pg_advisory_unlock(%s)", [GATE])
+            for run in runs:
+                run.finish()
+    first, second = runs
+    assert first.error is None and second.error is None, (first.out, second.out)
     assert query(db_dsn, "SELECT migration FROM applied_log") == [("1",)]  # ran once
-    assert "waiting up to 20s for the migration run lock" in outputs[1][0], outputs[1]
-    assert "held by pid" in outputs[1][0] and "application_name 'migration-harness'" in outputs[1][0]
-    assert "nothing to apply" in outputs[1][0]
+    assert "waiting up to 20s for the migration run lock" in second.out, second.out
+    assert "held by pid" in second.out and "application_name 'migration-harness'" in second.out
+    assert "nothing to apply" in second.out
     assert len(list((tmp_path / "backups").glob("p-*.dump"))) == 1  # only the run that applied took a backup
     assert history_versions(db_dsn) == ["1"]
 
@@ -882,36 +915,43 @@ def test_idle_session_timeout_does_not_free_the_run_lock(
 def test_an_applier_whose_lock_session_is_terminated_stops_and_the_next_one_applies_once(
     tmp_path: Path, db_dsn: str
 ) -> None:
-    execute(db_dsn, "CREATE TABLE applied_log (migration text); CREATE TABLE sleep_control (seconds float);"
-                    "INSERT INTO sleep_control VALUES (4)")
-    plan_path = write_project(tmp_path, {
-        "1_log.sql": "INSERT INTO applied_log VALUES ('1');\n"
-                     "SELECT pg_sleep(coalesce((SELECT seconds FROM sleep_control), 0));\n",
-        "2_log.sql": "INSERT INTO applied_log VALUES ('2');\n",
-    })
-    first = harness_process(["apply", str(plan_path)], db_dsn, tmp_path)
-    second = None
-    try:
-        wait_until(lambda: sleeping_backend(db_dsn), "the first run to sleep in its migration")
-        holder = _lock_holder(db_dsn)
-        assert holder is not None
-        second = harness_process(["apply", str(plan_path)], db_dsn, tmp_path)
-        wait_until(lambda: _lock_waiters(db_dsn) == 2, "the second run to wait for the run lock")
-        # The first run's lock session ends while its migration still runs (a pooler, a network failure...).
-        assert query(db_dsn, "SELECT pg_terminate_backend(%s)", [holder]) == [(True,)]
-        execute(db_dsn, "UPDATE sleep_control SET seconds = 0")  # the second run need not sleep
-        outputs = [first.communicate(timeout=WAIT_S), second.communicate(timeout=WAIT_S)]
-    finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    (out1, err1), (out2, err2) = outputs
-    assert first.returncode == 1, (out1, err1)
-    assert "lost the migration run lock" in err1 and "Stopped before the next statement" in err1, err1
-    assert second.returncode == 0, (out2, err2)
-    assert "s for the run-lock fence on " in out2 and "application_name 'migration-harness apply'" in out2
+    execute(db_dsn, "CREATE TABLE applied_log (migration text)")
+    plan_path = write_project(
+        tmp_path, {"1_log.sql": GATED, "2_log.sql": "INSERT INTO applied_log VALUES ('2');\n"}, guards=GATE_GUARDS
+    )
+    runs: list[_Applier] = []
+    with psycopg.connect(db_dsn, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", [GATE])
+        try:
+            runs.append(_Applier(plan_path, db_dsn))
+            wait_until(lambda: _at_gate(db_dsn), "the first run to wait at the gate in its migration")
+            holder = _lock_holder(db_dsn)
+            assert holder is not None
+            runs.append(_Applier(plan_path, db_dsn))
+            wait_until(lambda: _lock_waiters(db_dsn) == 2, "the second run to wait for the run lock")
+            # The first run's lock session ends while its migration still runs (a pooler, a network failure...).
+            assert query(db_dsn, "SELECT pg_terminate_backend(%s, 5000)", [holder]) == [(True,)]
+            wait_until(lambda: _waits_for_fence(tmp_path) or _at_gate(db_dsn, 2), "the second run to wait for the fence")
+        finally:
+            gate.execute("SELECT pg_advisory_unlock(%s)", [GATE])
+            for run in runs:
+                run.finish()
+    first, second = runs
+    assert isinstance(first.error, RunLockLost) and first.error.exit_code == 1, first.out
+    assert "lost the migration run lock" in str(first.error) and "Stopped before the next statement" in str(first.error)
+    assert second.error is None, second.out
+    assert "s for the run-lock fence on " in second.out and "application_name 'migration-harness apply'" in second.out
     # The first run rolled its migration back at COMMIT; the second applied both, each once.
     assert sorted(query(db_dsn, "SELECT migration FROM applied_log")) == [("1",), ("2",)]
     assert history_versions(db_dsn) == ["1", "2"]
-    assert out2.count(" applied in ") == 2
+    assert second.out.count(" applied in ") == 2
+
+
+def _waits_for_fence(root: Path) -> bool:
+    """Whether a run logged (in its run log under *root*) that it waits for the run-lock fence."""
+    for path in (root / "logs").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if event["event"] == "lock_wait" and "run-lock fence" in event["text"]:
+                return True
+    return False
