@@ -877,10 +877,11 @@ class _Applier(threading.Thread):
         return self
 
 
-@pytest.mark.skipif(int(os.environ.get("HARNESS_TEST_MAJOR", "18")) < 14, reason="idle_session_timeout is PostgreSQL 14+")
 def test_idle_session_timeout_does_not_free_the_run_lock(
-    tmp_path: Path, db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, db_dsn: str, pg_server: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if pg_server.major < 14:
+        pytest.skip("idle_session_timeout is PostgreSQL 14+")
     seed = "CREATE TABLE applied_log (migration text);\n"
     execute(db_dsn, seed)
     plan_path = write_project(tmp_path, {"1_log.sql": GATED}, mode="production", seed=seed, guards=GATE_GUARDS)
@@ -930,7 +931,7 @@ def test_an_applier_whose_lock_session_is_terminated_stops_and_the_next_one_appl
             runs.append(_Applier(plan_path, db_dsn))
             wait_until(lambda: _lock_waiters(db_dsn) == 2, "the second run to wait for the run lock")
             # The first run's lock session ends while its migration still runs (a pooler, a network failure...).
-            assert query(db_dsn, "SELECT pg_terminate_backend(%s, 5000)", [holder]) == [(True,)]
+            assert query(db_dsn, "SELECT pg_terminate_backend(%s)", [holder]) == [(True,)]
             wait_until(lambda: _waits_for_fence(tmp_path) or _at_gate(db_dsn, 2), "the second run to wait for the fence")
         finally:
             gate.execute("SELECT pg_advisory_unlock(%s)", [GATE])

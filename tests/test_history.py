@@ -462,7 +462,9 @@ def test_the_fence_proves_the_lock_and_keeps_out_a_run_that_took_over(db_dsn: st
         # The lock session ends under the run: the next proof fails; another run takes the lock
         # but waits for the fence, which the first run's writing session still holds.
         with psycopg.connect(db_dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s, 5000)", [lock.pid])  # waits for it to end
+            admin.execute("SELECT pg_terminate_backend(%s)", [lock.pid])
+            wait_until(lambda: not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [lock.pid]).fetchone(),
+                       "the lock session to end")
             with pytest.raises(RunLockLost, match=r"lost the migration run lock .* no longer does"):
                 verify_lock(writer, lock)
             said: list[str] = []
