@@ -8,6 +8,7 @@ of their own, as in production.
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import signal
@@ -659,7 +660,7 @@ def test_dev_db_start_url_apply_stop(dev_root: Path, capsys: pytest.CaptureFixtu
     assert cli(["dev-db", "stop", "--root", str(dev_root)], capsys)[0] == 0
 
 
-# ---------------------------------------------------------------------- notices
+# ---------------------------------------------------------------------- notices and waiting
 
 
 def test_raise_notice_from_migrations_and_sql_hooks_is_shown_and_logged(tmp_path: Path, db_dsn: str) -> None:
@@ -681,6 +682,29 @@ def test_raise_notice_from_migrations_and_sql_hooks_is_shown_and_logged(tmp_path
     notices = [(e["severity"], e["text"], e.get("phase")) for e in events if e["event"] == "notice"]
     assert notices == [("NOTICE", "migration says hello", None), ("WARNING", "careful", None),
                        ("INFO", "statement by statement", None), ("NOTICE", "hook says 42", "post_run")]
+
+
+def test_apply_waiting_for_the_run_lock_says_so(tmp_path: Path, db_dsn: str) -> None:
+    from harness.history import RUN_LOCK_KEY
+
+    plan = load(write_project(tmp_path, {"1_a.sql": "CREATE TABLE a (id int);"}), db_dsn)
+    out = io.StringIO()
+    done: list[object] = []
+    with psycopg.connect(db_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [RUN_LOCK_KEY])
+        thread = threading.Thread(target=lambda: done.append(apply_plan(plan, ApplyOptions(yes=True), out=out)))
+        thread.start()
+        try:
+            wait_until(lambda: "waiting up to" in out.getvalue(), "apply to say that it waits for the run lock")
+            assert not done and not table_exists(db_dsn, "a")
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", [RUN_LOCK_KEY])
+            thread.join(30)
+    assert done and table_exists(db_dsn, "a")
+    text = out.getvalue()
+    assert "waiting up to 20s" in text and "held by pid" in text, text
+    log_path = done[0].log_path  # type: ignore[attr-defined]
+    assert any(json.loads(line)["event"] == "lock_wait" for line in log_path.read_text().splitlines())
 
 
 # ---------------------------------------------------------------------- production resume after a crash
