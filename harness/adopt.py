@@ -49,6 +49,7 @@ __all__ = [
     "flyway_checksum",
     "prisma_checksum_matches",
     "sqlx_checksum",
+    "sqitch_script_hash",
     "format_foreign",
 ]
 
@@ -68,6 +69,7 @@ TOOLS = {
     "atlas": "atlas",
     "node-pg-migrate": "node-pg-migrate",
     "alembic": "alembic",
+    "sqitch": "sqitch",
 }
 
 # Which tools' histories fit a folder layout ("native" is the Supabase CLI's layout).
@@ -80,7 +82,7 @@ _TOOLS_FOR_LAYOUT = {
     "goose": ("goose",),
     "flyway": ("flyway",),
     "drizzle": ("drizzle",),
-    "sqitch": (),
+    "sqitch": ("sqitch",),
     "prisma": ("prisma",),
     "sqlx": ("sqlx",),
     "atlas": ("atlas",),
@@ -90,7 +92,7 @@ _TOOLS_FOR_LAYOUT = {
 
 _TABLE_NAMES = ["flyway_schema_history", "schema_migrations", "__diesel_schema_migrations", "goose_db_version",
                 "__drizzle_migrations", "_prisma_migrations", "_sqlx_migrations", "atlas_schema_revisions",
-                "pgmigrations", "alembic_version"]
+                "pgmigrations", "alembic_version", "changes"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class ForeignEntry:
     checksum: str | None = None  # Flyway's CRC32 or drizzle's sha256, where the tool keeps one
     applied_at: datetime | None = None
     success: bool = True
+    project: str | None = None  # Sqitch: the project the change belongs to (one registry holds several)
 
     @property
     def label(self) -> str:
@@ -264,6 +267,9 @@ def _tool_of(schema: str, table: str, columns: dict[str, str]) -> str | None:
         return "atlas"
     if table == "pgmigrations" and {"name", "run_on"} <= set(columns):
         return "node-pg-migrate"
+    # Sqitch's registry (schema "sqitch" unless configured otherwise): the changes deployed now.
+    if table == "changes" and {"change_id", "script_hash", "change", "project", "committed_at"} <= set(columns):
+        return "sqitch"
     if table == "alembic_version" and "version_num" in columns:
         return "alembic"
     if table == "schema_migrations" and "version" in columns:
@@ -402,7 +408,20 @@ def _read_alembic(conn: Any, table: sql.Composable, name: str, columns: dict[str
     return ForeignHistory("alembic", name, tuple(ForeignEntry(version=v) for (v,) in rows))
 
 
+def _read_sqitch(conn: Any, table: sql.Composable, name: str, columns: dict[str, str]) -> ForeignHistory:
+    # A row per change deployed now (a revert deletes it; a failed deploy never writes one).
+    rows = conn.execute(
+        sql.SQL("SELECT change, script_hash, committed_at, project FROM {} ORDER BY committed_at, change_id").format(
+            table)
+    ).fetchall()
+    return ForeignHistory("sqitch", name, tuple(
+        ForeignEntry(version=None, name=change, checksum=script_hash, applied_at=at, project=project)
+        for change, script_hash, at, project in rows
+    ))
+
+
 _READERS = {
+    "sqitch": _read_sqitch,
     "alembic": _read_alembic,
     "prisma": _read_prisma,
     "sqlx": _read_sqlx,
@@ -461,7 +480,10 @@ def match_history(foreign: ForeignHistory, migrations: Sequence[Migration]) -> M
             unknown.append(foreign.up_to)
         if limit is not None:
             applied += [m for m in versioned if m.order <= limit]
+    project = _sqitch_project(migrations) if foreign.tool == "sqitch" else None
     for entry in foreign.entries:
+        if project is not None and entry.project != project:
+            continue  # another project's change in the same Sqitch registry
         if not entry.success:
             failed.append(entry)
             continue
@@ -544,7 +566,14 @@ def _checksum_matches(tool: str, migration: Migration, recorded: str) -> bool:
     return sqlx_checksum(data) == recorded.lower()
 
 
+def sqitch_script_hash(data: bytes) -> str:
+    """The ``script_hash`` Sqitch records for a change: SHA-1 of its deploy script's bytes."""
+    return hashlib.sha1(data).hexdigest()  # noqa: S324 - Sqitch's own identifier, not a security measure
+
+
 def _find(tool: str, entry: ForeignEntry, migrations: Sequence[Migration]) -> Migration | None:
+    if tool == "sqitch":
+        return _find_sqitch(entry, migrations)
     for m in migrations:
         if tool == "prisma":
             if m.path.parent.name == entry.name:
@@ -570,6 +599,34 @@ def _find(tool: str, entry: ForeignEntry, migrations: Sequence[Migration]) -> Mi
         ):
             return m
     return None
+
+
+def _sqitch_project(migrations: Sequence[Migration]) -> str | None:
+    """The ``%project=`` of the sqitch.plan the migrations were read from (deploy scripts live in deploy/)."""
+    for migration in migrations[:1]:
+        try:
+            text = (migration.path.parent.parent / "sqitch.plan").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("%project="):
+                return line.removeprefix("%project=").strip()
+    return None
+
+
+def _find_sqitch(entry: ForeignEntry, migrations: Sequence[Migration]) -> Migration | None:
+    """The deploy script a registry row names: by its script hash (a reworked change has one per version),
+    else, for a registry of an old Sqitch without hashes, the latest script of that change name."""
+    named = [m for m in migrations if m.version.split("@", 1)[0] == entry.name]
+    if entry.checksum:
+        for m in named:
+            try:
+                if sqitch_script_hash(m.path.read_bytes()) == entry.checksum:
+                    return m
+            except OSError:
+                continue
+        return None
+    return next((m for m in named if "@" not in m.version), named[-1] if named else None)
 
 
 def select_history(

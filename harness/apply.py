@@ -772,9 +772,10 @@ class _Run:
                 f"{len(unrunnable)} pending migration(s) cannot be run, so {self.mode} apply changes nothing:\n  - "
                 + "\n  - ".join(m.error or "" for m in unrunnable)
             )
-        applied_orders = [m.order for _, m in status.applied if m is not None]
+        # Repeatable migrations sort after every versioned one and never make a versioned one late (Flyway).
+        applied_orders = [m.order for _, m in status.applied if m is not None and not m.repeatable]
         newest = max(applied_orders, default=None)
-        late = [m for m in pending if newest is not None and m.order < newest]
+        late = [m for m in pending if newest is not None and not m.repeatable and m.order < newest]
         if late:
             text = (
                 "out of order: " + ", ".join(m.id for m in late)
@@ -867,6 +868,10 @@ class _Run:
         conn = self._live()
         if not self.baselined and self._drift_within(conn):
             return
+        sequence = None if self.baselined else _applied_first(self.migrations, status)
+        if sequence is not None:
+            self._drift_out_of_file_order(conn, status, sequence)
+            return
         # With a baseline to record, the target must already look like the rehearsal after the baseline.
         index = self.baseline_index if self.baselined else len(status.applied) - 1
         last = self.migrations[index].id if index >= 0 else None
@@ -899,19 +904,64 @@ class _Run:
             "migration and rehearse again; apply refuses to run on a drifted database."
         )
 
+    def _drift_out_of_file_order(
+        self, conn: psycopg.Connection[Any], status: history.Status[Migration], sequence: list[Migration]
+    ) -> None:
+        """The drift check when what is applied is not a prefix of the files (a Flyway repeatable ran before
+        versioned migrations added since): the plan is rehearsed in the order the target got its migrations."""
+        rl = self.rl
+        # A repeatable that changed since it ran: the target has its earlier text, which no file holds.
+        outdated = [m.id for row, m in status.applied if m is not None and m.repeatable and m.checksum != row.checksum]
+        applied = [m for _, m in status.applied if m is not None and m.id not in outdated]
+        ids = {m.id for m in applied}
+        sequence = applied + [m for m in sequence if m.id not in ids]
+        actual = take_snapshot(conn)
+        self.snapshot = actual
+        rl.say(f"  drift: rehearsing the {len(applied)} applied migrations in the order they ran, to compare ...")
+        with rl.progress("drift rehearsal"):
+            expected = self._rehearsed_schemas(len(applied) - 1, migrations=sequence)[0]
+        changes = diff_snapshots(expected, actual)
+        if not changes:
+            rl.say("  drift: none (schema equals the rehearsal of the applied migrations)")
+            rl.event("drift", outcome="none", at=applied[-1].id, digest=actual.digest, rehearsed=True)
+            return
+        if outdated:
+            # The target ran an earlier text of these scripts, which no file holds any more: the comparison
+            # cannot be exact, and this apply runs them again anyway.
+            rl.warning(
+                f"drift: cannot be checked exactly: the repeatable migrations {', '.join(outdated)} changed since "
+                f"they ran (this apply runs them again); differences from their current text:\n"
+                f"{_indent(format_changes(changes))}"
+            )
+            rl.event("drift", outcome="unverifiable", outdated=outdated, changes=[c.describe() for c in changes[:200]])
+            return
+        rl.event("drift", outcome="drift", at=applied[-1].id, changes=[c.describe() for c in changes[:200]])
+        raise GuardError(
+            f"drift: the schema of {self.where} differs from the rehearsal of its applied migrations "
+            f"(expected → actual, {len(changes)} difference{'s' if len(changes) != 1 else ''}):\n"
+            f"{_indent(format_changes(changes))}\n"
+            "Someone changed the database outside the migrations. Undo that change, or capture it in a new "
+            "migration and rehearse again; apply refuses to run on a drifted database."
+        )
+
     def _rehearsed_schema(self, index: int) -> Snapshot:
         return self._rehearsed_schemas(index)[0]
 
-    def _rehearsed_schemas(self, index: int, completed: int | None = None, upto: int | None = None) -> list[Snapshot]:
+    def _rehearsed_schemas(
+        self, index: int, completed: int | None = None, upto: int | None = None,
+        migrations: Sequence[Migration] | None = None,
+    ) -> list[Snapshot]:
         """The rehearsal's schema after migration *index*; with *completed*, part-way through it (see
-        :meth:`harness.rehearsal.Rehearsal.schemas_within`), one schema per statement count up to *upto*."""
+        :meth:`harness.rehearsal.Rehearsal.schemas_within`), one schema per statement count up to *upto*.
+        *migrations* orders the history otherwise than the files (the order a target got them)."""
         from .postgres import start_server
         from .rehearsal import Rehearsal
 
         r = self.plan.rehearsal
         server = start_server(r.provider, r.postgres, r.dsn, data_bytes=r.seed_bytes)
         try:
-            with Rehearsal(self.plan, server, migrations=self.migrations, measure=False) as rehearsal:
+            ordered = list(migrations) if migrations is not None else self.migrations
+            with Rehearsal(self.plan, server, migrations=ordered, measure=False) as rehearsal:
                 if completed is None:
                     return [rehearsal.schema_after(index)]
                 return rehearsal.schemas_within(index, completed, upto)
@@ -1955,6 +2005,17 @@ SELECT NOT EXISTS (
       AND (t.oid NOT IN (SELECT objid FROM ext WHERE classid = 'pg_type'::regclass))
 )
 """
+
+
+def _applied_first(migrations: Sequence[Migration], status: history.Status[Migration]) -> list[Migration] | None:
+    """*migrations* reordered so the applied ones come first, as the target got them; ``None`` when the
+    applied ones are already the first files (the usual case: the receipt's digests then apply)."""
+    applied = [m for _, m in status.applied if m is not None]
+    ids = {m.id for m in applied}
+    if [m.id for m in migrations[: len(applied)]] == [m.id for m in applied] or len(ids) != len(applied):
+        return None
+    ordered = [m for m in applied if not m.repeatable] + [m for m in applied if m.repeatable]
+    return ordered + [m for m in migrations if m.id not in ids]
 
 
 def _schema_is_empty(conn: psycopg.Connection[Any]) -> bool:

@@ -765,16 +765,25 @@ def compute_status(
     gone = [(r.version, r) for r in applied if r.version not in position]
     rows = [r for _, r in _with_missing([(r.version, r) for r in filed], gone)]
     pairs: list[tuple[AppliedMigration, M | None]] = [(row, by_version.get(row.version)) for row in rows]
+    checksums = {row.version: row.checksum for row in applied}
     return Status(
         applied=pairs,
-        pending=[m for m in migrations if m.version not in recorded],
-        changed=[(row, m) for row, m in pairs if m is not None and m.checksum != row.checksum],
+        # As Flyway: a repeatable migration whose file changed since it ran is pending again, after the
+        # versioned ones (the files' order puts repeatables last); it is never "changed".
+        pending=[m for m in migrations
+                 if m.version not in recorded or (_repeatable(m) and checksums[m.version] != m.checksum)],
+        changed=[(row, m) for row, m in pairs if m is not None and m.checksum != row.checksum and not _repeatable(m)],
         missing=[row for row, m in pairs if m is None],
         failed=[row for row in rows if not row.success],
         last_applied_at=max((row.applied_at for row in rows), default=None),
         files=list(migrations),
         partial={v: p for v, p in (progress or {}).items() if v in by_version and v not in recorded},
     )
+
+
+def _repeatable(migration: Any) -> bool:
+    """Whether *migration* is re-applied whenever its checksum changes (Flyway's ``R__`` scripts)."""
+    return bool(getattr(migration, "repeatable", False))
 
 
 def _duration(ms: int | None) -> str:
@@ -800,6 +809,8 @@ def format_status(status: Status[Any], *, where: str) -> str:
             states.append("MISSING")
         elif row.version in changed:
             states.append("CHANGED")
+        elif _repeatable(m) and m.checksum != row.checksum:
+            states.append("outdated (the next apply runs it again)")
         state = ",".join(states) or "applied"
         return (row.version, row.name, state, _when(row.applied_at), _duration(row.execution_ms))
 

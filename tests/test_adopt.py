@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -368,3 +369,58 @@ def test_cli_status_without_foreign_history_is_unchanged(db_dsn: str, tmp_path: 
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", str(_plan(tmp_path, "native")), "--dsn", db_dsn]) == 0
     assert "Foreign history" not in capsys.readouterr().out
+
+
+# The registry Sqitch creates on PostgreSQL (its pg.sql, registry schema "sqitch"), the tables adopt reads.
+SQITCH_REGISTRY = """
+CREATE SCHEMA sqitch;
+CREATE TABLE sqitch.projects (
+    project text PRIMARY KEY, uri text NULL UNIQUE, created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    creator_name text NOT NULL, creator_email text NOT NULL);
+CREATE TABLE sqitch.changes (
+    change_id text PRIMARY KEY, script_hash text NULL, change text NOT NULL,
+    project text NOT NULL REFERENCES sqitch.projects (project) ON UPDATE CASCADE, note text NOT NULL DEFAULT '',
+    committed_at timestamptz NOT NULL DEFAULT clock_timestamp(), committer_name text NOT NULL,
+    committer_email text NOT NULL, planned_at timestamptz NOT NULL, planner_name text NOT NULL,
+    planner_email text NOT NULL, UNIQUE (project, script_hash));
+CREATE TABLE sqitch.tags (
+    tag_id text PRIMARY KEY, tag text NOT NULL, project text NOT NULL REFERENCES sqitch.projects (project),
+    change_id text NOT NULL REFERENCES sqitch.changes (change_id), note text NOT NULL DEFAULT '',
+    committed_at timestamptz NOT NULL DEFAULT clock_timestamp(), committer_name text NOT NULL,
+    committer_email text NOT NULL, planned_at timestamptz NOT NULL, planner_name text NOT NULL,
+    planner_email text NOT NULL, UNIQUE (project, tag));
+INSERT INTO sqitch.projects (project, creator_name, creator_email)
+VALUES ('harness_sample', 'P', 'p@example.com'), ('billing', 'P', 'p@example.com');
+"""
+
+
+def _deploy(conn: psycopg.Connection[Any], change_id: str, change: str, project: str, script_hash: str | None) -> None:
+    conn.execute(
+        "INSERT INTO sqitch.changes (change_id, script_hash, change, project, committer_name, committer_email, "
+        "planned_at, planner_name, planner_email) VALUES (%s, %s, %s, %s, 'C', 'c@example.com', now(), 'P', "
+        "'p@example.com')",
+        [change_id, script_hash, change, project],
+    )
+
+
+def test_sqitch_registry_is_adopted_by_script_hash_for_its_own_project(db_dsn: str, tmp_path: Path) -> None:
+    migrations = load_migrations(DATA / "sqitch")
+    users = next(m for m in migrations if m.version == "users")
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(SQITCH_REGISTRY)
+        _deploy(conn, "c1", "users", "harness_sample", adopt.sqitch_script_hash(users.path.read_bytes()))
+        _deploy(conn, "c2", "invoices", "billing", "0" * 40)  # another project in the same registry
+        (found,) = adopt.read_foreign_histories(conn)
+        assert found.tool == "sqitch" and found.table == "sqitch.changes"
+        assert adopt.blocking_problems(conn, migrations, layout="sqitch") == []
+    done = adopt.adopt(db_dsn, migrations, layout="sqitch")
+    assert [m.id for m in done.to_record] == ["users"]
+    assert [v for v, mode, _ in recorded(db_dsn)] == ["users"]
+
+    # A deploy script edited since it was deployed: its hash names no file, and adopt says so.
+    folder = tmp_path / "sqitch"
+    shutil.copytree(DATA / "sqitch", folder)
+    (folder / "deploy" / "users.sql").write_text((folder / "deploy" / "users.sql").read_text() + "-- edited\n")
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        problems = adopt.blocking_problems(conn, load_migrations(folder), layout="sqitch")
+    assert any("users" in p and "no file" in p for p in problems), problems

@@ -171,3 +171,43 @@ def test_a_down_declared_non_transactional_runs_outside_a_transaction(tmp_path: 
     assert isinstance(error, CheckFailed) and "Rolled back with their down migrations" in str(error), out
     assert not table_exists(db_dsn, "public.a") and history_versions(db_dsn) == []
     assert query(db_dsn, "SELECT count(DISTINCT xid::text) FROM txlog") == [(2,)]  # not one transaction
+
+
+# ---------------------------------------------------------------------- Flyway repeatables in production
+
+FLYWAY = {
+    "V1__users.sql": "CREATE TABLE IF NOT EXISTS users (id bigint PRIMARY KEY, email text NOT NULL);",
+    "R__active_users.sql": "CREATE OR REPLACE VIEW active_users AS SELECT id FROM users;",
+}
+
+
+def test_flyway_repeatables_rerun_when_changed_and_never_block_versioned_ones(
+    tmp_path: Path, db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Flyway: a repeatable runs after the pending versioned migrations whenever its checksum changed."""
+    plan = "layout: flyway\nbackup: {mode: none}\n"
+    plan_path = write_project(tmp_path, FLYWAY, plan, mode="production")
+    rehearse(plan_path, db_dsn, capsys, monkeypatch)
+    result, out, error = apply(load(plan_path, db_dsn))
+    assert error is None, out
+    assert result is not None and result.applied == ["1_users", "R__active_users"]
+
+    # A new versioned migration after the repeatable ran: not "out of order"; and an edited repeatable is
+    # run again after it, not refused as changed.
+    folder = tmp_path / "migrations"
+    (folder / "V2__name.sql").write_text("ALTER TABLE users ADD COLUMN IF NOT EXISTS name text;")
+    (folder / "R__active_users.sql").write_text("CREATE OR REPLACE VIEW active_users AS SELECT id, name FROM users;")
+    code, status_out, _ = cli(["status", str(plan_path), "--dsn", db_dsn], capsys)
+    assert "outdated" in status_out and "CHANGED" not in status_out, status_out
+    rehearse(plan_path, db_dsn, capsys, monkeypatch)
+    result, out, error = apply(load(plan_path, db_dsn))
+    assert error is None, out
+    assert result is not None and result.applied == ["2_name", "R__active_users"]
+    assert query(db_dsn, "SELECT column_name FROM information_schema.columns WHERE table_name = 'active_users' "
+                         "ORDER BY ordinal_position") == [("id",), ("name",)]
+    assert result.verification.startswith("passed")
+
+    # Nothing changed: nothing to run, the repeatable included.
+    result, out, error = apply(load(plan_path, db_dsn))
+    assert error is None, out
+    assert result is not None and result.applied == []
