@@ -21,7 +21,17 @@ seed of 6 extensions and 500 partitions to the plan (and loads it in the
 bare run too), the shape of a real schema that per-measurement work must not
 grow with.
 
+``--provider-dsn`` times something else: the same rehearsal on a server the
+harness starts itself (``jit`` off, as every throwaway server) and on a
+separately started server reached through ``provider: dsn`` whose settings
+emulate a user's server at PostgreSQL's defaults with the cost threshold
+exceeded (``jit = on``, ``jit_above_cost = 0``, server-wide), alternating
+runs, medians and their ratio.  Both servers run the same binaries: local
+ones built with LLVM when there are some (else the embedded ones, and JIT
+may then not be available: the bench says which).
+
     python bench/rehearsal_bench.py [--migrations 200] [--runs 3] [--runtime-dir DIR] [--seeded] [--per-file] [--decompose]
+    python bench/rehearsal_bench.py --provider-dsn [--migrations 285] [--runs 3]
 """
 
 from __future__ import annotations
@@ -35,9 +45,11 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg
+
 from harness import tracking
 from harness.plan import load_plan
-from harness.postgres import Server, start_server
+from harness.postgres import BinaryServer, DsnServer, Server, embedded_binaries, local_binaries, start_server
 from harness.rehearsal import PASSED, Rehearsal
 from harness.sources import Migration, load_plan_migrations
 
@@ -152,6 +164,41 @@ def file_system(path: Path) -> str:
     return kind
 
 
+def provider_dsn(count: int, runs: int) -> None:
+    """Time the rehearsal on a throwaway server and on a ``jit = on`` server through ``provider: dsn``."""
+    with_llvm = [b for b in local_binaries() if (b.bindir.parent / "lib" / "llvmjit.so").exists()]
+    binaries = with_llvm[0] if with_llvm else embedded_binaries()
+    if binaries is None:
+        raise SystemExit("no PostgreSQL binaries: neither local ones nor the embedded ones")
+    with tempfile.TemporaryDirectory() as tmp, BinaryServer(binaries) as own, BinaryServer(
+        binaries, {"jit": "on", "jit_above_cost": "0"}
+    ) as users, DsnServer(users.dsn("postgres")) as dsn:
+        plan_path = generate(Path(tmp), count)
+        # In a plain session (pg_jit_available() is false where jit is off, as in the harness's own).
+        with psycopg.connect(users.dsn("postgres")) as conn:
+            available, server_jit = conn.execute("SELECT pg_jit_available(), current_setting('jit')").fetchone()  # type: ignore[misc]
+        times: dict[str, list[float]] = {"own": [], "dsn": []}
+        items = 0
+        for _ in range(runs):
+            for label, server in (("own", own), ("dsn", dsn)):
+                t0 = time.perf_counter()
+                with Rehearsal(load_plan(plan_path), server) as rehearsal:
+                    results = rehearsal.run_all()
+                times[label].append(time.perf_counter() - t0)
+                failed = [(i.id, o.message) for i, o in results if o.status != PASSED]
+                if failed:
+                    raise SystemExit(f"rehearsal on {label} not green: {failed[:3]}")
+                items = len(results)
+        a, b = statistics.median(times["own"]), statistics.median(times["dsn"])
+        print(f"migrations: {count}, rehearsal items: {items}, PostgreSQL {binaries.version} ({binaries.source}), "
+              f"{runs} alternating runs, medians")
+        print(f"JIT available (pg_jit_available): {'yes' if available else 'NO: this bench cannot show its cost'}")
+        print(f"throwaway server (jit off server-wide): {a:.3f} s")
+        print(f"provider dsn (jit = on, jit_above_cost = 0 server-wide; a new session there says jit = {server_jit}): "
+              f"{b:.3f} s")
+        print(f"ratio dsn / throwaway: {b / a:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--migrations", type=int, default=200)
@@ -168,7 +215,14 @@ def main() -> None:
         "--per-file", action="store_true",
         help="also time one psql --single-transaction -f per file, the way a deploy script applies migrations",
     )
+    parser.add_argument(
+        "--provider-dsn", action="store_true",
+        help="instead: the rehearsal on a throwaway server vs a jit = on server through provider dsn",
+    )
     args = parser.parse_args()
+    if args.provider_dsn:
+        provider_dsn(args.migrations, args.runs)
+        return
     if args.runtime_dir:
         os.environ["HARNESS_RUNTIME_DIR"] = args.runtime_dir
     with tempfile.TemporaryDirectory() as tmp, start_server("embedded") as server:

@@ -6,10 +6,15 @@ times ``take_snapshot`` on an idle autocommit connection and inside an open
 transaction (the way the rehearsal engine takes most of its snapshots).
 
 The previous implementation is read from git (``--before``, default: the
-commit that introduced the one-query snapshot) and timed side by side; with
+commit that introduced the one-query snapshot) and timed side by side, the
+calls alternating; with
 ``--check`` both are also run on the benchmark schema and on every fixture
 of ``tests/test_snapshot.py`` (the rich schema, and each change case before
 and after its change) and their snapshots must be byte-identical.
+
+It also times a diff of the final snapshot against itself with every
+function body reformatted (no difference): normalizing the bodies the first
+time, then from the cache.
 
     python bench/snapshot_bench.py [--migrations 200] [--runs 200] [--check] [--before REV]
 """
@@ -68,13 +73,39 @@ def load_before(rev: str) -> types.ModuleType | None:
 
 def timed(take: Callable[[], object], runs: int) -> tuple[float, float]:
     """(min, median) of *runs* calls, in milliseconds."""
-    take()  # prepares the statement
-    times = []
+    return timed_side_by_side([take], runs)[0]
+
+
+def timed_side_by_side(takes: list[Callable[[], object]], runs: int) -> list[tuple[float, float]]:
+    """(min, median) in milliseconds of *runs* calls of each of *takes*, the calls alternating."""
+    for take in takes:
+        take()  # prepares the statement
+    times: list[list[float]] = [[] for _ in takes]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        take()
-        times.append(time.perf_counter() - t0)
-    return min(times) * 1000, statistics.median(times) * 1000
+        for take, found in zip(takes, times):
+            t0 = time.perf_counter()
+            take()
+            found.append(time.perf_counter() - t0)
+    return [(min(found) * 1000, statistics.median(found) * 1000) for found in times]
+
+
+def compare_bodies(before: snapshot.Snapshot) -> tuple[float, float, int]:
+    """Milliseconds to diff *before* against itself with every function body reformatted: first, then cached."""
+    after = snapshot.Snapshot(objects={
+        key: ({**attrs, "body": "  " + attrs["body"].replace(" ", "  ") + " -- reformatted\n"}
+              if key.startswith(("function ", "procedure ")) and attrs.get("body") else attrs)
+        for key, attrs in before.objects.items()
+    })
+    bodies = sum(1 for key in after.objects if key.startswith(("function ", "procedure ")))
+    snapshot._body_form.cache_clear()
+    t0 = time.perf_counter()
+    first = snapshot.diff_snapshots(before, after)
+    t1 = time.perf_counter()
+    again = snapshot.diff_snapshots(before, after)
+    t2 = time.perf_counter()
+    if first or again:
+        raise SystemExit(f"reformatted bodies compared as different: {snapshot.format_changes(first)}")
+    return (t1 - t0) * 1000, (t2 - t1) * 1000, bodies
 
 
 def build_schema(server: Server, count: int) -> str:
@@ -145,14 +176,19 @@ def main() -> None:
             for label in ("autocommit", "in transaction"):
                 if label == "in transaction":
                     conn.execute("BEGIN")
-                now = timed(lambda: snapshot.take_snapshot(conn), args.runs)
                 if before is not None:
-                    old = timed(lambda: before.take_snapshot(conn), args.runs)
+                    now, old = timed_side_by_side(
+                        [lambda: snapshot.take_snapshot(conn), lambda: before.take_snapshot(conn)], args.runs
+                    )
                     old_text = f"{old[0]:6.2f} / {old[1]:6.2f}"
                 else:
+                    now = timed(lambda: snapshot.take_snapshot(conn), args.runs)
                     old_text = f"{BEFORE_MS[label]:6.2f} (recorded)"
                 print(f"  {label:32} {old_text:>16} {now[0]:6.2f} / {now[1]:6.2f}")
             conn.execute("ROLLBACK")
+            first, cached, bodies = compare_bodies(snapshot.take_snapshot(conn))
+            print(f"diff with all {bodies} function bodies reformatted (equal): "
+                  f"{first:.2f} ms normalizing, {cached:.2f} ms cached")
         if args.check:
             if before is None:
                 raise SystemExit("--check needs the previous implementation from git")

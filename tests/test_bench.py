@@ -54,3 +54,13 @@ def test_every_layer_runs_and_drops_its_database(
     before = _databases(pg_server)
     assert bench.replay(pg_server, migrations, False, *options) > 0
     assert _databases(pg_server) == before
+
+
+def test_provider_dsn_comparison_runs_green(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--provider-dsn``: both servers rehearse the plan green and the comparison is printed."""
+    bench.provider_dsn(4, 1)
+    out = capsys.readouterr().out
+    assert "rehearsal items: 16" in out
+    assert "JIT available (pg_jit_available): " in out
+    assert "a new session there says jit = on" in out
+    assert "ratio dsn / throwaway: " in out
