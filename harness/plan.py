@@ -55,6 +55,7 @@ __all__ = [
     "Plan",
     "LAYOUTS",
     "PLANNED_LAYOUTS",
+    "MIRROR_TOOLS",
     "resolve_plan_path",
     "load_plan",
     "plan_json_schema",
@@ -68,6 +69,19 @@ LAYOUTS = (
     "auto", "native", "supabase", "golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch",
     "prisma", "sqlx", "atlas", "node-pg-migrate", "alembic",
 )
+#: Tools whose history table apply can keep in step (``history: {mirror: <tool>}``), and the folder layouts
+#: each one's rows fit (the same tools as harness.mirror.TOOLS; a test keeps them equal).
+MIRROR_TOOLS: Mapping[str, tuple[str, ...]] = {
+    "diesel": ("diesel",),
+    "golang-migrate": ("golang-migrate",),
+    "goose": ("goose",),
+    "dbmate": ("dbmate",),
+    "flyway": ("flyway",),
+    "supabase": ("supabase", "native"),
+    "drizzle": ("drizzle",),
+    "prisma": ("prisma",),
+    "sqlx": ("sqlx",),
+}
 #: Layouts announced but not implemented yet: named in the error so nobody hunts for a typo.
 PLANNED_LAYOUTS: tuple[str, ...] = ()
 #: Where the generated JSON Schema is committed.
@@ -283,6 +297,8 @@ class Plan:
     lint_severity: Mapping[str, str] = field(default_factory=dict)
     #: Lint: flag lock-taking statements on existing objects before ``SET lock_timeout``.
     require_lock_timeout: bool = False
+    #: Apply also writes (and rollback deletes) this tool's history rows (``history.mirror``; harness.mirror).
+    history_mirror: str | None = None
 
     def _matches(self, migration_id: str, version: str) -> list[StepConfig]:
         return [s for s in self.steps if s.migration in (migration_id, version)]
@@ -1378,6 +1394,16 @@ _PLAN = _Obj(
             {event: _List(_HOOK) for event in _HOOK_EVENTS},
             "Hooks of apply; backup replaces the built-in backup.",
         ),
+        "history": _Obj(
+            {
+                "mirror": _Str(
+                    "Keep this tool's history table in step: apply writes its row for each migration (and a "
+                    "rollback deletes it) in the migration's transaction, as the tool itself would.",
+                    enum=tuple(MIRROR_TOOLS),
+                ),
+            },
+            "The migration history apply keeps besides harness.schema_migrations.",
+        ),
     },
     "A migration-harness plan.",
     required=("migrations",),
@@ -1829,8 +1855,24 @@ def _build(doc: _Map, *, path: Path, display: str, cwd: Path, sha: str, ctx: _Ct
         require_down=bool(doc.get("require_down", False)),
         lint_severity=dict(doc.get("lint", {}).get("severity", {})),
         require_lock_timeout=bool(doc.get("lint", {}).get("require_lock_timeout", False)),
+        history_mirror=_history_mirror(doc, ctx),
         display_path=display,
     )
+
+
+def _history_mirror(doc: _Map, ctx: _Ctx) -> str | None:
+    """``history.mirror``; an error when the plan names a layout whose files that tool does not write."""
+    h: _Map = doc.get("history") or _Map()
+    tool = h.get("mirror")
+    if tool is None:
+        return None
+    layout = doc.get("layout", "auto")
+    if layout != "auto" and layout not in MIRROR_TOOLS[tool]:
+        fits = " or ".join(MIRROR_TOOLS[tool])
+        ctx.error(h.key_lines.get("mirror", 0), "history.mirror",
+                  f"{tool} records migrations of the {fits} layout only, but the plan's layout is {layout}; name "
+                  f"the tool whose files these are (or set layout: {MIRROR_TOOLS[tool][0]})")
+    return str(tool)
 
 
 # --------------------------------------------------------------------------

@@ -482,6 +482,11 @@ BAD: list[tuple[str, str, str, list[str], bool]] = [
     ("bad-layout", "migrations: migrations/\nlayout: flyaway\n", "2",
      ["layout: expected one of auto, native, supabase, golang-migrate, diesel, dbmate, goose, flyway, drizzle, "
       "sqitch, prisma, sqlx, atlas, node-pg-migrate, alembic, got a string 'flyaway'"], True),
+    ("bad-mirror", "migrations: migrations/\nhistory: {mirror: liquibase}\n", "2",
+     ["history.mirror: expected one of diesel, golang-migrate, goose, dbmate, flyway, supabase, drizzle, prisma, "
+      "sqlx, got a string 'liquibase'"], True),
+    ("mirror-other-layout", "migrations: migrations/\nlayout: dbmate\nhistory:\n  mirror: goose\n", "4",
+     ["history.mirror: goose records migrations of the goose layout only, but the plan's layout is dbmate"], False),
     ("substitution-both", "migrations: migrations/\nsubstitutions:\n  - {literal: a, regex: b, value: c}\n", "3",
      ["substitutions[0]: give exactly one of literal, regex (got literal, regex)"], True),
     ("substitution-no-value", "migrations: migrations/\nsubstitutions:\n  - {literal: a}\n", "3",
@@ -675,6 +680,7 @@ def test_schema_is_draft_2020_12() -> None:
     assert set(schema["properties"]) == {
         "name", "root", "migrations", "layout", "substitutions", "baseline", "target", "mode", "rehearsal",
         "defaults", "steps", "guards", "health", "backup", "hooks", "schema", "schema_matches", "chain_rollback", "column_order", "require_down", "lint",
+        "history",
     }
 
 
