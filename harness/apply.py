@@ -62,7 +62,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from . import adopt, history, mirror
+from . import adopt, history
 from .batch import BatchSpec, BatchState, next_batch, resolve_target
 from .checks import check_problem
 from .connection import CONNECTION_LOST, RETRYABLE, check_conninfo, classify_connect_error
@@ -159,6 +159,7 @@ class ApplyOptions:
     yes: bool = False  # do not ask for confirmation (production)
     hooks: Mapping[str, Sequence[PythonHook | Hook]] = field(default_factory=dict)  # extra hooks per event, after the plan's
     target: str | None = field(default=None, repr=False)  # override the plan's target DSN
+    to: str | None = None  # stop after this migration (version or id): `harness apply --to VERSION`
 
 
 @dataclass
@@ -284,8 +285,6 @@ class _Run:
         self.production = self.mode == "production"
         # The plan says how to read its folder: layout and substitutions (docs/layouts.md).
         self.migrations = load_plan_migrations(plan)
-        # `history: {mirror: <tool>}`: the other tool's history rows, written with ours (harness.mirror).
-        self.mirror = mirror.mirror_for(plan.history_mirror, self.migrations, plan.migrations_dir)
         plan.bind([(m.id, m.version) for m in self.migrations])
         # Index of the last migration the plan's baseline covers (-1: no baseline).
         self.baseline_index = baseline_index(self.migrations, plan.baseline)
@@ -308,6 +307,10 @@ class _Run:
         # (version, statement index): a statement the drift check found completed without its progress row.
         self.completed_unrecorded: tuple[str, int] | None = None
         self.ctx: HookContext | None = None
+        # `--to VERSION`: the index of the last migration this run may apply (None: every pending one), and
+        # the pending migrations after it, which stay pending.
+        self.stop = migration_index(self.migrations, options.to) if options.to is not None else None
+        self.beyond: list[Migration] = []
 
     # ------------------------------------------------------------------ frame
 
@@ -609,20 +612,10 @@ class _Run:
             self._receipt_server_gate(self.conn)
         assert self.dsn is not None
         with contextlib.ExitStack() as stack:
-            with rl.phase("lock"):
-                # The writing session must not idle out while this run waits for the lock.
-                history.keep_alive(self.conn)
-                t0 = time.monotonic()
-                holder = stack.enter_context(
-                    history.run_lock(self.dsn, timeout=self.guards.lock_wait, on_wait=self._waiting)
-                )
-                lock = history.lock_session(holder)
-                self._fence(self.conn, lock, timeout=max(self.guards.lock_wait - (time.monotonic() - t0), 0.0))
-                self.lock = lock
-                stack.callback(self._unfence)
-            rl.say("  run lock taken")
+            self._take_lock(stack)
             with rl.phase("status"):
                 status = self._status()
+                self._stop_pending()
             if self.production:
                 with rl.phase("drift"):
                     self._drift(status)
@@ -641,14 +634,40 @@ class _Run:
                     self._backup()
             with rl.phase("migrate"):
                 self._migrate()
-            self.result.pending = []
+            self.result.pending = [m.id for m in self.beyond]
             self._verify_and_health(nothing_applied=False)
             self._run_hooks("post_run")
             self._retention()
             self.result.ok = True
             self._summary()
 
+    def _stop_pending(self) -> None:
+        """``--to VERSION``: keep the pending migrations up to it; the later ones stay pending."""
+        if self.stop is None:
+            return
+        stop = self.migrations[self.stop]
+        self.beyond = [m for m in self.pending if self.migrations.index(m) > self.stop]
+        self.pending = [m for m in self.pending if m not in self.beyond]
+        self.result.pending = [m.id for m in self.pending]
+        if self.beyond:
+            self.rl.say(f"  --to {stop.version}: applying up to {stop.id}; {_plural(len(self.beyond), 'later migration')} "
+                        "stay pending")
+
     # -- the run lock and its fence (harness.history, docs/apply.md "Fencing")
+
+    def _take_lock(self, stack: contextlib.ExitStack) -> None:
+        """Take the run lock (held until *stack* closes) and its fence on the writing session."""
+        assert self.conn is not None and self.dsn is not None
+        with self.rl.phase("lock"):
+            # The writing session must not idle out while this run waits for the lock.
+            history.keep_alive(self.conn)
+            t0 = time.monotonic()
+            holder = stack.enter_context(history.run_lock(self.dsn, timeout=self.guards.lock_wait, on_wait=self._waiting))
+            lock = history.lock_session(holder)
+            self._fence(self.conn, lock, timeout=max(self.guards.lock_wait - (time.monotonic() - t0), 0.0))
+            self.lock = lock
+            stack.callback(self._unfence)
+        self.rl.say("  run lock taken")
 
     def _waiting(self, text: str) -> None:
         self.rl.say(f"  {text}")
@@ -816,8 +835,6 @@ class _Run:
         """
         layout = self.migrations[0].layout if self.migrations else self.plan.layout
         problems = [f"{p} (foreign history)" for p in adopt.blocking_problems(conn, self.migrations, layout=layout)]
-        if self.mirror is not None:
-            problems += [f"{p} (history.mirror)" for p in self.mirror.problems(conn)]
         if problems:
             return problems
         adoption = adopt.plan_adoption(conn, self.migrations, layout=layout)
@@ -859,7 +876,7 @@ class _Run:
                 recorded = {r.version for r in history.read_applied(conn)}
                 for migration in baselined:
                     if migration.version not in recorded:
-                        self._record(conn, migration, execution_ms=0, mode="baseline")
+                        history.record_applied(conn, migration, execution_ms=0, mode="baseline")
 
         self._retrying("recording the baseline", attempt)
         self.result.baselined = [m.id for m in baselined]
@@ -879,7 +896,7 @@ class _Run:
         # With a baseline to record, the target must already look like the rehearsal after the baseline.
         index = self.baseline_index if self.baselined else len(status.applied) - 1
         last = self.migrations[index].id if index >= 0 else None
-        actual = self._schema(conn)
+        actual = take_snapshot(conn)
         self.snapshot = actual
         expected_digest = None
         if self.receipt is not None and last is not None:
@@ -919,7 +936,7 @@ class _Run:
         applied = [m for _, m in status.applied if m is not None and m.id not in outdated]
         ids = {m.id for m in applied}
         sequence = applied + [m for m in sequence if m.id not in ids]
-        actual = self._schema(conn)
+        actual = take_snapshot(conn)
         self.snapshot = actual
         rl.say(f"  drift: rehearsing the {len(applied)} applied migrations in the order they ran, to compare ...")
         with rl.progress("drift rehearsal"):
@@ -1003,7 +1020,7 @@ class _Run:
             migration.batches and not migration.no_transaction)
         upto = done + 2 if single else done + 1
         where = f"after statement {done + 1} of {len(statements)} of {migration.id}"
-        actual = self._schema(conn)
+        actual = take_snapshot(conn)
         self.snapshot = actual
         rl.say(f"  drift: {migration.id} was left part-way by an earlier run ({progress.describe(len(statements)) if progress else ''}); "
                "rehearsing the plan up to there to compare the schema ...")
@@ -1065,10 +1082,14 @@ class _Run:
             f"Apply {len(self.pending)} migration{'s' if len(self.pending) != 1 else ''} "
             f"({', '.join(m.id for m in self.pending)}){baseline} to {self.where}? [y/N] "
         )
+        self._ask(question, "production apply")
+
+    def _ask(self, question: str, what: str) -> None:
+        """Ask *question* on the terminal; refuse (exit 2) without one, or without a yes."""
         stdin = sys.stdin
         if stdin is None or not stdin.isatty():
             raise ConfigError(
-                f"production apply to {self.where} needs confirmation and there is no terminal to ask; "
+                f"{what} to {self.where} needs confirmation and there is no terminal to ask; "
                 "pass --yes to confirm (or --dry-run to see what would run)"
             )
         if self.out is not None:
@@ -1190,30 +1211,8 @@ class _Run:
             self._run_hooks("post_migration", migration)
 
     def _set_local(self, conn: psycopg.Connection[Any], scope: str = "LOCAL") -> None:
-        for name, value in (("lock_timeout", self.guards.lock_timeout), ("statement_timeout", self.guards.statement_timeout)):
-            conn.execute(
-                sql.SQL("SET {} {} = {}").format(sql.SQL(scope), sql.Identifier(name), sql.Literal(_ms(value)))
-            )
-
-    def _record(self, conn: psycopg.Connection[Any], migration: Migration, *, execution_ms: int, mode: str) -> None:
-        """Record *migration* as applied in our history and, with ``history.mirror``, the other tool's, in the
-        caller's transaction."""
-        history.record_applied(conn, migration, execution_ms=execution_ms, mode=mode)
-        if self.mirror is not None:
-            self.mirror.record(conn, migration, execution_ms=execution_ms)
-
-    def _unrecord(self, conn: psycopg.Connection[Any], migration: Migration) -> None:
-        """Remove *migration*'s history rows after its down ran (ours, and the mirrored tool's), in the caller's
-        transaction.  Every down path calls this (a rollback command too)."""
-        history.remove_applied(conn, migration.version)
-        if self.mirror is not None:
-            self.mirror.remove(conn, migration)
-
-    def _schema(self, conn: psycopg.Connection[Any]) -> Snapshot:
-        """The target's schema for comparing with the rehearsal's: without the mirrored tool's history table,
-        which no rehearsal creates."""
-        actual = take_snapshot(conn)
-        return self.mirror.without_table(conn, actual) if self.mirror is not None else actual
+        for statement in timeout_settings(self.guards, scope):
+            conn.execute(statement)
 
     def _recorded(self, conn: psycopg.Connection[Any], migration: Migration) -> bool:
         """Whether the history already has *migration* (a commit whose answer was lost did happen)."""
@@ -1245,7 +1244,7 @@ class _Run:
             t0 = time.perf_counter()
             self._begin(conn)
             run_statements(conn, migration.statements, migration.path, timings=timings)
-            self._record(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
+            history.record_applied(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
             self._commit(conn)
             return timings
 
@@ -1269,7 +1268,7 @@ class _Run:
                 current["m"] = migration
                 t0 = time.perf_counter()
                 run_statements(conn, migration.statements, migration.path)
-                self._record(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
+                history.record_applied(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
                 self.rl.say(f"[{number}/{len(pending)}] {migration.id} ran ({_plural(len(migration.statements), 'statement')})")
             self._commit(conn)
 
@@ -1383,7 +1382,7 @@ class _Run:
                 return
             with c.transaction():
                 self._verify_lock(c, rollback=False)
-                self._record(c, migration, execution_ms=int(sum(s for _, s in timings) * 1000), mode=self.mode)
+                history.record_applied(c, migration, execution_ms=int(sum(s for _, s in timings) * 1000), mode=self.mode)
                 c.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_PROGRESS), [migration.version])
                 if migration.batches:
                     c.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_BATCH_PROGRESS), [migration.version])
@@ -1605,7 +1604,9 @@ class _Run:
             return "skipped (development mode)"
         if self.receipt is None or not self.receipt_valid:
             return "skipped (no matching receipt)"
-        actual = self._schema(self._live())
+        if self.stop is not None and self.stop < len(self.migrations) - 1:
+            return self._verify_at(self.stop)
+        actual = take_snapshot(self._live())
         changes = diff_snapshots(self.receipt.final_snapshot, actual)
         self.rl.event("verification", outcome="failed" if changes else "passed",
                       changes=[c.describe() for c in changes[:200]])
@@ -1615,6 +1616,37 @@ class _Run:
                 + _indent(format_changes(changes))
             )
         return "passed (schema equals the rehearsal's final schema)"
+
+    def _verify_at(self, index: int) -> str:
+        """Verification against the rehearsal's schema after migration *index* (``-1``: before the first).
+
+        The receipt's digest after it decides; on a mismatch (or without a
+        digest: before the first migration) the plan is rehearsed up to there
+        on a throwaway server, which also shows the difference.
+        """
+        if not self.production:
+            return "skipped (development mode)"
+        if self.receipt is None or not self.receipt_valid:
+            return "skipped (no matching receipt)"
+        mid = self.migrations[index].id if index >= 0 else None
+        at = f"after {mid}" if mid else "before the first migration"
+        actual = take_snapshot(self._live())
+        digest = self.receipt.digests.get(mid) if mid else None
+        if digest is not None and digest == actual.digest:
+            self.rl.event("verification", outcome="passed", at=mid, digest=digest)
+            return f"passed (schema digest matches the rehearsal {at})"
+        self.rl.say(f"  verify: rehearsing the plan up to {mid or 'its start'} to compare the schema ...")
+        with self.rl.progress("verify rehearsal"):
+            expected = self._rehearsed_schema(index)
+        changes = diff_snapshots(expected, actual)
+        self.rl.event("verification", outcome="failed" if changes else "passed", at=mid, rehearsed=True,
+                      changes=[c.describe() for c in changes[:200]])
+        if changes:
+            raise _HealthFailed(
+                f"the schema of {self.where} differs from the rehearsal's schema {at} (expected → actual):\n"
+                + _indent(format_changes(changes))
+            )
+        return f"passed (schema equals the rehearsal {at})"
 
     def _health(self) -> str:
         health = self.plan.health
@@ -1728,14 +1760,13 @@ class _Run:
                 if transactional:
                     self._begin(conn)
                     run_statements(conn, statements, path)
-                    self._unrecord(conn, migration)
+                    history.remove_applied(conn, migration.version)
                     self._commit(conn)
                 else:
                     self._set_local(conn, "SESSION")
                     self._verify_lock(conn)
                     run_statements(conn, statements, path)
-                    with conn.transaction():  # our row and the mirrored one go together
-                        self._unrecord(conn, migration)
+                    history.remove_applied(conn, migration.version)
                     conn.execute("RESET lock_timeout")
                     conn.execute("RESET statement_timeout")
 
@@ -1805,6 +1836,7 @@ class _Run:
         self.result.skipped = [m.id for _, m in status.applied if m is not None]
         self.result.pending = [m.id for m in self.pending]
         self.result.baselined = [m.id for m in self.baselined]
+        self._stop_pending()
         if self.production:
             try:
                 receipt = verify_receipt(self.plan, self.migrations)
@@ -1840,7 +1872,7 @@ class _Run:
         elif self.production and conn is not None:
             index = self.baseline_index if self.baselined else len(status.applied) - 1
             last = self.migrations[index].id if 0 <= index < len(self.migrations) else None
-            actual = self._schema(conn)
+            actual = take_snapshot(conn)
             digest = self.receipt.digests.get(last) if self.receipt and last else None
             if digest is None:
                 add("drift: apply would rehearse the plan up to the target's version and compare schemas")
@@ -1867,7 +1899,10 @@ class _Run:
                 self._dry_migration(add, number, total, migration)
             if self.guards.transaction == "single":
                 add("COMMIT;")
-        if self.production:
+        if self.production and self.receipt_valid and self.stop is not None and self.stop < len(self.migrations) - 1:
+            add(f"verify: the schema must equal the rehearsal's schema after {self.migrations[self.stop].id} "
+                "(the receipt's digest)")
+        elif self.production:
             add("verify: the schema must equal the receipt's final schema" if self.receipt_valid
                 else "verify: skipped (no matching receipt)")
         for check in self.plan.health.checks:
@@ -1917,8 +1952,6 @@ class _Run:
         add(f"[{number}/{total}] {migration.id} ({relpath(migration.path)}, {_plural(len(migration.statements), 'statement')})")
         self._dry_hooks(add, "pre_migration", migration=migration)
         record = f"-- record {migration.id} in {history.SCHEMA}.{history.TABLE}"
-        if self.mirror is not None:
-            record += f" and {self.mirror.tool}'s {self.mirror.spec.table} (history.mirror)"
         if migration.transactional:
             if not single:
                 add("  BEGIN;")
@@ -1983,6 +2016,23 @@ class _Run:
                 add(f"  -- record statements up to {last + 1} in {history.SCHEMA}.{PROGRESS_TABLE} (same transaction)")
                 add("  COMMIT;")
         add(f"  {record}")
+
+def timeout_settings(guards: Any, scope: str = "LOCAL") -> list[sql.Composed]:
+    """The plan's ``SET LOCAL`` (or session ``SET``) of ``lock_timeout`` and ``statement_timeout``, decided here once."""
+    return [
+        sql.SQL("SET {} {} = {}").format(sql.SQL(scope), sql.Identifier(name), sql.Literal(_ms(value)))
+        for name, value in (("lock_timeout", guards.lock_timeout), ("statement_timeout", guards.statement_timeout))
+    ]
+
+
+def migration_index(migrations: Sequence[Migration], ref: str) -> int:
+    """The position of the migration *ref* names (its version or its id); :class:`ConfigError` (exit 2) when none does."""
+    for index, migration in enumerate(migrations):
+        if ref in (migration.version, migration.id):
+            return index
+    known = ", ".join(m.id for m in migrations[-5:]) or "none"
+    raise ConfigError(f"unknown migration version {ref!r}: no migration file has it (the latest are: {known})")
+
 
 def _units(migration: Migration) -> list[tuple[int, int, BatchSpec | None]]:
     """How a non-transactional migration runs: ``(first, last, batch)`` statement ranges, in order.

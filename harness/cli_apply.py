@@ -1,7 +1,7 @@
-"""Command-line front end of ``apply``, ``dev-db``, ``backups`` and ``restore``.
+"""Command-line front end of ``apply``, ``rollback``, ``dev-db``, ``backups`` and ``restore``.
 
 Thin: each handler parses its options, calls the core (:mod:`harness.apply`,
-:mod:`harness.devdb`, :mod:`harness.backup`) and prints.  Handlers return an
+:mod:`harness.rollback`, :mod:`harness.devdb`, :mod:`harness.backup`) and prints.  Handlers return an
 exit code and raise :class:`~harness.errors.HarnessError` subclasses for
 errors, which :mod:`harness.cli` prints.
 """
@@ -31,6 +31,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     p.add_argument("--mode", choices=("development", "production"), help="override the plan's mode")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (production)")
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout (progress goes to stderr)")
+    p.add_argument("--to", metavar="VERSION", help="apply the pending migrations up to and including this version only")
+
+    p = sub.add_parser("rollback", help="roll back the newest applied migrations with their downs, under apply's guards")
+    p.add_argument("plan", help="plan name (plans/NAME.yaml) or path")
+    p.add_argument("--to", metavar="VERSION", help="roll back every migration applied after this version, newest first")
+    p.add_argument("--steps", metavar="N", type=int, help="roll back the newest N applied migrations")
+    p.add_argument("--dry-run", action="store_true", help="print exactly what would run; change nothing")
+    p.add_argument("--force", action="store_true",
+                   help="skip the rehearsal receipt gate and its proof of the downs (logged as a WARNING)")
+    p.add_argument("--mode", choices=("development", "production"), help="override the plan's mode")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (production)")
+    p.add_argument("--json", action="store_true", help="machine-readable result on stdout (progress goes to stderr)")
 
     p = sub.add_parser("dev-db", help="manage the local development database a plan without a target applies to")
     p.add_argument("action", choices=("start", "stop", "status", "url", "destroy"))
@@ -53,7 +65,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    return {"apply": _apply, "dev-db": _dev_db, "backups": _backups, "restore": _restore}
+    return {"apply": _apply, "rollback": _rollback, "dev-db": _dev_db, "backups": _backups, "restore": _restore}
 
 
 def _emit(data: Any) -> None:
@@ -73,10 +85,29 @@ def _apply(args: argparse.Namespace) -> int:
     from .apply import ApplyOptions, apply_plan
 
     plan = _load(args.plan)
-    options = ApplyOptions(dry_run=args.dry_run, force=args.force, mode=args.mode, yes=args.yes)
+    options = ApplyOptions(dry_run=args.dry_run, force=args.force, mode=args.mode, yes=args.yes, to=args.to)
     out = sys.stderr if args.json else sys.stdout
     try:
         result = apply_plan(plan, options, out=out)
+    except HarnessError as exc:
+        partial = getattr(exc, "result", None)
+        if args.json and partial is not None:
+            _emit(partial.to_dict())
+        raise
+    if args.json:
+        _emit(result.to_dict())
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from .apply import ApplyOptions
+    from .rollback import rollback_plan
+
+    plan = _load(args.plan)
+    options = ApplyOptions(dry_run=args.dry_run, force=args.force, mode=args.mode, yes=args.yes)
+    out = sys.stderr if args.json else sys.stdout
+    try:
+        result = rollback_plan(plan, options, to=args.to, steps=args.steps, out=out)
     except HarnessError as exc:
         partial = getattr(exc, "result", None)
         if args.json and partial is not None:

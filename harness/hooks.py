@@ -14,7 +14,10 @@ plan hook is one of
     imported (the plan's root is on ``sys.path`` while importing) and called
     with a :class:`HookContext`.
 
-A command gets ``HARNESS_PHASE``, ``HARNESS_PLAN``, ``HARNESS_MODE``,
+Rollbacks (``harness rollback``) run the same events, with
+``HookContext.command`` (``HARNESS_COMMAND``) ``rollback`` instead of
+``apply`` and each down as a "migration".
+A command gets ``HARNESS_PHASE``, ``HARNESS_COMMAND``, ``HARNESS_PLAN``, ``HARNESS_MODE``,
 ``HARNESS_MIGRATION`` (empty outside a migration), ``HARNESS_DATABASE`` (the
 target without its password), ``HARNESS_BACKUP`` (the backup file, or for the
 ``backup`` event the file the hook should write) and ``HARNESS_DATABASE_URL``,
@@ -74,6 +77,7 @@ class HookContext:
     backup: str | None = None
     applied: tuple[str, ...] = ()
     error: str | None = None
+    command: str = "apply"  # the run the hook belongs to: "apply" or "rollback"
 
     def at(self, phase: str, **changes: Any) -> HookContext:
         """A copy for another phase (and other fields)."""
@@ -90,6 +94,7 @@ class HookContext:
             "HARNESS_BACKUP": self.backup or "",
             "HARNESS_APPLIED": " ".join(self.applied),
             "HARNESS_ROOT": self.root,
+            "HARNESS_COMMAND": self.command,
         }
 
 

@@ -2,9 +2,11 @@
 
 A receipt names the plan, the hash of the plan file, the checksum of every
 migration, the schema digest after each migration and the full expected
-final schema, the PostgreSQL version rehearsed on, and when.  Production
-apply refuses to run unless a receipt matches the plan and migrations it is
-about to apply.
+final schema, which proofs each migration's down passed (``rollback``,
+``chain_rollback``), the PostgreSQL version rehearsed on, and when.
+Production apply refuses to run unless a receipt matches the plan and
+migrations it is about to apply; production rollback also needs the proofs
+of the downs it is about to run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,17 +32,22 @@ __all__ = [
     "write_receipt",
     "read_receipt",
     "verify_receipt",
+    "DOWN_PROOFS",
     "server_major",
     "server_version_problem",
 ]
 
-_FORMAT = 3
+_FORMAT = 4
 # Format 1 digests hashed each snapshot's whole JSON text; format 2 ones are
 # snapshot.SchemaDigest.  Format 3 snapshots hold function bodies as text
 # (format 2 ones, a hash of it): the schema of an older receipt does not
 # compare with a snapshot taken now, so older receipts are refused and the
-# plan is rehearsed again.
+# plan is rehearsed again.  Format 4 adds ``downs`` (format 3 receipts are
+# read with ``downs = None``: good for apply, not for rollback).
 _OLDEST_FORMAT = 3
+
+#: The rehearsal items that prove a down, as a receipt's ``downs`` records them.
+DOWN_PROOFS = ("rollback", "chain_rollback")
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,8 @@ class Receipt:
     final_snapshot: Snapshot
     server_version: str
     created_at: str
+    #: migration id -> the items of DOWN_PROOFS that passed for its down; ``None``: a receipt older than format 4.
+    downs: dict[str, tuple[str, ...]] | None = None
 
     def to_json(self) -> str:
         """The receipt as JSON text."""
@@ -62,6 +72,7 @@ class Receipt:
             "plan_sha256": self.plan_sha256,
             "migrations": self.migrations,
             "digests": self.digests,
+            "downs": {mid: list(proofs) for mid, proofs in self.downs.items()} if self.downs is not None else None,
             "server_version": self.server_version,
             "created_at": self.created_at,
             "final_snapshot": json.loads(self.final_snapshot.to_json()),
@@ -82,6 +93,8 @@ class Receipt:
             final_snapshot=Snapshot.from_json(json.dumps(data["final_snapshot"])),
             server_version=data["server_version"],
             created_at=data["created_at"],
+            downs=({mid: tuple(proofs) for mid, proofs in data["downs"].items()}
+                   if isinstance(data.get("downs"), dict) else None),
         )
 
 
@@ -96,8 +109,13 @@ def write_receipt(
     digests: dict[str, str],
     final_snapshot: Snapshot,
     server_version: str,
+    downs: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
-    """Write the receipt atomically and return its path."""
+    """Write the receipt atomically and return its path.
+
+    *downs* maps a migration id to the items of :data:`DOWN_PROOFS` that
+    passed for its down (an id without passed proofs maps to nothing).
+    """
     receipt = Receipt(
         plan=plan.name,
         plan_sha256=plan.sha256,
@@ -106,6 +124,7 @@ def write_receipt(
         final_snapshot=final_snapshot,
         server_version=server_version,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        downs={m.id: tuple((downs or {}).get(m.id, ())) for m in migrations},
     )
     path = receipt_path(plan)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1561,6 +1561,8 @@ class Rehearsal:
             self.migrations[i].transactional and self.migrations[i].down_transactional for i in chain
         )
         column_order_only: list[str] = []
+        # Which downs the chain proved, for the receipt (rollback on the target needs this proof).
+        chained: dict[str, Any] = {"chain": [self.migrations[i].id for i in chain]}
         tracked = self._chain_tracked(chain) if transactional and self._tracking else None
         if tracked is not None:
             for index, changes in tracked:
@@ -1578,9 +1580,10 @@ class Rehearsal:
                 "column order differs after down (visible to SELECT * and COPY):\n  " + "\n  ".join(column_order_only)
             )
             if getattr(self.plan, "column_order", "error") == "warn":
-                return Outcome(PASSED, f"chain rolled back to {where}; warning: {message}")
+                return Outcome(PASSED, f"chain rolled back to {where}; warning: {message}", details=chained)
             raise _Fail(message)
-        return Outcome(PASSED, f"{len(chain)} downs rolled the chain back from head to {where}, each restoring its state")
+        return Outcome(PASSED, f"{len(chain)} downs rolled the chain back from head to {where}, each restoring its state",
+                       details=chained)
 
     def _chain_untracked(self, chain: list[int], transactional: bool, column_order_only: list[str]) -> None:
         """Every down of *chain* in turn, each compared with a full snapshot of the state before it."""
@@ -1830,7 +1833,21 @@ class Rehearsal:
                 digest.replace(key, objects.get(key), attrs)
             _apply_object_changes(objects, changes)
             digests[migration.id] = digest.hexdigest()
-        return write_receipt(self.plan, self.migrations, digests, final, self.server.version)
+        return write_receipt(self.plan, self.migrations, digests, final, self.server.version, downs=self._down_proofs())
+
+    def _down_proofs(self) -> dict[str, list[str]]:
+        """Per migration, the items that proved its down in this rehearsal: ``rollback`` (up → down → up, passed
+        or proved by the cached prefix) and ``chain_rollback`` (the chain from head back through it)."""
+        chain = self._results.get("chain_rollback")
+        chained = set(chain.details.get("chain", ())) if chain is not None and chain.status == PASSED else set()
+        proofs: dict[str, list[str]] = {}
+        for migration in self.migrations:
+            own = self._results.get(f"{migration.id}::rollback")
+            proofs[migration.id] = [
+                *(["rollback"] if own is not None and own.status in (PASSED, CACHED) else []),
+                *(["chain_rollback"] if migration.id in chained else []),
+            ]
+        return proofs
 
     def snapshot_at(self, index: int) -> Snapshot | None:
         """The schema after migration *index* (``-1``: before the first), when known.

@@ -7,6 +7,7 @@ runner = ProductionMigrationRunner(plan="plans/production.yaml", backup_enabled=
                                    hooks={"post_run": [notify]})
 runner.rehearse()      # RehearsalResult: every item with its outcome, and the receipt path
 result = runner.run()  # ApplyResult: applied migrations, backup, verification, health, timings
+runner.rollback(steps=1)  # RollbackResult: the newest migration rolled back with its down
 runner.status()        # history.Status: applied, pending, changed, missing, failed
 ```
 
@@ -18,6 +19,7 @@ receipt written for the plan file still matches.
 
 The command line is a thin wrapper over the same functions:
 ``harness apply`` calls :func:`harness.apply.apply_plan`, ``harness
+rollback`` calls :func:`harness.rollback.rollback_plan`, ``harness
 rehearse`` calls :func:`rehearse_plan` and ``harness status`` calls
 :func:`status_target` and :func:`read_status`, so the API and the CLI cannot
 drift apart.  Nothing here starts a server itself: rehearsals get theirs from
@@ -48,6 +50,7 @@ from .plan import Hook, Plan, load_plan
 from .redact import describe_dsn, register_dsn
 from .cache import PrefixCache
 from .rehearsal import CACHED, FAILED, PASSED, SKIPPED, Item, Outcome, Rehearsal
+from .rollback import RollbackResult, rollback_plan
 from .sources import Migration, load_plan_migrations
 
 __all__ = [
@@ -370,13 +373,24 @@ class MigrationRunner:
             target=self.target,
         )
 
-    def run(self) -> ApplyResult:
+    def run(self, *, to: str | None = None) -> ApplyResult:
         """Apply the plan's pending migrations (``harness apply``); the :class:`~harness.apply.ApplyResult`.
 
-        Raises the :class:`~harness.errors.HarnessError` subclass of a failure,
-        with the partial result as ``exc.result``.
+        *to* (a version or migration id) stops after that migration
+        (``harness apply --to``).  Raises the
+        :class:`~harness.errors.HarnessError` subclass of a failure, with the
+        partial result as ``exc.result``.
         """
-        return apply_plan(self.plan, self.options, out=self.out)
+        options = dataclasses.replace(self.options, to=to) if to is not None else self.options
+        return apply_plan(self.plan, options, out=self.out)
+
+    def rollback(self, *, to: str | None = None, steps: int | None = None) -> RollbackResult:
+        """Roll back every migration applied after version *to*, or the newest *steps* (``harness rollback``).
+
+        Exactly one of the two; guards, receipt, backup and verification as
+        for :meth:`run` (see :mod:`harness.rollback`).  Raises like :meth:`run`.
+        """
+        return rollback_plan(self.plan, self.options, to=to, steps=steps, out=self.out)
 
     def rehearse(
         self, *, select: str | None = None, exitfirst: bool = False, on_item: OnItem | None = None
