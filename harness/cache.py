@@ -191,7 +191,14 @@ def prefix_keys(
     }
     key = hashlib.sha256(_canonical(settings)).hexdigest()
     keys = []
+    steps: dict[str, str] = {}  # most migrations share a few step settings: described once each
     for migration in migrations:
+        config = configs[migration.id]
+        # The same text for the same settings within one process: a memo key only (the hash is of _plain).
+        seen = repr(dataclasses.replace(config, migration="", line=0))
+        step = steps.get(seen)
+        if step is None:
+            step = steps[seen] = hashlib.sha256(_canonical(config)).hexdigest()
         described = {
             "id": migration.id,
             "version": migration.version,
@@ -210,9 +217,11 @@ def prefix_keys(
             "down_error": migration.down_error,
             "findings": migration.findings,
             "requires": migration.requires,
-            "step": configs[migration.id],
+            "step": step,
         }
-        key = hashlib.sha256(key.encode() + _canonical(described)).hexdigest()
+        # Strings, flags and tuples of frozen dataclasses (batches, findings), whose repr is their value.
+        text = json.dumps(described, sort_keys=True, separators=(",", ":"), default=repr)
+        key = hashlib.sha256(key.encode() + text.encode()).hexdigest()
         keys.append(key)
     return keys
 

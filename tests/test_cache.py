@@ -293,3 +293,22 @@ def test_a_bad_cache_setting_is_a_plan_error(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("migrations: migrations/\nrehearsal: {cache: true}\n")
     with pytest.raises(PlanError, match="a directory or false"):
         load_plan(tmp_path / "p.yaml")
+
+
+def test_harness_rehearse_shows_cached_items(tmp_path: Path, ran: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from _apply_helpers import cli
+
+    plan_path = _project(tmp_path, ran, 2)
+    code, out, err = cli(["rehearse", str(plan_path)], capsys)
+    assert code == 0 and "CACHED" not in out, out + err
+    receipt = hashlib.sha256((tmp_path / ".harness" / "receipts" / "p.json").read_bytes()).hexdigest()
+    code, out, err = cli(["rehearse", str(plan_path), "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["cached"] == 14 and report["passed"] == 1  # chain_rollback
+    assert {i["status"] for i in report["items"] if i["id"] != "p::chain_rollback"} == {"cached"}
+    assert report["items"][0]["message"] == f"verified by rehearsal {receipt[:12]} (cached)"
+    code, out, err = cli(["rehearse", str(plan_path)], capsys)
+    assert code == 0 and f"CACHED 1_users::apply: verified by rehearsal {receipt[:12]} (cached)" in out
+    assert "1 passed, 0 failed, 0 skipped, 14 cached" in out
+    code, out, err = cli(["rehearse", str(plan_path), "--no-cache"], capsys)
+    assert code == 0 and "CACHED" not in out and "15 passed" in out

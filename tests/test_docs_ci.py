@@ -38,3 +38,17 @@ def test_the_harness_commands_of_the_example_are_accepted_by_the_cli() -> None:
 def test_docs_link_the_ci_guide() -> None:
     assert "docs/ci.md" in (ROOT / "README.md").read_text()
     assert "examples/migration-gate.yml" in (ROOT / "docs" / "ci.md").read_text()
+
+
+def test_the_example_workflow_keeps_the_rehearsal_cache_between_runs() -> None:
+    """The actions/cache step restores .harness/cache before the rehearsal and saves it after (its post step)."""
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["rehearse"]["steps"]
+    names = [step.get("uses", "").split("@")[0] or step.get("run", "") for step in steps]
+    cache = names.index("actions/cache")
+    rehearse = next(i for i, n in enumerate(names) if n.startswith("pytest --migrate-plan "))
+    assert cache < rehearse
+    settings = steps[cache]["with"]
+    assert settings["path"] == ".harness/cache"  # the default of a plan's rehearsal.cache
+    assert "hashFiles('migrations/**'" in settings["key"]
+    assert any(line.endswith("-main-") for line in settings["restore-keys"].split())
+    assert "actions/cache" in (ROOT / "docs" / "ci.md").read_text()
