@@ -62,7 +62,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from . import adopt, history
+from . import adopt, history, mirror
 from .batch import BatchSpec, BatchState, next_batch, resolve_target
 from .checks import check_problem
 from .connection import CONNECTION_LOST, RETRYABLE, check_conninfo, classify_connect_error
@@ -285,6 +285,8 @@ class _Run:
         self.production = self.mode == "production"
         # The plan says how to read its folder: layout and substitutions (docs/layouts.md).
         self.migrations = load_plan_migrations(plan)
+        # `history: {mirror: <tool>}`: the other tool's history rows, written with ours (harness.mirror).
+        self.mirror = mirror.mirror_for(plan.history_mirror, self.migrations, plan.migrations_dir)
         plan.bind([(m.id, m.version) for m in self.migrations])
         # Index of the last migration the plan's baseline covers (-1: no baseline).
         self.baseline_index = baseline_index(self.migrations, plan.baseline)
@@ -835,6 +837,8 @@ class _Run:
         """
         layout = self.migrations[0].layout if self.migrations else self.plan.layout
         problems = [f"{p} (foreign history)" for p in adopt.blocking_problems(conn, self.migrations, layout=layout)]
+        if self.mirror is not None:
+            problems += [f"{p} (history.mirror)" for p in self.mirror.problems(conn)]
         if problems:
             return problems
         adoption = adopt.plan_adoption(conn, self.migrations, layout=layout)
@@ -876,7 +880,7 @@ class _Run:
                 recorded = {r.version for r in history.read_applied(conn)}
                 for migration in baselined:
                     if migration.version not in recorded:
-                        history.record_applied(conn, migration, execution_ms=0, mode="baseline")
+                        self._record(conn, migration, execution_ms=0, mode="baseline")
 
         self._retrying("recording the baseline", attempt)
         self.result.baselined = [m.id for m in baselined]
@@ -896,7 +900,7 @@ class _Run:
         # With a baseline to record, the target must already look like the rehearsal after the baseline.
         index = self.baseline_index if self.baselined else len(status.applied) - 1
         last = self.migrations[index].id if index >= 0 else None
-        actual = take_snapshot(conn)
+        actual = self._schema(conn)
         self.snapshot = actual
         expected_digest = None
         if self.receipt is not None and last is not None:
@@ -936,7 +940,7 @@ class _Run:
         applied = [m for _, m in status.applied if m is not None and m.id not in outdated]
         ids = {m.id for m in applied}
         sequence = applied + [m for m in sequence if m.id not in ids]
-        actual = take_snapshot(conn)
+        actual = self._schema(conn)
         self.snapshot = actual
         rl.say(f"  drift: rehearsing the {len(applied)} applied migrations in the order they ran, to compare ...")
         with rl.progress("drift rehearsal"):
@@ -1020,7 +1024,7 @@ class _Run:
             migration.batches and not migration.no_transaction)
         upto = done + 2 if single else done + 1
         where = f"after statement {done + 1} of {len(statements)} of {migration.id}"
-        actual = take_snapshot(conn)
+        actual = self._schema(conn)
         self.snapshot = actual
         rl.say(f"  drift: {migration.id} was left part-way by an earlier run ({progress.describe(len(statements)) if progress else ''}); "
                "rehearsing the plan up to there to compare the schema ...")
@@ -1214,6 +1218,26 @@ class _Run:
         for statement in timeout_settings(self.guards, scope):
             conn.execute(statement)
 
+    def _record(self, conn: psycopg.Connection[Any], migration: Migration, *, execution_ms: int, mode: str) -> None:
+        """Record *migration* as applied in our history and, with ``history.mirror``, the other tool's, in the
+        caller's transaction."""
+        history.record_applied(conn, migration, execution_ms=execution_ms, mode=mode)
+        if self.mirror is not None:
+            self.mirror.record(conn, migration, execution_ms=execution_ms)
+
+    def _unrecord(self, conn: psycopg.Connection[Any], migration: Migration) -> None:
+        """Remove *migration*'s history rows after its down ran (ours, and the mirrored tool's), in the caller's
+        transaction.  Every down path calls this (a rollback command too)."""
+        history.remove_applied(conn, migration.version)
+        if self.mirror is not None:
+            self.mirror.remove(conn, migration)
+
+    def _schema(self, conn: psycopg.Connection[Any]) -> Snapshot:
+        """The target's schema for comparing with the rehearsal's: without the mirrored tool's history table,
+        which no rehearsal creates."""
+        actual = take_snapshot(conn)
+        return self.mirror.without_table(conn, actual) if self.mirror is not None else actual
+
     def _recorded(self, conn: psycopg.Connection[Any], migration: Migration) -> bool:
         """Whether the history already has *migration* (a commit whose answer was lost did happen)."""
         return any(r.version == migration.version and r.checksum == migration.checksum and r.success
@@ -1244,7 +1268,7 @@ class _Run:
             t0 = time.perf_counter()
             self._begin(conn)
             run_statements(conn, migration.statements, migration.path, timings=timings)
-            history.record_applied(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
+            self._record(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
             self._commit(conn)
             return timings
 
@@ -1268,7 +1292,7 @@ class _Run:
                 current["m"] = migration
                 t0 = time.perf_counter()
                 run_statements(conn, migration.statements, migration.path)
-                history.record_applied(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
+                self._record(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
                 self.rl.say(f"[{number}/{len(pending)}] {migration.id} ran ({_plural(len(migration.statements), 'statement')})")
             self._commit(conn)
 
@@ -1382,7 +1406,7 @@ class _Run:
                 return
             with c.transaction():
                 self._verify_lock(c, rollback=False)
-                history.record_applied(c, migration, execution_ms=int(sum(s for _, s in timings) * 1000), mode=self.mode)
+                self._record(c, migration, execution_ms=int(sum(s for _, s in timings) * 1000), mode=self.mode)
                 c.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_PROGRESS), [migration.version])
                 if migration.batches:
                     c.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_BATCH_PROGRESS), [migration.version])
@@ -1606,7 +1630,7 @@ class _Run:
             return "skipped (no matching receipt)"
         if self.stop is not None and self.stop < len(self.migrations) - 1:
             return self._verify_at(self.stop)
-        actual = take_snapshot(self._live())
+        actual = self._schema(self._live())
         changes = diff_snapshots(self.receipt.final_snapshot, actual)
         self.rl.event("verification", outcome="failed" if changes else "passed",
                       changes=[c.describe() for c in changes[:200]])
@@ -1630,7 +1654,7 @@ class _Run:
             return "skipped (no matching receipt)"
         mid = self.migrations[index].id if index >= 0 else None
         at = f"after {mid}" if mid else "before the first migration"
-        actual = take_snapshot(self._live())
+        actual = self._schema(self._live())
         digest = self.receipt.digests.get(mid) if mid else None
         if digest is not None and digest == actual.digest:
             self.rl.event("verification", outcome="passed", at=mid, digest=digest)
@@ -1760,13 +1784,14 @@ class _Run:
                 if transactional:
                     self._begin(conn)
                     run_statements(conn, statements, path)
-                    history.remove_applied(conn, migration.version)
+                    self._unrecord(conn, migration)
                     self._commit(conn)
                 else:
                     self._set_local(conn, "SESSION")
                     self._verify_lock(conn)
                     run_statements(conn, statements, path)
-                    history.remove_applied(conn, migration.version)
+                    with conn.transaction():  # our row and the mirrored one go together
+                        self._unrecord(conn, migration)
                     conn.execute("RESET lock_timeout")
                     conn.execute("RESET statement_timeout")
 
@@ -1872,7 +1897,7 @@ class _Run:
         elif self.production and conn is not None:
             index = self.baseline_index if self.baselined else len(status.applied) - 1
             last = self.migrations[index].id if 0 <= index < len(self.migrations) else None
-            actual = take_snapshot(conn)
+            actual = self._schema(conn)
             digest = self.receipt.digests.get(last) if self.receipt and last else None
             if digest is None:
                 add("drift: apply would rehearse the plan up to the target's version and compare schemas")
@@ -1952,6 +1977,8 @@ class _Run:
         add(f"[{number}/{total}] {migration.id} ({relpath(migration.path)}, {_plural(len(migration.statements), 'statement')})")
         self._dry_hooks(add, "pre_migration", migration=migration)
         record = f"-- record {migration.id} in {history.SCHEMA}.{history.TABLE}"
+        if self.mirror is not None:
+            record += f" and {self.mirror.tool}'s {self.mirror.spec.table} (history.mirror)"
         if migration.transactional:
             if not single:
                 add("  BEGIN;")
