@@ -206,12 +206,28 @@ def _remove_flyway(conn: Conn, table: sql.Composable, w: _Write) -> None:
 
 
 def _supabase_statements(migration: Migration) -> list[str]:
-    # The CLI stores each statement trimmed, without its semicolon (parser.SplitAndTrim).
-    out = []
+    """The statements as the CLI stores them (parser.SplitAndTrim): the text from one semicolon to the next,
+    leading comments included, without the semicolon, trimmed."""
+    text = migration.sql
+    starts = [0]
+    for line in text.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    out: list[str] = []
+    cut = 0
     for statement in migration.statements:
-        text = statement.sql.strip().rstrip(";").strip()
-        if text:
-            out.append(text)
+        begin = starts[statement.line - 1] + statement.column - 1 if statement.line <= len(starts) else -1
+        if text[begin:begin + len(statement.sql)] != statement.sql:
+            out.append(statement.sql.strip())  # not where the parser said (never seen): the statement alone
+            continue
+        end = text.find(";", begin + len(statement.sql))
+        end = len(text) if end < 0 else end + 1
+        token = text[cut:end].rstrip(";").strip()
+        cut = end
+        if token:
+            out.append(token)
+    rest = text[cut:].rstrip(";").strip()
+    if rest:
+        out.append(rest)  # the CLI keeps a last token without a semicolon (a trailing comment) too
     return out
 
 
