@@ -55,7 +55,6 @@ from .hooks import describe_hook
 from .plan import Plan
 from .receipt import DOWN_PROOFS, verify_receipt
 from .redact import scrub
-from .snapshot import take_snapshot
 from .sources import Migration, Statement
 
 __all__ = ["RollbackResult", "Step", "rollback_plan"]
@@ -170,15 +169,17 @@ class _Statements:
 
 @dataclass(frozen=True)
 class _Forget:
-    """Delete the migration's history row (in the unit's transaction)."""
+    """Delete the migration's history row, and with ``history.mirror`` the other tool's (in the unit's transaction)."""
 
     migration: Migration
+    mirror: str | None  # the mirrored tool's history table, when the plan keeps one in step
 
     def execute(self, run: _Rollback, conn: psycopg.Connection[Any]) -> None:
-        history.remove_applied(conn, self.migration.version)
+        run._unrecord(conn, self.migration)
 
     def describe(self) -> list[str]:
-        return [f"-- delete {self.migration.id} from {history.SCHEMA}.{history.TABLE} (same transaction)"]
+        also = f" and from {self.mirror}'s history table" if self.mirror else ""
+        return [f"-- delete {self.migration.id} from {history.SCHEMA}.{history.TABLE}{also} (same transaction)"]
 
 
 @dataclass(frozen=True)
@@ -190,9 +191,10 @@ class _Unit:
     forgets: bool  # the unit removes the history row: a retry after a lost COMMIT first checks it is still there
 
 
-def _down_units(migration: Migration, guards: Any) -> list[_Unit]:
+def _down_units(migration: Migration, guards: Any, mirror: str | None) -> list[_Unit]:
     """How the down of *migration* runs: one transaction, or statement by statement then the history row."""
     assert migration.down_statements is not None and migration.down_path is not None
+    forget = _Forget(migration, mirror)
     statements = tuple(migration.down_statements)
     path = migration.down_path
     total = len(statements)
@@ -201,7 +203,7 @@ def _down_units(migration: Migration, guards: Any) -> list[_Unit]:
         return [_Unit(
             f"down of {migration.id}",
             (begin, *map(_Sql, timeout_settings(guards, "LOCAL")), _ProveLock(),
-             _Statements(statements, path, 0, total), _Forget(migration), _ProveLock(), commit),
+             _Statements(statements, path, 0, total), forget, _ProveLock(), commit),
             forgets=True,
         )]
     # Non-transactional (CREATE INDEX CONCURRENTLY..., or declared so by the layout): each statement commits on
@@ -214,7 +216,7 @@ def _down_units(migration: Migration, guards: Any) -> list[_Unit]:
     ]
     reset = (_Sql(sql.SQL("RESET lock_timeout")), _Sql(sql.SQL("RESET statement_timeout")))
     units.append(_Unit(f"removing {migration.id} from the history",
-                       (*reset, begin, _ProveLock(), _Forget(migration), _ProveLock(), commit), forgets=True))
+                       (*reset, begin, _ProveLock(), forget, _ProveLock(), commit), forgets=True))
     return units
 
 
@@ -253,7 +255,7 @@ class _DownStep:
 
     def __init__(self, run: _Rollback, migration: Migration) -> None:
         self.migration = migration
-        self.units = _down_units(migration, run.guards)
+        self.units = _down_units(migration, run.guards, run._mirror_table())
         assert migration.down_path is not None and migration.down_statements is not None
         kind = ("in one transaction" if migration.down_transactional
                 else "statement by statement (non-transactional)")
@@ -521,6 +523,9 @@ class _Rollback(_Run):
             steps.append(_RetentionStep())
         return steps
 
+    def _mirror_table(self) -> str | None:
+        return self.plan.history_mirror if self.mirror is not None else None
+
     def _still_applied(self, conn: psycopg.Connection[Any], migration: Migration) -> bool:
         return any(r.version == migration.version for r in history.read_applied(conn))
 
@@ -706,7 +711,7 @@ class _Rollback(_Run):
         digest = self.receipt.digests.get(last.id) if self.receipt is not None and last is not None else None
         if digest is None:
             add("drift: rollback would rehearse the plan up to the target's version and compare schemas")
-        elif digest == take_snapshot(conn).digest:
+        elif digest == self._schema(conn).digest:
             add(f"drift: none (schema digest matches the rehearsal after {last.id if last else '?'})")
         else:
             refuse("drift", f"the schema differs from the rehearsal after {last.id if last else '?'}")

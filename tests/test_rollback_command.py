@@ -404,3 +404,20 @@ def test_password_never_appears(
         assert secret not in text
     assert any(role in t for t in texts)  # the user is shown, so the check is not vacuous
     assert history_versions(dsn) == ["1", "2", "3"]
+
+
+def test_rollback_keeps_a_mirrored_history_in_step(tmp_path: Path, db_dsn: str) -> None:
+    plan_path = write_project(tmp_path, {
+        "1_a.up.sql": "CREATE TABLE a (id int);", "1_a.down.sql": "DROP TABLE a;",
+        "2_b.up.sql": "CREATE TABLE b (id int);", "2_b.down.sql": "DROP TABLE b;",
+    }, "layout: golang-migrate\nhistory: {mirror: golang-migrate}\n")
+    plan = load(plan_path, db_dsn)
+    result, out, error = apply(plan)
+    assert error is None and query(db_dsn, "SELECT version, dirty FROM schema_migrations") == [(2, False)], out
+    text = io.StringIO()
+    dry = rollback_plan(plan, ApplyOptions(dry_run=True), steps=1, out=text)
+    assert "and from golang-migrate's history table (same transaction)" in "\n".join(dry.dry_run_plan)
+    rolled = rollback_plan(plan, ApplyOptions(), steps=1, out=None)
+    assert rolled.rolled_back == ["2_b"] and history_versions(db_dsn) == ["1"]
+    assert query(db_dsn, "SELECT version, dirty FROM schema_migrations") == [(1, False)]
+    assert not table_exists(db_dsn, "public.b")
