@@ -1628,8 +1628,9 @@ class _Run:
             return "skipped (development mode)"
         if self.receipt is None or not self.receipt_valid:
             return "skipped (no matching receipt)"
-        if self.stop is not None and self.stop < len(self.migrations) - 1:
-            return self._verify_at(self.stop)
+        reached = self._reached()
+        if reached is not None:
+            return self._verify_at(reached)
         actual = self._schema(self._live())
         changes = diff_snapshots(self.receipt.final_snapshot, actual)
         self.rl.event("verification", outcome="failed" if changes else "passed",
@@ -1640,6 +1641,15 @@ class _Run:
                 + _indent(format_changes(changes))
             )
         return "passed (schema equals the rehearsal's final schema)"
+
+    def _reached(self) -> int | None:
+        """With ``--to``, the index of the newest migration the target has after this run, when it is not the
+        last file (verification compares there); ``None``: the receipt's final schema."""
+        if self.stop is None:
+            return None
+        done = {*self.result.skipped, *self.result.baselined, *(m.id for m in self.pending)}
+        reached = max((i for i, m in enumerate(self.migrations) if m.id in done), default=-1)
+        return reached if reached < len(self.migrations) - 1 else None
 
     def _verify_at(self, index: int) -> str:
         """Verification against the rehearsal's schema after migration *index* (``-1``: before the first).
@@ -1924,9 +1934,10 @@ class _Run:
                 self._dry_migration(add, number, total, migration)
             if self.guards.transaction == "single":
                 add("COMMIT;")
-        if self.production and self.receipt_valid and self.stop is not None and self.stop < len(self.migrations) - 1:
-            add(f"verify: the schema must equal the rehearsal's schema after {self.migrations[self.stop].id} "
-                "(the receipt's digest)")
+        reached = self._reached()
+        if self.production and self.receipt_valid and reached is not None:
+            at = f"after {self.migrations[reached].id}" if reached >= 0 else "before the first migration"
+            add(f"verify: the schema must equal the rehearsal's schema {at} (the receipt's digest)")
         elif self.production:
             add("verify: the schema must equal the receipt's final schema" if self.receipt_valid
                 else "verify: skipped (no matching receipt)")

@@ -49,7 +49,7 @@ from .apply import (
     timeout_settings,
 )
 from .backup import list_backups
-from .errors import CheckFailed, ConfigError, GuardError, MigrationError
+from .errors import CheckFailed, ConfigError, GuardError, HarnessError, MigrationError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
 from .hooks import describe_hook
 from .plan import Plan
@@ -608,12 +608,20 @@ class _Rollback(_Run):
             return f"no migration after {self.migrations[self.to_index].id} is applied"
         return "no migration is applied"
 
-    def _summary(self) -> None:
-        rl = self.rl
+    def _pending_after(self) -> None:
+        """``result.pending``: the migration files the target does not have after this run."""
         if self.status is not None:
             gone = {m.id for m in self.rolled_back_now}
             applied = {m.id for _, m in self.status.applied if m is not None and m.id not in gone}
             self.result.pending = [m.id for m in self.migrations if m.id not in applied]
+
+    def _failed(self, exc: HarnessError) -> None:
+        super()._failed(exc)
+        self._pending_after()
+
+    def _summary(self) -> None:
+        rl = self.rl
+        self._pending_after()
         if self.result.rolled_back:
             timings = rl.timings
             parts = [f"{mid} ({_seconds(timings.get(f'rollback:{mid}', 0.0))})" for mid in self.result.rolled_back]

@@ -31,6 +31,22 @@ def test_a_receipt_of_an_older_format_is_refused(old_format: int | None) -> None
         Receipt.from_json(json.dumps(old))
 
 
+def test_format_4_records_the_proofs_of_each_down_and_format_3_still_reads() -> None:
+    """Rollback needs the proofs of its downs (format 4); apply still reads a format 3 receipt, without them."""
+    receipt = Receipt(
+        plan="p", plan_sha256="0" * 64, migrations={"1_a": "c", "2_b": "c"}, digests={"1_a": "d" * 64},
+        final_snapshot=Snapshot(objects={}), server_version="18", created_at="2026-12-01T00:00:00+00:00",
+        downs={"1_a": ("rollback", "chain_rollback"), "2_b": ()},
+    )
+    data = json.loads(receipt.to_json())
+    assert data["format"] == 4 and data["downs"] == {"1_a": ["rollback", "chain_rollback"], "2_b": []}
+    assert Receipt.from_json(receipt.to_json()).downs == {"1_a": ("rollback", "chain_rollback"), "2_b": ()}
+    data["format"] = 3
+    del data["downs"]
+    old = Receipt.from_json(json.dumps(data))
+    assert old.downs is None and old.digests == {"1_a": "d" * 64}
+
+
 # --------------------------------------------------------------------------
 # The PostgreSQL major of the rehearsal against the target's (real rehearsal and target)
 

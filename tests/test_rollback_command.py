@@ -339,6 +339,10 @@ def test_apply_to_stops_at_the_version_and_verifies_there(
     assert history_versions(seeded) == ["1", "2"] and _digest(seeded) == receipt.digests["2_orders"]
     code, out, err = cli(["apply", str(plan_path), "--to", "2", "--yes"], capsys)
     assert code == 0 and "nothing to apply" in out
+    # A target already past VERSION is verified where it is, not at VERSION.
+    assert cli(["apply", str(plan_path), "--yes"], capsys)[0] == 0
+    code, out, err = cli(["apply", str(plan_path), "--to", "1", "--yes"], capsys)
+    assert code == 0 and "nothing to apply" in out and "verification: passed" in out, out + err
 
 
 # ---------------------------------------------------------------------- the run lock, secrets
