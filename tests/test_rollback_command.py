@@ -270,8 +270,9 @@ def test_irreversible_migration_is_refused_before_any_change(
     reason = {"no down": "2_orders: it has no down migration", "empty down": "2_orders.down.sql) is empty",
               "rollback: none": "2_orders: its step declares it irreversible (rollback: none): backfill"}[irreversible]
     assert reason in err, err
-    # The backup to restore is the one taken just before 2_orders was applied.
-    assert f"harness restore {backups[1]}" in err and "harness backups p" in err
+    # The backup to restore is the one taken just before 2_orders was applied (its manifest lists it).
+    (before_2,) = [b for b in backups if json.loads(b.with_suffix(".json").read_text())["versions"] == ["2_orders"]]
+    assert f"harness restore {before_2}" in err and "harness backups p" in err
     assert history_versions(seeded) == ["1", "2"] and _digest(seeded) == before
     assert sorted((tmp_path / "backups").glob("*.dump")) == backups  # no backup taken: it refused first
     # The dry run says the same, and exits 1.
