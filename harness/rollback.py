@@ -503,8 +503,8 @@ class _Rollback(_Run):
     def _confirm_rollback(self) -> None:
         if not self.production or self.options.yes:
             return
-        self._ask(f"{self._describe_selection()[0].upper()}{self._describe_selection()[1:]} on {self.where}? [y/N] ",
-                  "production rollback")
+        what = self._describe_selection()
+        self._ask(f"{what[0].upper()}{what[1:]} on {self.where}? [y/N] ", "production rollback")
 
     # ------------------------------------------------------------------ the steps
 

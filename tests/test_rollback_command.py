@@ -239,6 +239,10 @@ def test_production_refuses_an_old_receipt_without_down_proofs(
     code, _, err = cli(["rollback", str(plan_path), "--steps", "1", "--yes"], capsys)
     assert code == 1 and "records no rehearsed downs" in err
     assert history_versions(seeded) == ["1", "2"]
+    # Without a terminal to ask, production needs --yes (exit 2), before any change.
+    code, _, err = cli(["rollback", str(plan_path), "--steps", "1", "--force"], capsys)
+    assert code == 2 and "production rollback to" in err and "pass --yes" in err
+    assert history_versions(seeded) == ["1", "2"]
     # --force rolls back anyway, loudly.
     code, out, err = cli(["rollback", str(plan_path), "--steps", "1", "--yes", "--force"], capsys)
     assert code == 0 and "WARNING: --force: rolling back although" in out, out + err
