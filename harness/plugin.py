@@ -257,8 +257,12 @@ class PlanFile(pytest.File):
         self.results[item.id] = status
 
     def green(self) -> bool:
-        """Whether every rehearsal item of the plan ran and passed (or was proved by a cached rehearsal)."""
-        return bool(self.expected) and all(self.results.get(i) in (PASSED, CACHED) for i in self.expected)
+        """Whether every rehearsal item of the plan ran and none failed.
+
+        A skipped item says what was not claimed (no down migration, ``rollback: none``); items skip for a
+        failed migration only after that failure. Cached items were proved by an earlier rehearsal.
+        """
+        return bool(self.expected) and all(self.results.get(i) in (PASSED, CACHED, SKIPPED) for i in self.expected)
 
     def write_receipt(self) -> Path | None:
         """Write the receipt once, if the plan is green."""

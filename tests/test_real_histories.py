@@ -22,6 +22,7 @@ from harness.postgres import Server
 from harness.rehearsal import FAILED, PASSED, SKIPPED, Rehearsal
 
 from _apply_helpers import apply, load, write_project
+from _apply_helpers import rehearse as rehearse_cli
 
 # Real histories are rarely re-runnable; the items under test here are apply, rollback, atomic and lint.
 DEFAULTS = "defaults: {idempotent: false, rollback: true, backward_compatible: true, lint: true}\n"
@@ -246,3 +247,25 @@ def test_apply_refuses_a_pending_migration_that_cannot_run(tmp_path: Path, db_ds
     with psycopg.connect(db_dsn) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM harness.schema_migrations ORDER BY version")]
     assert versions == ["1", "2"]
+
+
+def test_a_green_history_with_migrations_without_downs_writes_its_receipt(
+    tmp_path: Path, db_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipped items say what was not claimed (no down), not a failure: the receipt is written, apply runs."""
+    plan_path = write_project(tmp_path, {
+        "1_users.sql": USERS,
+        "1_users.down.sql": "DROP TABLE users;\n",
+        "2_audit.sql": "CREATE TABLE audit (at timestamptz NOT NULL DEFAULT now());\n",  # no down, as Prisma's
+    }, 'backup: {mode: none}\nsteps:\n  - {migration: "1", rollback: true}\n  - {migration: "2", rollback: true}\n',
+        mode="production")
+    receipt = rehearse_cli(plan_path, db_dsn, capsys, monkeypatch)
+    assert receipt.is_file()
+    result, out, error = apply(load(plan_path, db_dsn))
+    assert error is None, out
+    assert result is not None and result.applied == ["1_users", "2_audit"]
+    # The pytest plugin writes it too.
+    receipt.unlink()
+    code = pytest.main(["-q", "-p", "no:cacheprovider", "--migrate-plan", str(plan_path), "--migrate-cache", "false"])
+    capsys.readouterr()
+    assert code == 0 and receipt.is_file()
