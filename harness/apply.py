@@ -1368,7 +1368,7 @@ class _Run:
         """A migration that cannot run in one transaction: unit by unit, progress recorded after each.
 
         Without batched statements every statement is a unit of its own.  With
-        them (``-- harness:batch``, issue 7) the statements before a batched
+        them (``-- harness:batch``) the statements before a batched
         one run in one transaction (unless the layout declares the migration
         non-transactional), then the batches, each in its own transaction,
         then the rest: the progress row of a group or a batch commits with it,

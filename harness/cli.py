@@ -137,7 +137,7 @@ def _silence_stdout() -> None:
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler main() installs: writes to whatever ``sys.stderr`` is when a record is emitted.
 
-    Installed once per process (issue 7): calling main() again (tests, the
+    Installed once per process: calling main() again (tests, the
     Python API) finds it instead of adding a second one that would print
     every log line twice; and it follows pytest's per-test ``sys.stderr``
     instead of holding on to a closed one.
@@ -173,7 +173,7 @@ def _emit(data: Any, out: TextIO | None = None) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     from . import history
-    from .runner import read_status  # the Python API's status (issue 7): one code path
+    from .runner import read_status  # the Python API's status: one code path
 
     plan = _load_plan(args.plan) if args.plan else None
     dsn, note = _status_database(args, plan)
@@ -367,7 +367,7 @@ def _schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# ---------------------------------------------------------------------- layouts and adoption (issue 6)
+# ---------------------------------------------------------------------- layouts and adoption
 
 
 def _layout_handlers() -> dict[str, Any]:

@@ -85,7 +85,7 @@ SCHEMA = "harness"
 TABLE = "schema_migrations"
 
 #: How a history row came to be.  "baseline": recorded by apply without running it, because the
-#: target's schema already had everything up to the plan's baseline (issue 7, docs/apply.md).
+#: target's schema already had everything up to the plan's baseline (docs/apply.md).
 MODES = ("development", "production", "rehearsal", "adopted", "baseline")
 
 #: ``application_name`` of the lock connection, so people can see who holds it.

@@ -42,7 +42,7 @@ from .compat import breaking_changes, redefined_tables
 from .errors import HarnessError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
 from .layouts import supabase_folder
-from .locks import LockReport, judge, run_measured  # locks (issue 5)
+from .locks import LockReport, judge, run_measured
 from .plan import Check, Plan
 from .postgres import Server
 from .redact import scrub
@@ -137,8 +137,8 @@ class _Step:
     failure_rehearsal: str | None = None  # None = ok or not run; text = what remained
     failure_rehearsal_run: bool = False
     apply_seconds: float = 0.0
-    locks: LockReport | None = None  # locks (issue 5): measured while the up migration ran
-    batched: _BatchedRun | None = None  # batch (issue 7): the migration run in batches, on a copy of the state before
+    locks: LockReport | None = None  # locks: measured while the up migration ran
+    batched: _BatchedRun | None = None  # batch: the migration run in batches, on a copy of the state before
     # Tracked runs (see harness/tracking.py): the state after up, the objects
     # up changed, and what the second up, the down and the up after it changed.
     # The state, the data and the deltas serve only the migration's own items
@@ -158,7 +158,7 @@ class _Step:
 
 @dataclass
 class _BatchedRun:
-    """batch (issue 7): what running a migration in batches left on a copy of the working database."""
+    """batch: what running a migration in batches left on a copy of the working database."""
 
     snapshot: Snapshot | None = None
     data: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -184,10 +184,10 @@ class Rehearsal:
         # False when only the schema at some version is wanted (apply's drift
         # check, generate): no lock measurement, failure rehearsal or batched run.
         self._measure = measure
-        # Layouts and substitutions (issue 6): the plan says how to read its folder.
+        # Layouts and substitutions: the plan says how to read its folder.
         self.migrations = list(migrations) if migrations is not None else load_plan_migrations(plan)
         plan.bind([(m.id, m.version) for m in self.migrations])
-        # baseline (issue 6): index of the last migration the plan's baseline covers (-1: none).
+        # baseline: index of the last migration the plan's baseline covers (-1: none).
         self._baseline = baseline_index(self.migrations, getattr(plan, "baseline", None))
         self.configs = {m.id: plan.step_for(m.id, m.version) for m in self.migrations}
         self.dbname = f"mh_rehearsal_{uuid.uuid4().hex[:10]}"
@@ -472,7 +472,7 @@ class Rehearsal:
     def items(self) -> list[Item]:
         """Every item of the plan, in migration order then assertion order."""
         items: list[Item] = []
-        # baseline (issue 6): one item applies every migration up to the baseline; they get no other item.
+        # baseline: one item applies every migration up to the baseline; they get no other item.
         if self._baseline >= 0:
             items.append(Item(self.migrations[self._baseline], "baseline", self._baseline))
         for index, migration in enumerate(self.migrations):
@@ -482,9 +482,9 @@ class Rehearsal:
             if cfg.lint:
                 items.append(Item(migration, "lint", index))
             items.append(Item(migration, "apply", index))
-            if migration.batches:  # batch (issue 7): batched statements must give what one statement gives
+            if migration.batches:  # batch: batched statements must give what one statement gives
                 items.append(Item(migration, "batch", index))
-            if cfg.locks.enabled:  # locks (issue 5)
+            if cfg.locks.enabled:
                 items.append(Item(migration, "locks", index))
             if cfg.idempotent:
                 items.append(Item(migration, "idempotent", index))
@@ -498,7 +498,7 @@ class Rehearsal:
                 items.append(Item(migration, "preserve_rows", index))
             for check in cfg.checks:
                 items.append(Item(migration, "check", index, check))
-            if migration.verify_sql is not None:  # sqitch verify (issue 6): passes when the script runs without error
+            if migration.verify_sql is not None:  # sqitch verify: passes when the script runs without error
                 verify = Check(name="sqitch verify", sql=f"{migration.verify_sql}\n;\nSELECT true")
                 items.append(Item(migration, "check", index, verify))
         if self.migrations and getattr(self.plan, "schema_matches", False):
@@ -565,7 +565,7 @@ class Rehearsal:
         if self._broken and self._broken[0] < item.index and item.assertion != "lint":
             index, _reason = self._broken
             return Outcome(SKIPPED, f"depends on {self.migrations[index].id}, which failed to apply")
-        if item.assertion == "baseline":  # baseline (issue 6): apply the baseline migrations, assert nothing else
+        if item.assertion == "baseline":  # baseline: apply the baseline migrations, assert nothing else
             self._advance(item.index)
             if self._broken and self._broken[0] <= item.index:
                 failed = self.migrations[self._broken[0]].id
@@ -583,8 +583,8 @@ class Rehearsal:
             return Outcome(SKIPPED, f"{item.migration.id} failed to apply")
         handler = {
             "apply": self._apply_item,
-            "locks": self._locks,  # locks (issue 5)
-            "batch": self._batch,  # batch (issue 7)
+            "locks": self._locks,
+            "batch": self._batch,
             "idempotent": self._idempotent,
             "rollback": self._rollback,
             "atomic": self._atomic,
@@ -856,7 +856,7 @@ class Rehearsal:
         step = self._steps[index]
         self._sync_nodes()
         self._before(index)
-        if self._measure and migration.batches:  # batch (issue 7): the batched run needs the state before, first
+        if self._measure and migration.batches:  # batch: the batched run needs the state before, first
             step.batched = self._batched_run(migration)
         if self._measure and self._wants_atomic(index) and migration.transactional and not step.failure_rehearsal_run:
             step.failure_rehearsal = self._failure_rehearsal(migration, step)
@@ -866,7 +866,7 @@ class Rehearsal:
             self.conn.execute("BEGIN")
             start = _counters(self.conn)
             try:
-                self._run_up(index)  # locks (issue 5): measured when the locks item is on
+                self._run_up(index)  # locks: measured when the locks item is on
             except StatementFailed as exc:
                 self.conn.execute("ROLLBACK")
                 step.apply_error = self._apply_failure(exc)
@@ -885,7 +885,7 @@ class Rehearsal:
             step.touched = frozenset(touched)
         else:
             try:
-                self._run_up(index)  # locks (issue 5): measured when the locks item is on
+                self._run_up(index)  # locks: measured when the locks item is on
             except StatementFailed as exc:
                 step.apply_error = self._apply_failure(exc)
                 return
@@ -956,7 +956,7 @@ class Rehearsal:
                 step.failure_rehearsal_run = True
             measured = self._measure and cfg.locks.enabled and index > self._baseline
             try:
-                if measured:  # locks (issue 5): statement by statement, watching pg_locks
+                if measured:  # locks: statement by statement, watching pg_locks
                     self.conn.execute(f"BEGIN; {tracking.mark_sql()}".encode(), prepare=False)  # type: ignore[call-overload]
                     t0 = time.perf_counter()
                     self._run_up(index)
@@ -1236,7 +1236,7 @@ class Rehearsal:
             )
         return Outcome(PASSED, f"applied in {step.apply_seconds * 1000:.1f} ms")
 
-    # ---------------------------------------------------------------- locks (issue 5: measured safety)
+    # ---------------------------------------------------------------- locks (measured safety)
 
     def _run_up(self, index: int) -> None:
         """Run migration *index*'s up statements; measure its locks when its ``locks`` item is on."""
@@ -1269,7 +1269,7 @@ class Rehearsal:
 
     # ---------------------------------------------------------------- end locks
 
-    # ---------------------------------------------------------------- batch (issue 7: batched data migrations)
+    # ---------------------------------------------------------------- batch (batched data migrations)
 
     def _batched_run(self, migration: Migration) -> _BatchedRun:
         """Run *migration* with its ``-- harness:batch`` statements in batches, on a copy of the current state.

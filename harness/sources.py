@@ -46,7 +46,7 @@ from pglast import ast, enums, parser
 
 from .errors import SourceError
 
-if TYPE_CHECKING:  # batched data migrations (issue 7)
+if TYPE_CHECKING:  # batched data migrations
     from .batch import BatchSpec
 
 __all__ = [
@@ -281,7 +281,7 @@ class Migration:
     order_parts: tuple[int, ...] | None = None
     #: The text the version sorts by, for tools that compare versions as strings (wins over ``order_parts``).
     order_text: str | None = None
-    #: Statements marked ``-- harness:batch`` (issue 7, :mod:`harness.batch`): run in key-range batches.
+    #: Statements marked ``-- harness:batch`` (:mod:`harness.batch`): run in key-range batches.
     batches: tuple[BatchSpec, ...] = ()
     #: Why the up file cannot be run (unreadable, not UTF-8, does not parse, bad transaction control or
     #: batch directive), with file and line; ``statements`` is then empty.  Only this migration's items fail.
@@ -315,7 +315,7 @@ class Migration:
         False when the layout declares it runs outside one, when a
         statement cannot run inside one, or when a statement is batched.
         """
-        # A batched statement (issue 7) commits batch by batch, so its migration runs outside one transaction.
+        # A batched statement commits batch by batch, so its migration runs outside one transaction.
         return not self.no_transaction and not self.batches and all(s.transactional for s in self.statements)
 
     @property

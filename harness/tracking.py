@@ -484,7 +484,7 @@ def install(conn: psycopg.Connection[Any]) -> bool:
         log.info("event_triggers is off on this server: rehearsal snapshots are taken in full")
         return False
     catalogs, roles = _catalog_oids(conn, _SNAPSHOT_CATALOGS), _catalog_oids(conn, _ROLE_CATALOGS)
-    # The lock measurement's queries too (issue 5): functions keep their plans.
+    # The lock measurement's queries too: functions keep their plans.
     text = _install_sql(conn.info.server_version, catalogs, roles) + locks.server_functions_sql()
     with conn.transaction():
         conn.execute(text.encode(), prepare=False)  # type: ignore[call-overload]
