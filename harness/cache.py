@@ -1,8 +1,13 @@
 """The rehearsed-prefix cache: go on from where an earlier green rehearsal of the same history got to.
 
 An entry holds the rehearsal database after the first N migrations of a
-history (a ``pg_dump`` archive) and what the engine needs to go on from
-there: the schema before the first migration and what each migration
+history and what the engine needs to go on from there.  The database is a
+``pg_dump`` archive of the first M <= N migrations (M = N for an entry
+written by a cold rehearsal) to restore, and the migrations M+1..N to apply
+again after it: a rehearsal that went on from an entry has its archive at
+hand (a hard link: the two entries share one file) and writes no new dump
+until the migrations to apply again would be too many.  What the engine
+needs besides: the schema before the first migration and what each migration
 changed (the schema after every one is rebuilt from them, for receipts and
 ``chain_rollback``), the data fingerprints at the end, the roles the cluster
 had, and the verdict of every item of those migrations with the hash of the
@@ -57,11 +62,13 @@ __all__ = ["CacheError", "CachedItem", "Entry", "PrefixCache", "prefix_keys", "h
 
 log = logging.getLogger(__name__)
 
-_FORMAT = 1
+_FORMAT = 2
 # Entries kept per plan: the newest heads (a branch, main, the branch rebased on main...).
 _KEEP = 4
 # Keys of a step's settings that say where it was written, not what it asks.
 _PLACE_KEYS = frozenset({"line", "explicit", "migration"})
+#: At most this many migrations are applied again after an entry's archive; past that, a new archive is dumped.
+REPLAY_LIMIT = 8
 
 #: One object's attributes, or ``None`` when the migration removed it.
 Changes = dict[str, Mapping[str, Any] | None]
@@ -101,11 +108,22 @@ class Entry:
     roles: list[dict[str, Any]]
     memberships: list[tuple[str, str]]
     dump_sha256: str
+    #: How many migrations the archive holds; those after it, up to ``length``, are applied again on restore.
+    archive_length: int = -1
+
+    def __post_init__(self) -> None:
+        if self.archive_length < 0:
+            self.archive_length = self.length
 
     @property
     def dump(self) -> Path:
-        """The ``pg_dump`` archive of the rehearsal database after the prefix."""
+        """The ``pg_dump`` archive of the rehearsal database after the first ``archive_length`` migrations."""
         return self.path.with_suffix(".dump")
+
+    @property
+    def replayed(self) -> range:
+        """The indexes of the migrations applied again after the archive is restored."""
+        return range(self.archive_length, self.length)
 
     def schemas(self, every: int) -> tuple[list[Snapshot | None], Snapshot]:
         """The schema after each migration every *every* migrations (else ``None``), and the one after the last."""
@@ -267,6 +285,9 @@ class PrefixCache:
             raise ValueError(f"format {data.get('format') if isinstance(data, dict) else '?'}, expected {_FORMAT}")
         if data["key"] != key or data["length"] != length or len(data["changes"]) != length:
             raise ValueError("the entry does not describe the prefix its name says")
+        archive_length = data["archive_length"]
+        if not (isinstance(archive_length, int) and 0 < archive_length <= length):
+            raise ValueError(f"archive of {archive_length!r} migrations for a prefix of {length}")
         changes: list[Changes] = []
         for part in data["changes"]:
             delta: Changes = dict(part["set"])
@@ -290,6 +311,7 @@ class PrefixCache:
             roles=list(data["roles"]),
             memberships=[(str(r), str(m)) for r, m in data["memberships"]],
             dump_sha256=data["dump_sha256"],
+            archive_length=archive_length,
         )
 
     def discard(self, path: Path) -> None:
@@ -310,15 +332,25 @@ class PrefixCache:
         changes: Sequence[Changes],
         data: Mapping[str, tuple[int, str]],
         items: Sequence[CachedItem],
+        archive: Entry | None = None,
     ) -> Path:
-        """Dump *dbname* and write the entry for the prefix of ``len(changes)`` migrations; return its path."""
+        """Write the entry for the prefix of ``len(changes)`` migrations; return its path.
+
+        With *archive* (the entry the rehearsal went on from, whose archive
+        still holds what was restored), the new entry shares that archive and
+        the migrations after it are applied again on restore; otherwise
+        *dbname* is dumped.
+        """
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(OSError):
             os.chmod(self.directory, 0o700)
         path = self.directory / f"{key}.json"
         with _temporary(self.directory, ".dump") as dump_tmp:
-            _dump(server, dbname, dump_tmp)
-            dump_sha = _file_sha256(dump_tmp)
+            if archive is not None and _link(archive, dump_tmp):
+                dump_sha, archive_length = archive.dump_sha256, archive.archive_length
+            else:
+                _dump(server, dbname, dump_tmp)
+                dump_sha, archive_length = _file_sha256(dump_tmp), len(changes)
             roles, memberships = _roles(server, dbname)
             document = {
                 "format": _FORMAT,
@@ -332,10 +364,13 @@ class PrefixCache:
                     for c in changes
                 ],
                 "data": [[t, c, h] for t, (c, h) in sorted(data.items())],
-                "items": [dataclasses.asdict(item) for item in items],
+                "items": [
+                    {"id": i.id, "status": i.status, "message": i.message, "receipt": i.receipt} for i in items
+                ],
                 "roles": roles,
                 "memberships": memberships,
                 "dump_sha256": dump_sha,
+                "archive_length": archive_length,
             }
             with _temporary(self.directory, ".json") as json_tmp:
                 json_tmp.write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
@@ -370,6 +405,20 @@ def _temporary(directory: Path, suffix: str) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _link(archive: Entry, dest: Path) -> bool:
+    """Make *dest* another name of *archive*'s archive, if it is still the one recorded; ``False`` otherwise."""
+    try:
+        dest.unlink()
+        os.link(archive.dump, dest)
+        if _file_sha256(dest) == archive.dump_sha256:
+            return True
+    except OSError as exc:
+        log.debug("cannot share the archive %s: %s", archive.dump, exc)
+    with contextlib.suppress(OSError):
+        dest.unlink()
+    return False
 
 
 def _file_sha256(path: Path) -> str:

@@ -36,7 +36,7 @@ from psycopg import generators, pq, sql
 from . import bases
 from . import lint as lint_mod
 from . import tracking
-from .cache import CacheError, CachedItem, PrefixCache, prefix_keys, restore
+from .cache import REPLAY_LIMIT, CacheError, CachedItem, Entry, PrefixCache, prefix_keys, restore
 from .checks import check_problem, check_summary
 from .compat import breaking_changes, redefined_tables
 from .errors import HarnessError
@@ -224,7 +224,8 @@ class Rehearsal:
         self._cache = cache
         self._keys: list[str] | None = None
         self._cached: dict[str, CachedItem] = {}
-        self._resumed: str | None = None  # key of the entry the rehearsal went on from
+        self._resumed: Entry | None = None  # the entry the rehearsal went on from
+        self._replay_failed = False  # an entry's migrations applied again did not give its state: dump anew
         # Verdicts already reported that full snapshots overturn (item id, reported, full-mode outcome).
         self._overturned: list[tuple[str, Outcome, Outcome]] = []
 
@@ -349,6 +350,11 @@ class Rehearsal:
         """How many migrations were restored from the cache instead of being rehearsed again."""
         return self._position + 1 if self._resumed is not None else 0
 
+    def _replayable(self, index: int) -> bool:
+        """Whether migration *index* can be applied again after an entry's archive as the rehearsal applied it."""
+        migration = self.migrations[index]
+        return index > self._baseline and migration.error is None and migration.transactional
+
     def _prefix_keys(self) -> list[str]:
         if self._keys is None:
             self._keys = prefix_keys(self.plan, self.migrations, self.configs, self.server.version)
@@ -362,9 +368,17 @@ class Rehearsal:
         discarded with a warning and the rehearsal starts from the beginning.
         """
         assert self._cache is not None
-        entry = self._cache.find(self._prefix_keys())
-        if entry is None:
-            return False
+        # An entry whose migrations applied again miss its state may share its archive with a shorter one.
+        for _attempt in range(2):
+            entry = self._cache.find(self._prefix_keys())
+            if entry is None:
+                return False
+            if self._resume_from(entry):
+                return True
+        return False
+
+    def _resume_from(self, entry: Entry) -> bool:
+        assert self._cache is not None
         last = entry.length - 1
         wanted = {i.id for i in self.items() if not i.plan_level and i.index <= last}
         try:
@@ -374,19 +388,23 @@ class Rehearsal:
             self._connect()
             kept, expected = entry.schemas(_CHECKPOINT)
             self._drop_event_triggers()
+            for index in entry.replayed:
+                self._replay(index)
             snapshot, roots = take_rooted_snapshot(self.conn)
             self._refresh_data()
             changes = diff_snapshots(expected, snapshot)
             if changes:
+                self._replay_failed = bool(entry.replayed)
                 raise CacheError(f"the restored schema differs from the recorded one:\n{format_changes(changes)}")
             if self._data != entry.data:
+                self._replay_failed = bool(entry.replayed)
                 raise CacheError(f"the restored data differs from the recorded data:\n{_data_changes(entry.data, self._data)}")
             if self._track_mode != "full":
                 self._tracking = tracking.install(self.conn)
         except (CacheError, psycopg.Error, HarnessError) as exc:
             self._cache.warn(
                 f"the cached rehearsal of the first {entry.length} migrations ({entry.path}) cannot be used and is "
-                f"discarded: {scrub(str(exc))[:2000]}. Rehearsing every migration."
+                f"discarded: {scrub(str(exc))[:2000]}. Rehearsing its migrations without it."
             )
             self._cache.discard(entry.path)
             self.close()  # drops the database restored so far
@@ -406,10 +424,24 @@ class Rehearsal:
         self._position = self._verified = last
         self._exact = {-1, last}
         self._cached = {item_id: entry.items[item_id] for item_id in wanted}
-        self._resumed = entry.key
+        self._resumed = entry
         log.info("rehearsal of plan %s goes on after %s, restored from the cache", self.plan.name,
                  self.migrations[last].id)
         return True
+
+    def _replay(self, index: int) -> None:
+        """Apply migration *index* again after an entry's archive, in one transaction, as the rehearsal did."""
+        migration = self.migrations[index]
+        if not self._replayable(index):
+            raise CacheError(f"{migration.id} cannot be applied again as the rehearsal applied it")
+        self.conn.execute("BEGIN")
+        try:
+            run_statements(self.conn, migration.statements, migration.path)
+        except StatementFailed as exc:
+            self.conn.execute("ROLLBACK")
+            self._replay_failed = True
+            raise CacheError(f"{migration.id} does not apply again after the archive: {exc}") from None
+        self.conn.execute("COMMIT")
 
     def _drop_event_triggers(self) -> None:
         """Remove the tracking's event triggers a restored archive brought (installed again when tracking is on)."""
@@ -435,8 +467,13 @@ class Rehearsal:
         if any(o is None or o.status not in (PASSED, CACHED) for o in outcomes):
             return None
         key = self._prefix_keys()[-1]
-        if key == self._resumed:
+        resumed = self._resumed
+        if resumed is not None and key == resumed.key:
             return None  # the whole history came from this entry: nothing new to keep
+        # Share the archive restored when the migrations since it can be applied again, and are few.
+        shared = resumed is not None and not self._replay_failed and all(
+            self._replayable(i) for i in range(resumed.archive_length, len(self.migrations))
+        ) and len(self.migrations) - resumed.archive_length <= REPLAY_LIMIT
         try:
             proof = hashlib.sha256(receipt.read_bytes()).hexdigest()
             verdicts = []
@@ -461,7 +498,7 @@ class Rehearsal:
                 self._land()  # the database must be idle, at head, when it is dumped
             return self._cache.save(
                 server=self.server, dbname=self.dbname, key=key, base=base, changes=changes, data=self._data,
-                items=verdicts,
+                items=verdicts, archive=resumed if shared else None,
             )
         except (CacheError, OSError, psycopg.Error) as exc:
             self._cache.warn(f"could not write the rehearsal cache: {scrub(str(exc))[:1000]}")

@@ -137,9 +137,13 @@ def test_a_warm_rehearsal_runs_only_the_new_migration_and_writes_the_same_receip
     assert cold3.cached == 0 and {"1_users", "2_orders", "3_nick"} <= set(ups)
     assert warm_receipt == _receipt(cold3)
 
+    # The warm run's entry shares the cold run's archive: restoring it applies 3_nick again, once.
+    entries = sorted((tmp_path / ".harness" / "cache" / "p").glob("*.dump"), key=lambda p: p.stat().st_mtime)
+    assert len(entries) == 2 and entries[0].samefile(entries[1])
+
     # Nothing new: every item of every migration is cached; the plan-level chain still runs.
     again, ups = _rehearse(plan_path, ran)
-    assert ups == []
+    assert ups == ["3_nick"]
     assert _cached_migrations(again) == {"1_users", "2_orders", "3_nick"}
     assert _statuses(again)["chain_rollback"] == PASSED
     assert _receipt(again) == warm_receipt
@@ -230,6 +234,28 @@ def test_a_damaged_cache_is_ignored_with_a_warning(tmp_path: Path, ran: Path, da
     # The damaged entry was replaced by this rehearsal's: the next one is warm again.
     again, ups = _rehearse(plan_path, ran)
     assert ups == [] and not [w for w in again.warnings if "cache" in w]
+
+
+def test_an_entry_whose_migrations_applied_again_miss_its_state_goes_on_from_its_archive(
+    tmp_path: Path, ran: Path
+) -> None:
+    plan_path = _project(tmp_path, ran, 2)
+    _rehearse(plan_path, ran)
+    _project(tmp_path, ran, 3)
+    _rehearse(plan_path, ran)  # writes the entry of 3 migrations: the archive of 2, and 3_nick applied again
+    directory = tmp_path / ".harness" / "cache" / "p"
+    (shared,) = [p for p in directory.glob("*.json") if json.loads(p.read_text())["length"] == 3]
+    assert json.loads(shared.read_text())["archive_length"] == 2
+    _forge_data(shared)  # what applying 3_nick again gives is no longer what the entry recorded
+    result, ups = _rehearse(plan_path, ran)
+    warnings = [w for w in result.warnings if "cache" in w]
+    assert len(warnings) == 1 and "data differs" in warnings[0], result.warnings
+    assert _cached_migrations(result) == {"1_users", "2_orders"} and result.failed == 0
+    assert "3_nick" in ups and {"1_users", "2_orders"}.isdisjoint(ups)
+    # Applying again proved unreliable here: the new entry has an archive of its own.
+    (fresh,) = [p for p in directory.glob("*.json") if json.loads(p.read_text())["length"] == 3]
+    assert json.loads(fresh.read_text())["archive_length"] == 3
+    assert fresh.with_suffix(".dump").stat().st_nlink == 1
 
 
 def test_no_cache_neither_reads_nor_writes(tmp_path: Path, ran: Path) -> None:
