@@ -347,6 +347,16 @@ BEGIN
                 UNION ALL
                 SELECT d.refclassid, d.refobjid FROM pg_catalog.pg_depend d
                 WHERE d.classid = c.classid AND d.objid = c.objid AND d.deptype = 'i'
+                -- A constraint's inherited copies (CHECK and NOT NULL ones
+                -- record no dependency): RENAME CONSTRAINT renames them too
+                -- and reports the parent's only.
+                UNION ALL
+                SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, k.oid
+                FROM pg_catalog.pg_constraint p
+                JOIN pg_catalog.pg_inherits i ON i.inhparent = p.conrelid
+                JOIN pg_catalog.pg_constraint k
+                  ON k.conrelid = i.inhrelid AND k.conname = p.conname AND k.coninhcount > 0
+                WHERE c.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND p.oid = c.objid
             ) x
         ),
         mapped(root) AS (
