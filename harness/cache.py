@@ -11,7 +11,9 @@ needs besides: the schema before the first migration and what each migration
 changed (the schema after every one is rebuilt from them, for receipts and
 ``chain_rollback``), the data fingerprints at the end, the roles the cluster
 had, and the verdict of every item of those migrations with the hash of the
-receipt that proved it.
+receipt that proved it; also which downs ``chain_rollback`` ran from the
+prefix's last migration down, when it passed: a rehearsal that goes on from
+the same state need not run them again.
 
 Its key hashes everything that decides that state and those verdicts: the
 PostgreSQL version, the seed files, substitutions, layout, baseline, lint
@@ -58,7 +60,7 @@ from .redact import scrub
 from .snapshot import Snapshot
 from .sources import Migration
 
-__all__ = ["CacheError", "CachedItem", "Entry", "PrefixCache", "prefix_keys", "harness_fingerprint"]
+__all__ = ["CacheError", "CachedItem", "ChainProof", "Entry", "PrefixCache", "prefix_keys", "harness_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,19 @@ class CachedItem:
         return f"verified by rehearsal {self.receipt[:12]} (cached)"
 
 
+@dataclass(frozen=True)
+class ChainProof:
+    """A ``chain_rollback`` that passed from the head of a cached prefix: which downs it ran, and its receipt."""
+
+    ids: tuple[str, ...]
+    receipt: str  # sha256 of the receipt file
+
+    @property
+    def reason(self) -> str:
+        """What a report says of the downs not run again."""
+        return f"verified by rehearsal {self.receipt[:12]} (cached)"
+
+
 @dataclass
 class Entry:
     """A cached prefix: the first ``length`` migrations of a history, rehearsed green."""
@@ -110,6 +125,9 @@ class Entry:
     dump_sha256: str
     #: How many migrations the archive holds; those after it, up to ``length``, are applied again on restore.
     archive_length: int = -1
+    #: The plan-level ``chain_rollback`` from the last migration down, when it passed without a warning: the
+    #: migrations whose downs it ran, in order, and the hash of the receipt that proved it.
+    chain: ChainProof | None = None
 
     def __post_init__(self) -> None:
         if self.archive_length < 0:
@@ -312,6 +330,7 @@ class PrefixCache:
             memberships=[(str(r), str(m)) for r, m in data["memberships"]],
             dump_sha256=data["dump_sha256"],
             archive_length=archive_length,
+            chain=_chain_proof(data["chain"]),
         )
 
     def discard(self, path: Path) -> None:
@@ -333,6 +352,7 @@ class PrefixCache:
         data: Mapping[str, tuple[int, str]],
         items: Sequence[CachedItem],
         archive: Entry | None = None,
+        chain: ChainProof | None = None,
     ) -> Path:
         """Write the entry for the prefix of ``len(changes)`` migrations; return its path.
 
@@ -371,6 +391,7 @@ class PrefixCache:
                 "memberships": memberships,
                 "dump_sha256": dump_sha,
                 "archive_length": archive_length,
+                "chain": {"ids": list(chain.ids), "receipt": chain.receipt} if chain is not None else None,
             }
             with _temporary(self.directory, ".json") as json_tmp:
                 json_tmp.write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
@@ -405,6 +426,15 @@ def _temporary(directory: Path, suffix: str) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _chain_proof(raw: Any) -> ChainProof | None:
+    if raw is None:
+        return None
+    proof = ChainProof(ids=tuple(str(i) for i in raw["ids"]), receipt=raw["receipt"])
+    if not (proof.ids and isinstance(proof.receipt, str) and len(proof.receipt) == 64):
+        raise ValueError("chain_rollback: no downs, or no receipt hash")
+    return proof
 
 
 def _link(archive: Entry, dest: Path) -> bool:

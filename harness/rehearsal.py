@@ -36,7 +36,7 @@ from psycopg import generators, pq, sql
 from . import bases
 from . import lint as lint_mod
 from . import tracking
-from .cache import REPLAY_LIMIT, CacheError, CachedItem, Entry, PrefixCache, prefix_keys, restore
+from .cache import REPLAY_LIMIT, CacheError, CachedItem, ChainProof, Entry, PrefixCache, prefix_keys, restore
 from .checks import check_problem, check_summary
 from .compat import breaking_changes, redefined_tables
 from .errors import HarnessError
@@ -226,6 +226,9 @@ class Rehearsal:
         self._cached: dict[str, CachedItem] = {}
         self._resumed: Entry | None = None  # the entry the rehearsal went on from
         self._replay_failed = False  # an entry's migrations applied again did not give its state: dump anew
+        self._chain_data: dict[str, tuple[int, str]] | None = None  # data after the downs chain_rollback ran
+        self._chain_clean = False  # chain_rollback passed without a warning
+        self._chain_fresh = False  # chain_rollback runs every down, whatever the cache proved
         # Verdicts already reported that full snapshots overturn (item id, reported, full-mode outcome).
         self._overturned: list[tuple[str, Outcome, Outcome]] = []
 
@@ -496,9 +499,12 @@ class Rehearsal:
                 changes.append(delta)
             if self._flight is not None:
                 self._land()  # the database must be idle, at head, when it is dumped
+            chain = self._results.get("chain_rollback")
             return self._cache.save(
                 server=self.server, dbname=self.dbname, key=key, base=base, changes=changes, data=self._data,
                 items=verdicts, archive=resumed if shared else None,
+                chain=ChainProof(tuple(chain.details["chain"]), proof)
+                if chain is not None and chain.status == PASSED and self._chain_clean else None,
             )
         except (CacheError, OSError, psycopg.Error) as exc:
             self._cache.warn(f"could not write the rehearsal cache: {scrub(str(exc))[:1000]}")
@@ -1594,36 +1600,67 @@ class Rehearsal:
         chain = list(range(len(self.migrations) - 1, stop, -1))
         if not chain:
             return Outcome(SKIPPED, f"{self.migrations[-1].id} cannot be rolled back: there is no chain to roll back")
-        transactional = all(
-            self.migrations[i].transactional and self.migrations[i].down_transactional for i in chain
-        )
-        column_order_only: list[str] = []
-        # Which downs the chain proved, for the receipt (rollback on the target needs this proof).
-        chained: dict[str, Any] = {"chain": [self.migrations[i].id for i in chain]}
-        tracked = self._chain_tracked(chain) if transactional and self._tracking else None
-        if tracked is not None:
-            for index, changes in tracked:
-                self._judge_chain_step(index, changes, column_order_only)
-        else:
-            self._chain_untracked(chain, transactional, column_order_only)
         if stop < 0:
             where = "the base"
         elif baseline:
             where = f"the baseline {self.migrations[stop].id}"
         else:
             where = f"{self.migrations[stop].id} (it cannot be rolled back)"
+        # Which downs the chain proved, for the receipt (rollback on the target needs this proof).
+        chained: dict[str, Any] = {"chain": [self.migrations[i].id for i in chain]}
+        run, proof = self._chain_to_run(chain)
+        if proof is not None and not run:
+            return Outcome(CACHED, f"{len(chain)} downs roll the chain back from head to {where}: {proof.reason}",
+                           details={**chained, "receipt": proof.receipt})
+        transactional = all(
+            self.migrations[i].transactional and self.migrations[i].down_transactional for i in run
+        )
+        column_order_only: list[str] = []
+        tracked = self._chain_tracked(run) if transactional and self._tracking else None
+        if tracked is not None:
+            for index, changes in tracked:
+                self._judge_chain_step(index, changes, column_order_only)
+        else:
+            self._chain_untracked(run, transactional, column_order_only, data=proof is not None)
+        if proof is not None and self._resumed is not None and self._chain_data != self._resumed.data:
+            # The new downs left other data than the cached chain started from: its verdict says nothing here.
+            self._chain_fresh = True
+            return self._chain_rollback(item)
+        done = f"; the {len(chain) - len(run)} below {self.migrations[run[-1]].id}: {proof.reason}" if proof else ""
         if column_order_only:
             message = (
                 "column order differs after down (visible to SELECT * and COPY):\n  " + "\n  ".join(column_order_only)
             )
             if getattr(self.plan, "column_order", "error") == "warn":
-                return Outcome(PASSED, f"chain rolled back to {where}; warning: {message}", details=chained)
+                return Outcome(PASSED, f"chain rolled back to {where}{done}; warning: {message}", details=chained)
             raise _Fail(message)
-        return Outcome(PASSED, f"{len(chain)} downs rolled the chain back from head to {where}, each restoring its state",
-                       details=chained)
+        self._chain_clean = True
+        return Outcome(PASSED, f"{len(chain)} downs rolled the chain back from head to {where}, each restoring its "
+                       f"state{done}", details=chained)
 
-    def _chain_untracked(self, chain: list[int], transactional: bool, column_order_only: list[str]) -> None:
-        """Every down of *chain* in turn, each compared with a full snapshot of the state before it."""
+    def _chain_to_run(self, chain: list[int]) -> tuple[list[int], ChainProof | None]:
+        """The downs of *chain* to run, and the cached chain that proved the rest from the restored state.
+
+        The prefix's entry proves the downs below it when its own chain ran
+        exactly those, from the state restored: the new downs must bring
+        that state back, schema (each down is judged) and data (compared
+        after them; otherwise the whole chain runs).
+        """
+        entry = self._resumed
+        if entry is None or entry.chain is None or self._chain_fresh:
+            return chain, None
+        last = entry.length - 1
+        if tuple(self.migrations[i].id for i in chain if i <= last) != entry.chain.ids:
+            return chain, None
+        return [i for i in chain if i > last], entry.chain
+
+    def _chain_untracked(
+        self, chain: list[int], transactional: bool, column_order_only: list[str], *, data: bool = False
+    ) -> None:
+        """Every down of *chain* in turn, each compared with a full snapshot of the state before it.
+
+        With *data*, ``_chain_data`` is the data of every table after the last down.
+        """
         with self._scratch(transactional) as (conn, _start):
             for index in chain:
                 migration = self.migrations[index]
@@ -1639,6 +1676,8 @@ class Rehearsal:
                 if expected is None:
                     continue
                 self._judge_chain_step(index, diff_snapshots(expected, take_snapshot(conn)), column_order_only)
+            if data:
+                self._chain_data = table_fingerprints(conn)
 
     def _judge_chain_step(self, index: int, changes: list[Change], column_order_only: list[str]) -> None:
         """After the down of migration *index*, the schema must be the one before it (column order aside)."""
@@ -1690,6 +1729,7 @@ class Rehearsal:
         scripts = [_script(self.migrations[i].down_statements or ()) for i in chain]
         if failing and not self._confirm(chain[0], state_at_head, scripts, needs=range(chain[-1] - 1, chain[0] + 1)):
             return None  # judged again untracked, with full snapshots
+        self._chain_data = dict(state.data)
         return found
 
     def _schema_matches(self, item: Item) -> Outcome:
@@ -1876,7 +1916,7 @@ class Rehearsal:
         """Per migration, the items that proved its down in this rehearsal: ``rollback`` (up → down → up, passed
         or proved by the cached prefix) and ``chain_rollback`` (the chain from head back through it)."""
         chain = self._results.get("chain_rollback")
-        chained = set(chain.details.get("chain", ())) if chain is not None and chain.status == PASSED else set()
+        chained = set(chain.details.get("chain", ())) if chain is not None and chain.status in (PASSED, CACHED) else set()
         proofs: dict[str, list[str]] = {}
         for migration in self.migrations:
             own = self._results.get(f"{migration.id}::rollback")

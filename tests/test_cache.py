@@ -128,7 +128,10 @@ def test_a_warm_rehearsal_runs_only_the_new_migration_and_writes_the_same_receip
         if item.status == CACHED:
             assert item.message == f"verified by rehearsal {first_receipt[:12]} (cached)"
     assert all(statuses[f"3_nick::{a}"] == PASSED for a in ("lint", "apply", "idempotent", "rollback"))
-    assert statuses["chain_rollback"] == PASSED  # the whole chain, downs of cached migrations included
+    # The new down runs and must bring back the restored state; the downs below it ran from that state before.
+    (chain,) = [r for r in warm.items if r.id == "p::chain_rollback"]
+    assert chain.status == PASSED
+    assert chain.message.endswith(f"the 2 below 3_nick: verified by rehearsal {first_receipt[:12]} (cached)")
     assert "cached" in warm.summary() and warm.to_dict()["cached"] == warm.cached
 
     # The warm receipt is the cold one: apply checks exactly what was rehearsed.
@@ -141,11 +144,11 @@ def test_a_warm_rehearsal_runs_only_the_new_migration_and_writes_the_same_receip
     entries = sorted((tmp_path / ".harness" / "cache" / "p").glob("*.dump"), key=lambda p: p.stat().st_mtime)
     assert len(entries) == 2 and entries[0].samefile(entries[1])
 
-    # Nothing new: every item of every migration is cached; the plan-level chain still runs.
+    # Nothing new: every item of every migration is cached, and the chain from the state restored.
     again, ups = _rehearse(plan_path, ran)
     assert ups == ["3_nick"]
     assert _cached_migrations(again) == {"1_users", "2_orders", "3_nick"}
-    assert _statuses(again)["chain_rollback"] == PASSED
+    assert _statuses(again)["chain_rollback"] == CACHED
     assert _receipt(again) == warm_receipt
 
 
@@ -258,6 +261,19 @@ def test_an_entry_whose_migrations_applied_again_miss_its_state_goes_on_from_its
     assert fresh.with_suffix(".dump").stat().st_nlink == 1
 
 
+def test_the_chain_runs_in_full_when_the_new_downs_leave_other_data(tmp_path: Path, ran: Path) -> None:
+    plan_path = _project(tmp_path, ran, 2)
+    _rehearse(plan_path, ran)
+    # Its down leaves the row: the chain below it would start from other data than the cached one did.
+    plan_path.write_text(PLAN + "steps:\n  - {migration: 3_row, rollback: false, preserve_rows: false}\n")
+    (tmp_path / "migrations" / "3_row.sql").write_text("INSERT INTO customers VALUES (9, 'z') ON CONFLICT DO NOTHING;\n")
+    (tmp_path / "migrations" / "3_row.down.sql").write_text("DELETE FROM customers WHERE id = 99;\n")
+    result, ups = _rehearse(plan_path, ran)
+    assert _cached_migrations(result) == {"1_users", "2_orders"}
+    (chain,) = [r for r in result.items if r.id == "p::chain_rollback"]
+    assert chain.status == PASSED and chain.message.startswith("3 downs rolled") and "cached" not in chain.message
+
+
 def test_no_cache_neither_reads_nor_writes(tmp_path: Path, ran: Path) -> None:
     plan_path = _project(tmp_path, ran, 2, PLAN.replace("seed: seed.sql}", "seed: seed.sql, cache: false}"))
     _rehearse(plan_path, ran)
@@ -330,11 +346,11 @@ def test_harness_rehearse_shows_cached_items(tmp_path: Path, ran: Path, capsys: 
     receipt = hashlib.sha256((tmp_path / ".harness" / "receipts" / "p.json").read_bytes()).hexdigest()
     code, out, err = cli(["rehearse", str(plan_path), "--json"], capsys)
     report = json.loads(out)
-    assert code == 0 and report["cached"] == 14 and report["passed"] == 1  # chain_rollback
-    assert {i["status"] for i in report["items"] if i["id"] != "p::chain_rollback"} == {"cached"}
+    assert code == 0 and report["cached"] == 15 and report["passed"] == 0  # chain_rollback too
+    assert {i["status"] for i in report["items"]} == {"cached"}
     assert report["items"][0]["message"] == f"verified by rehearsal {receipt[:12]} (cached)"
     code, out, err = cli(["rehearse", str(plan_path)], capsys)
     assert code == 0 and f"CACHED 1_users::apply: verified by rehearsal {receipt[:12]} (cached)" in out
-    assert "1 passed, 0 failed, 0 skipped, 14 cached" in out
+    assert "0 passed, 0 failed, 0 skipped, 15 cached" in out
     code, out, err = cli(["rehearse", str(plan_path), "--no-cache"], capsys)
     assert code == 0 and "CACHED" not in out and "15 passed" in out
