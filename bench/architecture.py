@@ -5,7 +5,8 @@ Reads the source with ``ast`` only (nothing is imported) and prints three lists:
 * classes with more than ``--max-methods`` methods or ``--max-statements``
   statement lines (lines on which a statement starts, docstrings left out);
 * cycles in the graph of imports between harness modules, once with the
-  module-level imports only and once counting imports inside functions too;
+  module-level imports only and once counting imports inside functions too
+  (imports under ``if TYPE_CHECKING:`` never run and are left out);
 * every import of a harness module made inside a function, as file:line.
 
     python bench/architecture.py [--max-methods 30] [--max-statements 400]
@@ -58,8 +59,16 @@ def _resolve(importer: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def _type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return isinstance(test, ast.Name | ast.Attribute) and ast.unparse(test).endswith("TYPE_CHECKING")
+
+
 def _walk(node: ast.AST, in_function: bool = False) -> Iterator[tuple[ast.AST, bool]]:
+    """Nodes with whether they are inside a function; ``if TYPE_CHECKING:`` blocks are left out (they never run)."""
     for child in ast.iter_child_nodes(node):
+        if _type_checking(child):
+            continue
         yield child, in_function
         inner = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
         yield from _walk(child, inner)

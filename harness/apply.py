@@ -67,6 +67,7 @@ from .batch import BatchSpec, BatchState, next_batch, resolve_target
 from .checks import check_problem
 from .connection import CONNECTION_LOST, RETRYABLE, check_conninfo, classify_connect_error
 from .backup import BackupInfo, prune_backups, take_backup, touched_tables
+from .devdb import DevDB
 from .errors import (
     BackupError,
     CheckFailed,
@@ -79,10 +80,12 @@ from .errors import (
     TargetUnreachable,
 )
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
-from .hooks import HookContext, PythonHook, run_hooks
+from .hooks import HookContext, PythonHook, describe_hook, run_hooks
 from .plan import Check, Hook, Plan
+from .postgres import start_server
 from .receipt import Receipt, read_receipt, receipt_path, server_version_problem, verify_receipt
 from .redact import describe_dsn, register_dsn, scrub
+from .rehearsal import Rehearsal
 from .runlog import RunLog, ensure_private_dir, human_size, utc_stamp
 from .snapshot import Snapshot, diff_snapshots, format_changes, take_snapshot
 from .sources import Migration, Statement, baseline_index, load_plan_migrations
@@ -401,7 +404,6 @@ class _Run:
                 f"{self.plan.display_path or self.plan.path}: production mode needs a target "
                 "(target: {dsn: ...}); without one, apply runs in development mode on the local development database"
             )
-        from .devdb import DevDB
 
         dev = DevDB(self.plan.root)
         if self.options.dry_run:
@@ -979,9 +981,6 @@ class _Run:
         """The rehearsal's schema after migration *index*; with *completed*, part-way through it (see
         :meth:`harness.rehearsal.Rehearsal.schemas_within`), one schema per statement count up to *upto*.
         *migrations* orders the history otherwise than the files (the order a target got them)."""
-        from .postgres import start_server
-        from .rehearsal import Rehearsal
-
         r = self.plan.rehearsal
         server = start_server(r.provider, r.postgres, r.dsn, data_bytes=r.seed_bytes)
         try:
@@ -1959,8 +1958,6 @@ class _Run:
 
     def _dry_hooks(self, add: Callable[[str], None], event: str, *, migration: Migration | None = None,
                    note: str = "") -> None:
-        from .hooks import describe_hook
-
         for hook in self._hooks(event):
             add(f"{'  ' if migration else ''}hook {event}: {describe_hook(hook)}{note}")
 

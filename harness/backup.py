@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -33,10 +34,12 @@ from pglast import visitors
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from . import history
 from .errors import BackupError, ConfigError
 from .postgres import Binaries, embedded_binaries, local_binaries
 from .redact import describe_dsn, register_dsn, scrub
 from .runlog import create_private_file, ensure_private_dir, utc_stamp
+from .snapshot import Snapshot, diff_snapshots, take_snapshot
 from .sources import Migration
 
 __all__ = [
@@ -495,11 +498,6 @@ def restore_backup(path: Path, dsn: str, *, into: str | None = None, lock_wait: 
     (all or nothing), under the migration run lock.  Into a new database: the
     database is created first and dropped again if the restore fails.
     """
-    import time
-
-    from . import history
-    from .snapshot import Snapshot, diff_snapshots, take_snapshot
-
     register_dsn(dsn)
     if not path.is_file():
         raise ConfigError(f"backup {path} does not exist; `harness backups` lists the backups there are")

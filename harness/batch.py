@@ -54,6 +54,7 @@ from pglast.stream import RawStream
 from psycopg import sql
 
 from .errors import SourceError
+from .execute import Failure, StatementFailed, describe_pg_error, relpath, run_statements
 
 if TYPE_CHECKING:
     from .sources import Migration, Statement
@@ -440,8 +441,6 @@ def next_batch(
     A failure raises :class:`~harness.execute.StatementFailed` naming the
     statement's ``file:line:column``.
     """
-    from .execute import Failure, StatementFailed, describe_pg_error, relpath
-
     try:
         upper = _boundary(conn, spec, target, last_key)
         if upper is None:
@@ -493,8 +492,6 @@ def run_migration_batched(conn: psycopg.Connection[Any], migration: Migration, *
 
     Returns the final state of each batched statement, in order.
     """
-    from .execute import run_statements
-
     specs = {spec.index: spec for spec in migration.batches}
     states: list[BatchState] = []
     for index, statement in enumerate(migration.statements):

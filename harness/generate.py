@@ -69,6 +69,7 @@ from .execute import StatementFailed, relpath, run_statements
 from .plan import Plan
 from .postgres import Server
 from .redact import scrub
+from .rehearsal import FAILED, Rehearsal
 from .snapshot import Change, Snapshot, diff_snapshots, format_changes, take_snapshot
 from .sources import parse_sql
 
@@ -169,8 +170,6 @@ def desired_snapshot(plan: Plan, server: Server) -> Snapshot:
 
 def _current_catalog(plan: Plan, server: Server) -> tuple[Catalog, int]:
     """The schema the plan's migrations produce, and how many migrations there are."""
-    from .rehearsal import Rehearsal  # the engine may import this module for its schema item
-
     with Rehearsal(plan, server, measure=False) as rehearsal:
         snapshot = rehearsal.schema_after(len(rehearsal.migrations) - 1)
         return read_catalog(rehearsal.conn, snapshot), len(rehearsal.migrations)
@@ -435,8 +434,6 @@ def _prove(
     plan: Plan, server: Server, rendered: list[Rendered], desired: Snapshot, draft: Draft, result: GenerateResult
 ) -> None:
     """Rehearse the new migrations and compare the outcome with the desired schema."""
-    from .rehearsal import FAILED, Rehearsal
-
     flagged = {r.migration.id: r.flagged for r in rendered}
     final: Snapshot | None = None
     try:

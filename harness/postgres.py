@@ -52,7 +52,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import ConfigError, ServerError
-from .redact import describe_dsn, register_dsn
+from .redact import describe_dsn, register_dsn, scrub
 
 __all__ = [
     "PROVIDERS",
@@ -999,8 +999,6 @@ def docker_available() -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    from .redact import scrub
-
     text = str(exc).strip().splitlines()
     return scrub(text[0]) if text else type(exc).__name__
 

@@ -44,9 +44,11 @@ import psycopg
 from . import history
 from .apply import ApplyOptions, ApplyResult, apply_plan
 from .connection import check_conninfo, classify_connect_error
+from .devdb import DevDB
 from .errors import ConfigError, ConnectionRefusedByConfig, TargetUnreachable
 from .hooks import EVENTS, PythonHook
 from .plan import Hook, Plan, load_plan
+from .postgres import Server, start_server
 from .redact import describe_dsn, register_dsn
 from .cache import PrefixCache
 from .rehearsal import CACHED, FAILED, PASSED, SKIPPED, Item, Outcome, Rehearsal
@@ -176,8 +178,6 @@ def rehearse_plan(
     a green rehearsal is cached in turn.  The server is started on first use
     and always stopped.
     """
-    from .postgres import Server, start_server
-
     chosen = provider or plan.rehearsal.provider
     server_dsn = dsn or plan.rehearsal.dsn
     servers: list[Server] = []
@@ -243,7 +243,6 @@ def status_target(plan: Plan, dsn: str | None = None) -> tuple[str, str | None]:
         return dsn, None
     if plan.target_dsn:
         return plan.target_dsn, None
-    from .devdb import DevDB
 
     dev = DevDB(plan.root).status()
     if not dev.running:

@@ -447,7 +447,7 @@ def load_migrations(
     own tool would trip over are not errors: :func:`harness.layouts.layout_findings`
     reports them.
     """
-    from . import layouts  # the foreign layouts build on this module
+    from . import layouts  # cycle: layouts imports this module (its readers build Migrations)
 
     folder = _check_folder(Path(directory))
     migrations, findings = layouts.read_folder(folder, layout, target_major=target_major, substitutions=substitutions)
@@ -618,7 +618,7 @@ def make_migration(
     layout fields of :class:`Migration` (``no_transaction``, ``repeatable``,
     ``order_parts``, ...).
     """
-    from .batch import find_batches  # batch builds on this module's Migration and Statement
+    from .batch import find_batches  # cycle: batch -> execute -> sources (execute runs Statements)
 
     statements: tuple[Statement, ...] = ()
     wrapped = False
