@@ -208,3 +208,39 @@ def test_a_pass_that_rested_on_a_wrong_tracked_state_is_overturned(
         results
     )
     assert len(warnings_of(caplog)) == 1
+
+
+
+def test_an_untracked_rollback_against_a_wrong_tracked_state_is_judged_again(
+    pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second apply that fails sends the rollback to the untracked path, which compares full snapshots with
+    the states recorded; the tracked one after 3_drop is wrong (the broken tracking keeps the dropped index),
+    so that failure is confirmed on states replayed in full, and the verdicts are those of full snapshots."""
+    monkeypatch.setenv("HARNESS_SNAPSHOTS", "incremental")
+    real = tracking._advance_incrementally
+
+    def keeps_dropped_indexes(state: tracking.State, delta: tracking.Delta) -> tuple[tracking.State, frozenset[str]]:
+        keys = [k for root in delta.roots for k in state.keys_by_root.get(root, ())]
+        if keys and not delta.objects and all(k.startswith("index ") for k in keys):
+            return state, frozenset()
+        return real(state, delta)
+
+    monkeypatch.setattr(tracking, "_advance_incrementally", keeps_dropped_indexes)
+    migrations = {
+        **DROPPING_DOWNS,
+        # Not idempotent (the second apply fails): their rollbacks are judged untracked.
+        "2_index.sql": "CREATE INDEX t_c ON t (c);",
+        "2_index.down.sql": "DROP INDEX t_c;",
+        "3_drop.sql": "DROP INDEX t_c;",
+        "3_drop.down.sql": "CREATE INDEX t_c ON t (c);",
+        "4_fn.sql": DROPPING_DOWNS["3_fn.sql"],
+        "4_fn.down.sql": DROPPING_DOWNS["3_fn.down.sql"],
+    }
+    del migrations["3_fn.sql"], migrations["3_fn.down.sql"]
+    plan = PLAN.replace("locks: false", "locks: true")  # one migration at a time
+    with caplog.at_level("WARNING"):
+        results = rehearse(pg_server, make_project(tmp_path, migrations, plan))
+    failed = {k: v for k, v in results.items() if v[0] != PASSED}
+    assert set(failed) == {"2_index::idempotent", "3_drop::idempotent"}, failed
+    assert len(warnings_of(caplog)) == 1

@@ -77,6 +77,7 @@ class Table:
     comment: bool = False
     rls: bool = False
     kind: str = "plain"  # plain | child
+    seeded: bool = False  # the seed's table: its rows need values the generator does not give
 
 
 @dataclass
@@ -91,6 +92,12 @@ class Model:
     def new(self, prefix: str) -> str:
         self.counter += 1
         return f"{prefix}{self.counter}"
+
+    def propagate(self, table: Table) -> None:
+        """Inheriting tables have their parent's columns (they declare none of their own)."""
+        for child in self.tables:
+            if child.name in table.children:
+                child.columns = list(table.columns)
 
     def with_columns(self, *types: str) -> list[tuple[Table, str]]:
         """(table, column) pairs whose column type is one of *types*, not the key and not used by a view."""
@@ -173,6 +180,7 @@ def add_column(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
     exists = "IF NOT EXISTS " if idem else ""
     up = f"ALTER TABLE {table.name} ADD COLUMN {exists}{column} {typ}{default};"
     table.columns.append((column, typ))
+    m.propagate(table)
     return Mig(up, _down(draw, f"ALTER TABLE {table.name} DROP COLUMN IF EXISTS {column};"), f"add_{column}")
 
 
@@ -187,10 +195,11 @@ def set_default(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
 
 def drop_column(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
     candidates = [(t, c) for t, c in m.with_columns("text", "integer", "boolean", "jsonb")
-                  if c not in t.indexes.values() and c not in ("name", "amount") and not t.children]
+                  if c not in t.indexes.values() and c not in ("name", "amount")]
     table, column = draw(st.sampled_from(candidates))
     typ = dict(table.columns)[column]
     table.columns = [(c, ty) for c, ty in table.columns if c != column]
+    m.propagate(table)
     exists = "IF EXISTS " if idem else ""
     up = f"ALTER TABLE {table.name} DROP COLUMN {exists}{column};"
     # The column comes back last: another position, and its rows lost.
@@ -206,29 +215,32 @@ def rename_column(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
     up = _guard(idem, _has_column(table.name, column), f"ALTER TABLE {table.name} RENAME COLUMN {column} TO {new}")
     table.columns = [(new if c == column else c, ty) for c, ty in table.columns]
     table.indexes = {i: (new if c == column else c) for i, c in table.indexes.items()}
+    m.propagate(table)
     return Mig(up, _down(draw, f"ALTER TABLE {table.name} RENAME COLUMN {new} TO {column};"), f"rename_{column}")
 
 
 def retype_column(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
     """Widen an integer column that an index or a view uses; the view is dropped and recreated around it."""
-    pairs = [(t, c) for t in m.tables if t.kind == "plain" and not t.children for c, ty in t.columns
+    pairs = [(t, c) for t in m.tables if t.kind == "plain" for c, ty in t.columns
              if ty == "integer" and c not in ("id", "parent_id", "account_id")
              and (c in t.indexes.values() or (t.view and c in t.view[1]))]
     table, column = draw(st.sampled_from(pairs))
     parts_up, parts_down = [], []
     if table.view:
         view, cols = table.view
-        parts_up.append(f"DROP VIEW IF EXISTS {view};")
-        parts_down.append(f"DROP VIEW IF EXISTS {view};")
+        kind = "MATERIALIZED VIEW" if view.startswith("mv_") else "VIEW"
+        parts_up.append(f"DROP {kind} IF EXISTS {view};")
+        parts_down.append(f"DROP {kind} IF EXISTS {view};")
     parts_up.append(f"ALTER TABLE {table.name} ALTER COLUMN {column} TYPE bigint;")
     parts_down.append(f"ALTER TABLE {table.name} ALTER COLUMN {column} TYPE integer;")
     wrong = [f"ALTER TABLE {table.name} ALTER COLUMN {column} TYPE numeric;"]
     if table.view:
-        create = f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(cols)} FROM {table.name};"
+        create = _create_view(view, cols, table.name)
         parts_up.append(create)
         wrong = ["\n".join(parts_down)]  # forgets the view
         parts_down.append(create)
     table.columns = [(c, "bigint" if c == column else ty) for c, ty in table.columns]
+    m.propagate(table)
     return Mig("\n".join(parts_up), _down(draw, "\n".join(parts_down), *wrong), f"retype_{column}")
 
 
@@ -236,10 +248,19 @@ def create_view(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
     table = draw(st.sampled_from([t for t in m.tables if t.kind == "plain" and not t.view]))
     cols = ["id"] + draw(st.lists(st.sampled_from([c for c, _ in table.columns if c != "id"]), min_size=1,
                                   max_size=2, unique=True))
-    view = f"v_{table.name}"
+    materialized = draw(st.booleans())
+    view = f"{'mv' if materialized else 'v'}_{table.name}"
     table.view = (view, cols)
-    up = f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(cols)} FROM {table.name};"
-    return Mig(up, _down(draw, f"DROP VIEW IF EXISTS {view};"), f"view_{table.name}")
+    up = _create_view(view, cols, table.name)
+    kind = "MATERIALIZED VIEW" if materialized else "VIEW"
+    return Mig(up, _down(draw, f"DROP {kind} IF EXISTS {view};"), f"view_{table.name}")
+
+
+def _create_view(view: str, cols: list[str], table: str) -> str:
+    if view.startswith("mv_"):
+        return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view} AS SELECT {', '.join(cols)} FROM {table};\n"
+                f"REFRESH MATERIALIZED VIEW {view};")
+    return f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(cols)} FROM {table};"
 
 
 def create_index(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
@@ -468,7 +489,7 @@ def inherit(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
 def data(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
     """Rows written by a migration, and a down that restores them (or not quite)."""
     table, column = draw(st.sampled_from(m.with_columns("text")))
-    if draw(st.booleans()):
+    if table.seeded or draw(st.booleans()):
         up = f"UPDATE {table.name} SET {column} = {column} || '!' WHERE {column} NOT LIKE '%!';"
         return Mig(up, _down(draw, f"UPDATE {table.name} SET {column} = left({column}, -1) WHERE {column} LIKE '%!';",
                              f"UPDATE {table.name} SET {column} = rtrim({column}, '!');",
@@ -486,10 +507,99 @@ def data(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
                f"insert_{table.name}")
 
 
+def add_check(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
+    """A CHECK constraint added NOT VALID and validated (inherited by tables that inherit this one)."""
+    table = draw(st.sampled_from([t for t in m.tables if t.kind == "plain" and ("amount", "integer") in t.columns]))
+    name = m.new(f"{table.name}_amount_max")
+    table.checks.append(name)
+    condition = f"NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conname = '{name}')"
+    up = (_guard(idem, condition, f"ALTER TABLE {table.name} ADD CONSTRAINT {name} CHECK (amount < 1000000) NOT VALID")
+          + f"\nALTER TABLE {table.name} VALIDATE CONSTRAINT {name};")
+    return Mig(up, _down(draw, f"ALTER TABLE {table.name} DROP CONSTRAINT IF EXISTS {name};"), f"check_{name}")
+
+
+def not_null(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
+    """Backfill a column, then make it NOT NULL: the down cannot give the NULLs back."""
+    table, column = draw(st.sampled_from(m.with_columns("text", "integer")))
+    value = "''" if dict(table.columns)[column] == "text" else "0"
+    up = (f"UPDATE {table.name} SET {column} = {value} WHERE {column} IS NULL;\n"
+          f"ALTER TABLE {table.name} ALTER COLUMN {column} SET NOT NULL;")
+    return Mig(up, _down(draw, f"ALTER TABLE {table.name} ALTER COLUMN {column} DROP NOT NULL;"), f"not_null_{column}")
+
+
+def unique_constraint(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
+    """A UNIQUE constraint (its index named after it): renaming the constraint renames the index."""
+    table = draw(st.sampled_from([t for t in m.tables if t.kind == "plain" and ("id", "integer") in t.columns
+                                  and t.key is None and t.unique_index is None] or
+                                 [t for t in m.tables if t.kind == "plain"]))
+    name = m.new(f"{table.name}_uq")
+    columns = "id, name" if ("name", "text") in table.columns else "id"
+    table.checks.append(name)  # renamed like a CHECK constraint
+    condition = f"NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conname = '{name}')"
+    up = _guard(idem, condition, f"ALTER TABLE {table.name} ADD CONSTRAINT {name} UNIQUE ({columns})")
+    return Mig(up, _down(draw, f"ALTER TABLE {table.name} DROP CONSTRAINT IF EXISTS {name};"), f"unique_{name}")
+
+
+def rename_routine(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
+    """A function renamed (a column default calls it), or a policy, trigger or sequence."""
+    name = draw(st.sampled_from(sorted(m.functions)))
+    new = m.new(f"{name}_r")
+    m.functions[new] = m.functions.pop(name)
+    up = f"ALTER FUNCTION {name}(integer) RENAME TO {new};"
+    tables = m.with_columns("integer")
+    if tables and draw(st.booleans()):
+        table, column = draw(st.sampled_from(tables))
+        up = f"ALTER TABLE {table.name} ALTER COLUMN {column} SET DEFAULT {name}(1);\n" + up
+        down = (f"ALTER FUNCTION {new}(integer) RENAME TO {name};\n"
+                f"ALTER TABLE {table.name} ALTER COLUMN {column} DROP DEFAULT;")
+        return Mig(up, _down(draw, down, f"ALTER FUNCTION {new}(integer) RENAME TO {name};"), f"rename_{name}")
+    return Mig(up, _down(draw, f"ALTER FUNCTION {new}(integer) RENAME TO {name};"), f"rename_{name}")
+
+
+def identity(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
+    table = draw(st.sampled_from([t for t in m.tables if t.kind == "plain" and ("id", "bigint") in t.columns]))
+    up = (f"ALTER TABLE {table.name} ALTER COLUMN id SET GENERATED BY DEFAULT;\n"
+          f"ALTER TABLE {table.name} ALTER COLUMN id RESTART WITH 1000;")
+    return Mig(up, _down(draw, f"ALTER TABLE {table.name} ALTER COLUMN id SET GENERATED ALWAYS;", "SELECT 1;"),
+               f"identity_{table.name}")
+
+
+def partition_objects(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
+    """An index or a row trigger on a partitioned table: each partition gets its own, attached to it."""
+    parent, _parts = draw(st.sampled_from(m.partitioned))
+    if draw(st.booleans()):
+        index = m.new(f"{parent}_at_idx")
+        exists = "IF NOT EXISTS " if idem else ""
+        up = f"CREATE INDEX {exists}{index} ON {parent} (at);"
+        if draw(st.booleans()):
+            renamed = m.new("pix")
+            up += f"\nALTER INDEX {index} RENAME TO {renamed};"
+            index = renamed
+        return Mig(up, _down(draw, f"DROP INDEX IF EXISTS {index};"), f"index_{parent}")
+    fn, trg = m.new("stamp_"), m.new("ptrg")
+    up = (f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+          f"BEGIN\n    NEW.payload := coalesce(NEW.payload, 'p');\n    RETURN NEW;\nEND\n$$;\n"
+          f"CREATE TRIGGER {trg} BEFORE INSERT ON {parent} FOR EACH ROW EXECUTE FUNCTION {fn}();")
+    down = f"DROP TRIGGER IF EXISTS {trg} ON {parent};\nDROP FUNCTION IF EXISTS {fn}();"
+    if draw(st.booleans()):
+        renamed = m.new("ptrg_r")
+        up += f"\nALTER TRIGGER {trg} ON {parent} RENAME TO {renamed};"
+        down = down.replace(trg, renamed)
+    return Mig(up, _down(draw, down, f"DROP FUNCTION IF EXISTS {fn}() CASCADE;"), f"trigger_{parent}")
+
+
+def schema(draw: st.DrawFn, m: Model, idem: bool) -> Mig:
+    """A schema of its own (the tracking then reads everything in full)."""
+    name = m.new("app")
+    up = f"CREATE SCHEMA IF NOT EXISTS {name};\nCREATE TABLE IF NOT EXISTS {name}.settings (key text PRIMARY KEY, value text);"
+    return Mig(up, _down(draw, f"DROP SCHEMA IF EXISTS {name} CASCADE;", f"DROP TABLE IF EXISTS {name}.settings;"),
+               f"schema_{name}")
+
+
 def _applicable(m: Model) -> list[Callable[[st.DrawFn, Model, bool], Mig]]:
     plain = [t for t in m.tables if t.kind == "plain"]
     blocks: list[Callable[[st.DrawFn, Model, bool], Mig]] = [create_table, create_enum, create_domain, function,
-                                                              partitions]
+                                                              partitions, schema]
     if plain:
         blocks += [add_column, rename_object, policy, inherit, comment, grant]
     if any(t.view is None for t in plain):
@@ -504,10 +614,10 @@ def _applicable(m: Model) -> list[Callable[[st.DrawFn, Model, bool], Mig]]:
         blocks.append(sequence)
     if m.with_columns("text"):
         blocks.append(data)
-    if any(c not in t.indexes.values() and c not in ("name", "amount") and not t.children
+    if any(c not in t.indexes.values() and c not in ("name", "amount")
            for t, c in m.with_columns("text", "integer", "boolean", "jsonb")):
         blocks.append(drop_column)
-    if any(ty == "integer" and c not in ("id", "parent_id", "account_id") and not t.children
+    if any(ty == "integer" and c not in ("id", "parent_id", "account_id")
            and (c in t.indexes.values() or (t.view and c in t.view[1]))
            for t in plain for c, ty in t.columns):
         blocks.append(retype_column)
@@ -519,6 +629,18 @@ def _applicable(m: Model) -> list[Callable[[st.DrawFn, Model, bool], Mig]]:
         blocks.append(primary_key_using_index)
     if m.enums:
         blocks.append(add_enum_value)
+    if any(("amount", "integer") in t.columns for t in plain):
+        blocks.append(add_check)
+    if plain:
+        blocks.append(unique_constraint)
+    if m.with_columns("text", "integer"):
+        blocks.append(not_null)
+    if m.functions:
+        blocks.append(rename_routine)
+    if any(("id", "bigint") in t.columns for t in plain):
+        blocks.append(identity)
+    if m.partitioned:
+        blocks.append(partition_objects)
     if any(("name", "text") in t.columns for t in plain):
         blocks.append(trigger)
     return blocks
@@ -531,7 +653,7 @@ def histories(draw: st.DrawFn) -> tuple[bool, bool, dict[str, str]]:
     m = Model(seeded)
     if seeded:
         m.tables.append(Table("accounts", [("id", "integer"), ("email", "text"), ("status", "text")],
-                              key="accounts_pkey"))
+                              key="accounts_pkey", seeded=True))
     files: dict[str, str] = {}
     for number in range(1, draw(st.integers(3, 8)) + 1):
         blocks = _applicable(m)
