@@ -707,7 +707,7 @@ def compare(pg_server: Server, root: Path, monkeypatch: pytest.MonkeyPatch, capl
 
 
 @settings(
-    max_examples=_EXAMPLES or 12,
+    max_examples=_EXAMPLES or 30,
     derandomize=not _EXAMPLES,
     deadline=None,
     database=None,
