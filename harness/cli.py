@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -19,20 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import psycopg
-
-from . import adopt, cli_apply, history, layouts, lint
-from .authoring import create_migration, layout_for
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, HarnessError
-from .execute import relpath
-from .generate import check_schema, generate
-from .plan import load_plan, plan_json_schema
-from .postgres import start_server
 from .redact import ScrubFilter, describe_dsn, register_dsn, scrub
-from .runner import read_status, rehearse_plan, status_target  # the Python API: one code path
-from .sources import load_migrations, load_plan_migrations
 
 __all__ = ["main"]
+
+# Each command imports the engine parts it needs inside its handler: the console script then starts in
+# about a quarter of the time (bench/startup_bench.py), which `harness lint` and `status` in CI notice.
 
 log = logging.getLogger("harness")
 
@@ -85,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _handlers(sub: Any) -> dict[str, Any]:
+    from . import cli_apply
+
     return {"status": _status, "rehearse": _rehearse, "lint": _lint, "schema": _schema, **cli_apply.add_commands(sub),
             **_layout_handlers(), **_authoring_handlers()}
 
@@ -181,6 +175,9 @@ def _emit(data: Any, out: TextIO | None = None) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from . import history
+    from .runner import read_status  # the Python API's status: one code path
+
     plan = _load_plan(args.plan) if args.plan else None
     dsn, note = _status_database(args, plan)
     migrations = _status_migrations(args, plan)
@@ -195,6 +192,8 @@ def _status(args: argparse.Namespace) -> int:
             print(scrub(f"({note})"))
         print(scrub(history.format_status(status, where=where)))
         if foreign:
+            from . import adopt
+
             print()
             recorded = {m.id for _, m in status.applied if m is not None}
             print(scrub(adopt.format_foreign(foreign, recorded)))
@@ -202,6 +201,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _foreign_histories(dsn: str, migrations: list[Any]) -> list[Any]:
+    import psycopg
+
+    from . import adopt
+
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         return [adopt.match_history(h, migrations) for h in adopt.read_foreign_histories(conn)]
 
@@ -209,6 +212,8 @@ def _foreign_histories(dsn: str, migrations: list[Any]) -> list[Any]:
 def _status_database(args: argparse.Namespace, plan: Any) -> tuple[str, str | None]:
     """The database ``status`` inspects: --dsn, the plan's target, its running dev-db; no plan: $DATABASE_URL."""
     if plan is not None:
+        from .runner import status_target
+
         dsn, note = status_target(plan, args.dsn)
     else:
         given = args.dsn or os.environ.get("DATABASE_URL")
@@ -221,6 +226,8 @@ def _status_database(args: argparse.Namespace, plan: Any) -> tuple[str, str | No
 
 def _status_migrations(args: argparse.Namespace, plan: Any) -> list[Any]:
     """The migrations ``status`` compares with: --migrations DIR, else the plan's (layout, substitutions)."""
+    from .sources import load_migrations, load_plan_migrations
+
     if args.migrations or plan is None:
         return load_migrations(Path(args.migrations) if args.migrations else Path("migrations"))
     return load_plan_migrations(plan)
@@ -232,6 +239,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _load_plan(name: str) -> Any:
+    from .plan import load_plan
+
     return load_plan(name)
 
 
@@ -240,6 +249,8 @@ def _load_plan(name: str) -> Any:
 
 def _rehearse(args: argparse.Namespace) -> int:
     """``harness rehearse``: a thin wrapper over :func:`harness.runner.rehearse_plan` (the Python API's engine)."""
+    from .runner import rehearse_plan
+
     plan = _load_plan(args.plan)
 
     def show(item: Any, outcome: Any) -> None:
@@ -284,6 +295,10 @@ def _print_outcome(out: TextIO, item_id: str, outcome: Any) -> None:
 
 def _lint(args: argparse.Namespace) -> int:
     """Lint files or migration folders (any layout), honouring the plan's per-step ``allow``."""
+    import dataclasses
+
+    from . import layouts, lint
+
     plan = _load_plan(args.plan) if args.plan else None
     inputs = [Path(p) for p in args.paths] or [plan.migrations_dir if plan else Path("migrations")]
     findings: list[Any] = []
@@ -349,6 +364,8 @@ def _lint(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    from .plan import plan_json_schema
+
     print(json.dumps(plan_json_schema(), indent=2))
     return EXIT_OK
 
@@ -363,6 +380,9 @@ def _layout_handlers() -> dict[str, Any]:
 
 def _adopt(args: argparse.Namespace) -> int:
     """``harness adopt PLAN``: copy a foreign history's state into harness.schema_migrations, once."""
+    from . import adopt
+    from .sources import load_plan_migrations
+
     plan = _load_plan(args.plan)
     dsn = args.dsn or plan.target_dsn or os.environ.get("DATABASE_URL")
     if not dsn:
@@ -439,9 +459,12 @@ def _only_plan(given: str | None, *, required: bool) -> Any:
 
 
 def _new(args: argparse.Namespace) -> int:
+    from .authoring import create_migration, layout_for
+
     plan = _only_plan(args.plan, required=False)
     directory = plan.migrations_dir if plan else Path("migrations")
     layout = layout_for(plan.layout, directory) if plan else None
+    from .execute import relpath
 
     created = create_migration(directory, args.name, layout=layout)
     for path in created.files or (created.up, created.down):
@@ -453,12 +476,16 @@ def _new(args: argparse.Namespace) -> int:
 
 
 def _rehearsal_server(plan: Any, args: argparse.Namespace) -> Any:
+    from .postgres import start_server
+
     provider = args.provider or plan.rehearsal.provider
     dsn = args.rehearsal_dsn or plan.rehearsal.dsn
     return start_server(provider, plan.rehearsal.postgres, dsn, data_bytes=plan.rehearsal.seed_bytes)
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
     plan = _only_plan(args.plan, required=True)
     server = _rehearsal_server(plan, args)
     try:
@@ -470,6 +497,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _check_schema(args: argparse.Namespace) -> int:
+    from .generate import check_schema
+
     plan = _only_plan(args.plan, required=True)
     server = _rehearsal_server(plan, args)
     try:

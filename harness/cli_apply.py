@@ -15,13 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .apply import ApplyOptions, apply_plan
-from .backup import file_sha256, list_backups, read_manifest, restore_backup, verify_backup
-from .devdb import DevDB
-from .errors import EXIT_FAILED, EXIT_OK, BackupError, ConfigError, HarnessError
-from .plan import load_plan
+from .errors import EXIT_FAILED, EXIT_OK, ConfigError, HarnessError
 from .redact import describe_dsn, register_dsn, scrub
-from .rollback import rollback_plan
 from .runlog import human_size
 
 __all__ = ["add_commands"]
@@ -78,6 +73,8 @@ def _emit(data: Any) -> None:
 
 
 def _load(name: str) -> Any:
+    from .plan import load_plan
+
     return load_plan(name)
 
 
@@ -85,6 +82,8 @@ def _load(name: str) -> Any:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    from .apply import ApplyOptions, apply_plan
+
     plan = _load(args.plan)
     options = ApplyOptions(dry_run=args.dry_run, force=args.force, mode=args.mode, yes=args.yes, to=args.to)
     out = sys.stderr if args.json else sys.stdout
@@ -101,6 +100,9 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    from .apply import ApplyOptions
+    from .rollback import rollback_plan
+
     plan = _load(args.plan)
     options = ApplyOptions(dry_run=args.dry_run, force=args.force, mode=args.mode, yes=args.yes)
     out = sys.stderr if args.json else sys.stdout
@@ -120,6 +122,8 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _dev_db(args: argparse.Namespace) -> int:
+    from .devdb import DevDB
+
     root = Path(args.root) if args.root else (_load(args.plan).root if args.plan else Path.cwd())
     dev = DevDB(root)
     if args.action == "start":
@@ -176,6 +180,9 @@ def _dev_db(args: argparse.Namespace) -> int:
 
 
 def _backups(args: argparse.Namespace) -> int:
+    from .backup import file_sha256, list_backups, verify_backup
+    from .errors import BackupError
+
     plan = _load(args.plan) if args.plan else None
     directory = Path(args.dir) if args.dir else (plan.backup.dir if plan else Path("backups"))
     backups = list_backups(directory, plan.name if plan else None)
@@ -211,6 +218,8 @@ def _backups(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    from .backup import read_manifest, restore_backup
+
     path = Path(args.backup)
     if not path.is_file():
         raise ConfigError(f"backup {path} does not exist; `harness backups PLAN` lists the backups there are")
@@ -222,6 +231,8 @@ def _restore(args: argparse.Namespace) -> int:
         plan = _load(info.plan_path)
     dsn = args.dsn or (plan.target_dsn if plan else None)
     if not dsn and plan is not None:
+        from .devdb import DevDB
+
         status = DevDB(plan.root).status()
         if not status.running:
             raise ConfigError("the development database is not running; start it with `harness dev-db start`")
