@@ -822,7 +822,10 @@ class Rehearsal:
         failure stands; ``False``: judge again untracked (full snapshots).
         """
         if any(i not in self._exact for i in needs) or self._physically_ahead():
-            self._rebuild(track=True)
+            verified = self._verified
+            if self._rebuild(track=True):
+                # The replay found tracked states wrong: verdicts reported since may rest on them.
+                self._rejudge(verified + 1, self._position)
             return False
         verify = tracking.changes_sql(verify=True)
         mark = tracking.mark_sql()
