@@ -4,7 +4,8 @@ The history is the generated one of ``bench/rehearsal_bench.py`` (tables,
 columns, indexes and functions, each migration with its down),
 ``--migrations`` long, plus one new migration.  The
 gate is ``rehearse_plan`` (what ``harness rehearse`` runs): server start,
-rehearsal, receipt and, with the cache, the entry written at the end.
+rehearsal, receipt and, with the cache, the entry written at the end (a
+cold run dumps the database; a warm one shares the archive it restored).
 
 - **no cache**: ``cache=False``, every migration rehearsed;
 - **cold**: the cache on but empty (the first run of a branch: it pays for
@@ -103,6 +104,7 @@ def compare(root: Path, count: int, kind: str, runs: int) -> None:
     for name, values in times.items():
         print(f"  {name:9s} {medians[name]:.3f} s   ({', '.join(f'{v:.3f}' for v in values)})")
     print(f"  warm / no cache {medians['warm'] / medians['no cache']:.2f}x, warm / cold {medians['warm'] / medians['cold']:.2f}x")
+    print(f"  ratios per round (warm / cold): {', '.join(f'{w / c:.2f}' for w, c in zip(times['warm'], times['cold']))}")
 
 
 def parts(root: Path, count: int, runs: int) -> None:
@@ -144,8 +146,14 @@ def parts(root: Path, count: int, runs: int) -> None:
                 table_fingerprints(conn)
                 timed("self-check: data of every table", time.perf_counter() - t0)
             t0 = time.perf_counter()
+            PrefixCache(root / f"written_{i}", plan.name).save(
+                server=server, dbname=f"bench_{i}", key=entry.key, base=entry.base, changes=entry.changes,
+                data=entry.data, items=list(entry.items.values()), archive=entry, chain=entry.chain,
+            )
+            timed("writing the entry (archive shared)", time.perf_counter() - t0)
+            t0 = time.perf_counter()
             _dump(server, f"bench_{i}", root / f"bench_{i}.dump")
-            timed("pg_dump of the new head (at the end)", time.perf_counter() - t0)
+            timed("pg_dump (a cold run's entry only)", time.perf_counter() - t0)
         finally:
             server.stop()
     print(f"warm start, {count} migrations, medians of {runs}:")
