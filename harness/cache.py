@@ -60,7 +60,10 @@ from .redact import scrub
 from .snapshot import Snapshot
 from .sources import Migration
 
-__all__ = ["CacheError", "CachedItem", "ChainProof", "Entry", "PrefixCache", "prefix_keys", "harness_fingerprint"]
+__all__ = [
+    "CacheError", "CachedItem", "ChainProof", "Entry", "PrefixCache", "prefix_keys", "harness_fingerprint", "restore",
+    "restore_roles",
+]
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +281,19 @@ class PrefixCache:
 
     # ------------------------------------------------------------------ reading
 
-    def find(self, keys: Sequence[str]) -> Entry | None:
-        """The entry of the longest prefix whose key is in *keys* (``keys[i]``: migrations ``0..i``), if any."""
+    def latest(self) -> Entry | None:
+        """The newest entry, as it describes itself: a guess at the one :meth:`find` will choose, if any."""
+        try:
+            path = max(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime)
+            return self._read(path, path.stem, None)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None  # find() reads, warns and discards
+
+    def find(self, keys: Sequence[str], known: Entry | None = None) -> Entry | None:
+        """The entry of the longest prefix whose key is in *keys* (``keys[i]``: migrations ``0..i``), if any.
+
+        *known* is an entry read already (:meth:`latest`): not read again.
+        """
         try:
             present = {p.stem for p in self.directory.glob("*.json")}
         except OSError:
@@ -289,6 +303,8 @@ class PrefixCache:
             if key not in present:
                 continue
             path = self.directory / f"{key}.json"
+            if known is not None and (known.path, known.length) == (path, length):
+                return known
             try:
                 return self._read(path, key, length)
             except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
@@ -297,10 +313,14 @@ class PrefixCache:
                 self.discard(path)
         return None
 
-    def _read(self, path: Path, key: str, length: int) -> Entry:
+    def _read(self, path: Path, key: str, length: int | None) -> Entry:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(f"format {data.get('format') if isinstance(data, dict) else '?'}, expected {_FORMAT}")
+        if length is None:
+            length = data["length"]
+            if not isinstance(length, int):
+                raise ValueError(f"length {length!r}")
         if data["key"] != key or data["length"] != length or len(data["changes"]) != length:
             raise ValueError("the entry does not describe the prefix its name says")
         archive_length = data["archive_length"]
@@ -514,14 +534,19 @@ def restore(server: Server, dbname: str, entry: Entry) -> None:
             raise CacheError(f"{entry.dump} is not the archive the entry recorded (its hash differs)")
     except OSError as exc:
         raise CacheError(f"cannot read {entry.dump}: {exc}") from None
-    try:
-        _create_roles(server, entry)
-    except psycopg.Error as exc:
-        raise CacheError(f"cannot create the roles the cached state names: {exc}") from None
+    restore_roles(server, entry)
     server.create_database(dbname)
     conninfo, env = connection_args(server.dsn(dbname))
     _run([str(_tool(server, "pg_restore")), "--exit-on-error", "--single-transaction", "--no-password",
           f"--dbname={conninfo}", str(entry.dump)], env, f"pg_restore of {entry.dump}")
+
+
+def restore_roles(server: Server, entry: Entry) -> None:
+    """Create the roles *entry* names that the cluster lacks (an archive restored for another entry may need them)."""
+    try:
+        _create_roles(server, entry)
+    except psycopg.Error as exc:
+        raise CacheError(f"cannot create the roles the cached state names: {exc}") from None
 
 
 def _create_roles(server: Server, entry: Entry) -> None:

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,7 +37,9 @@ from psycopg import generators, pq, sql
 from . import bases
 from . import lint as lint_mod
 from . import tracking
-from .cache import REPLAY_LIMIT, CacheError, CachedItem, ChainProof, Entry, PrefixCache, prefix_keys, restore
+from .cache import (
+    REPLAY_LIMIT, CacheError, CachedItem, ChainProof, Entry, PrefixCache, prefix_keys, restore, restore_roles,
+)
 from .checks import check_problem, check_summary
 from .compat import breaking_changes, redefined_tables
 from .errors import HarnessError
@@ -182,19 +185,31 @@ class Rehearsal:
         migrations: Sequence[Migration] | None = None,
         measure: bool = True,
         cache: PrefixCache | None = None,
+        ahead: bool = False,
     ) -> None:
+        """*ahead*: with a *cache*, start the server and restore the newest entry while the folder loads."""
         self.plan = plan
         self._server = server
         # False when only the schema at some version is wanted (apply's drift
         # check, generate): no lock measurement, failure rehearsal or batched run.
         self._measure = measure
-        # Layouts and substitutions: the plan says how to read its folder.
-        self.migrations = list(migrations) if migrations is not None else load_plan_migrations(plan)
-        plan.bind([(m.id, m.version) for m in self.migrations])
-        # baseline: index of the last migration the plan's baseline covers (-1: none).
-        self._baseline = baseline_index(self.migrations, getattr(plan, "baseline", None))
-        self.configs = {m.id: plan.step_for(m.id, m.version) for m in self.migrations}
         self.dbname = f"mh_rehearsal_{uuid.uuid4().hex[:10]}"
+        # Most warm runs go on from the newest entry: its restore need not wait for the keys (see _resume).
+        self._ahead: threading.Thread | None = None
+        self._restored_ahead: Entry | None = None  # the entry whose archive the thread restored into dbname
+        if ahead and cache is not None:
+            self._ahead = threading.Thread(target=self._restore_ahead, args=(cache,), name="harness-restore-ahead")
+            self._ahead.start()
+        try:
+            # Layouts and substitutions: the plan says how to read its folder.
+            self.migrations = list(migrations) if migrations is not None else load_plan_migrations(plan)
+            plan.bind([(m.id, m.version) for m in self.migrations])
+            # baseline: index of the last migration the plan's baseline covers (-1: none).
+            self._baseline = baseline_index(self.migrations, getattr(plan, "baseline", None))
+            self.configs = {m.id: plan.step_for(m.id, m.version) for m in self.migrations}
+        except BaseException:
+            self._drop_restored_ahead()
+            raise
         self._conn: psycopg.Connection | None = None
         self._steps = [_Step() for _ in self.migrations]
         self._position = -1  # index of the last migration applied to the working database
@@ -247,6 +262,9 @@ class Rehearsal:
     @property
     def server(self) -> Server:
         """The rehearsal server, started on first use when a factory was given."""
+        if self._ahead is not None and self._ahead is not threading.current_thread():
+            self._ahead.join()  # it may be starting the server
+            self._ahead = None
         if not isinstance(self._server, Server):
             self._server = self._server()
         return self._server
@@ -333,6 +351,7 @@ class Rehearsal:
 
     def close(self) -> None:
         """Drop the working database (best effort; never hides an earlier error)."""
+        self._drop_restored_ahead()
         self._flight = None  # closing the connection discards any results still coming
         if self._conn is not None:
             with contextlib.suppress(Exception):
@@ -367,6 +386,31 @@ class Rehearsal:
             self._keys = prefix_keys(self.plan, self.migrations, self.configs, self.server.version)
         return self._keys
 
+    def _restore_ahead(self, cache: PrefixCache) -> None:
+        """In a thread: start the server and restore the newest entry's archive into the working database."""
+        try:
+            entry = cache.latest()
+            if entry is not None:
+                restore(self.server, self.dbname, entry)
+                self._restored_ahead = entry
+        except Exception as exc:  # noqa: BLE001 - a guess: _resume restores, and reports, what it finds
+            log.debug("no restore ahead of the cache keys: %s", exc)
+            if isinstance(self._server, Server):
+                with contextlib.suppress(Exception):
+                    self._server.drop_database(self.dbname)
+
+    def _drop_restored_ahead(self) -> None:
+        """Wait for the restore ahead of the keys; drop what it restored unless it was taken (best effort)."""
+        if self._ahead is not None:
+            self._ahead.join()
+            self._ahead = None
+        if self._restored_ahead is not None:
+            self._restored_ahead = None
+            try:
+                self.server.drop_database(self.dbname)
+            except Exception as exc:  # noqa: BLE001 - cleanup is best effort
+                log.warning("could not drop rehearsal database %s: %s", self.dbname, exc)
+
     def _resume(self) -> bool:
         """Restore the longest rehearsed prefix the cache holds, check it, and go on from there.
 
@@ -375,23 +419,35 @@ class Rehearsal:
         discarded with a warning and the rehearsal starts from the beginning.
         """
         assert self._cache is not None
+        keys = self._prefix_keys()  # starts the server: after the restore ahead, if any
+        ahead, self._restored_ahead = self._restored_ahead, None
         # An entry whose migrations applied again miss its state may share its archive with a shorter one.
         for _attempt in range(2):
-            entry = self._cache.find(self._prefix_keys())
+            entry = self._cache.find(keys, known=ahead)
             if entry is None:
-                return False
-            if self._resume_from(entry):
+                break
+            # The database holds that entry's archive if the guess restored the same one (by its hash).
+            restored = ahead is not None and ahead.dump_sha256 == entry.dump_sha256
+            if ahead is not None and not restored:
+                self.server.drop_database(self.dbname)
+            ahead = None
+            if self._resume_from(entry, restored=restored):
                 return True
+        if ahead is not None:
+            self.server.drop_database(self.dbname)
         return False
 
-    def _resume_from(self, entry: Entry) -> bool:
+    def _resume_from(self, entry: Entry, *, restored: bool = False) -> bool:
         assert self._cache is not None
         last = entry.length - 1
         wanted = {i.id for i in self.items() if not i.plan_level and i.index <= last}
         try:
             if set(entry.items) != wanted or any(i.status != PASSED for i in entry.items.values()):
                 raise CacheError("its items are not those of these migrations, or not all of them passed")
-            restore(self.server, self.dbname, entry)
+            if restored:
+                restore_roles(self.server, entry)  # those of the entry found, if the one guessed named fewer
+            else:
+                restore(self.server, self.dbname, entry)
             self._connect()
             kept, expected = entry.schemas(_CHECKPOINT)
             self._drop_event_triggers()
@@ -432,8 +488,8 @@ class Rehearsal:
         self._exact = {-1, last}
         self._cached = {item_id: entry.items[item_id] for item_id in wanted}
         self._resumed = entry
-        log.info("rehearsal of plan %s goes on after %s, restored from the cache", self.plan.name,
-                 self.migrations[last].id)
+        log.info("rehearsal of plan %s goes on after %s, restored from the cache%s", self.plan.name,
+                 self.migrations[last].id, " (while the folder loaded)" if restored else "")
         return True
 
     def _replay(self, index: int) -> None:

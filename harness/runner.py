@@ -191,7 +191,7 @@ def rehearse_plan(
     directory = plan.rehearsal.cache if cache is None or cache is True else (cache or None)
     prefix_cache = PrefixCache(directory, plan.name) if directory is not None and not select else None
     try:
-        with Rehearsal(plan, factory, cache=prefix_cache) as rehearsal:
+        with Rehearsal(plan, factory, cache=prefix_cache, ahead=True) as rehearsal:
             items = rehearsal.items()
             if select:
                 items = [i for i in items if select in i.id]

@@ -274,6 +274,20 @@ def test_the_chain_runs_in_full_when_the_new_downs_leave_other_data(tmp_path: Pa
     assert chain.status == PASSED and chain.message.startswith("3 downs rolled") and "cached" not in chain.message
 
 
+def test_the_newest_entry_restored_ahead_of_the_keys_is_set_aside_when_another_one_fits(
+    tmp_path: Path, ran: Path
+) -> None:
+    plan_path = _project(tmp_path, ran, 2)
+    _rehearse(plan_path, ran)
+    _change_seed(tmp_path, PLAN)
+    _rehearse(plan_path, ran)  # the newest entry: another seed, another archive
+    (tmp_path / "seed.sql").write_text(SEED)
+    _project(tmp_path, ran, 3)
+    result, ups = _rehearse(plan_path, ran)
+    assert _cached_migrations(result) == {"1_users", "2_orders"} and set(ups) == {"3_nick"}
+    assert not [w for w in result.warnings if "cache" in w], result.warnings
+
+
 def test_no_cache_neither_reads_nor_writes(tmp_path: Path, ran: Path) -> None:
     plan_path = _project(tmp_path, ran, 2, PLAN.replace("seed: seed.sql}", "seed: seed.sql, cache: false}"))
     _rehearse(plan_path, ran)
