@@ -56,16 +56,23 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from . import adopt, history, mirror
 from .batch import BatchSpec, BatchState, next_batch, resolve_target
 from .checks import check_problem
-from .connection import CONNECTION_LOST, RETRYABLE, check_conninfo, classify_connect_error
+from ._apply_text import batches as _batches
+from ._apply_text import describe_url as _describe_url
+from ._apply_text import first_line as _first_line
+from ._apply_text import indent as _indent
+from ._apply_text import ms as _ms
+from ._apply_text import plural as _plural
+from ._apply_text import seconds as _seconds
+from .apply_session import Session, timeout_settings
+from .connection import RETRYABLE, check_conninfo
 from .backup import BackupInfo, prune_backups, take_backup, touched_tables
 from .devdb import DevDB
 from .errors import (
@@ -101,8 +108,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 #: Where statement-by-statement progress of non-transactional migrations is kept.
 PROGRESS_TABLE = history.PROGRESS_TABLE
 
@@ -116,9 +121,6 @@ BATCH_REPORT_EVERY = 10
 #: matched by psycopg's classes (harness.connection.RETRYABLE), listed here for reference.
 RETRYABLE_SQLSTATES = {cls.sqlstate: reason for cls, reason in RETRYABLE}
 
-_APPLICATION_NAME = "migration-harness apply"
-_CONNECT_TIMEOUT = 10
-_MAX_DELAY = 60.0
 
 _PROGRESS = sql.SQL("{}.{}").format(sql.Identifier(history.SCHEMA), sql.Identifier(PROGRESS_TABLE))
 _CREATE_PROGRESS = sql.SQL(
@@ -232,42 +234,6 @@ def apply_plan(plan: Plan, options: ApplyOptions | None = None, *, out: TextIO |
 # Helpers
 
 
-def _ms(seconds: float) -> str:
-    return f"{int(round(seconds * 1000))}ms"
-
-
-def _seconds(value: float) -> str:
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _batches(n: int) -> str:
-    return f"{n} batch{'' if n == 1 else 'es'}"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return scrub(lines[0]) if lines else type(exc).__name__
-
-
-def _describe_url(url: str) -> str:
-    """An URL without userinfo and query string (either may hold a token)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or "?"
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path or '/'}"
-
-
-def _indent(text: str, prefix: str = "    ") -> str:
-    return "\n".join(prefix + line if line else line for line in text.splitlines())
-
-
 class _HealthFailed(Exception):
     """Internal: verification or a health check failed, with the text to show."""
 
@@ -297,11 +263,9 @@ class _Run:
         self.baselined: list[Migration] = []
         self.result = ApplyResult(plan=plan.name, mode=self.mode, dry_run=options.dry_run, forced=options.force)
         self.runlog: RunLog | None = None
+        self._session: Session | None = None
         self.dsn: str | None = None
         self.where = "?"
-        self.conn: psycopg.Connection[Any] | None = None
-        # The session holding the run lock; while set, the writing session self.conn holds its fence.
-        self.lock: history.LockSession | None = None
         self.receipt: Receipt | None = None
         self.receipt_valid = False
         self.snapshot: Snapshot | None = None
@@ -324,6 +288,11 @@ class _Run:
         assert self.runlog is not None
         return self.runlog
 
+    @property
+    def session(self) -> Session:
+        assert self._session is not None
+        return self._session
+
     def run(self) -> ApplyResult:
         t0 = time.perf_counter()
         self.dsn = self._resolve_target()
@@ -335,6 +304,7 @@ class _Run:
         self.result.database = self.where
         log_dir = None if self.options.dry_run else self.plan.root / "logs"
         self.runlog = RunLog(self.plan.name, log_dir, out=self.out)
+        self._session = Session(self.dsn, self.where, self.guards, self.runlog)
         self.result.log_path = self.rl.path
         self.ctx = HookContext(
             plan=self.plan.name, phase="pre_run", mode=self.mode, database=self.where, root=str(self.plan.root)
@@ -387,9 +357,7 @@ class _Run:
                 timings=self.result.timings,
                 error=self.result.error,
             )
-            if self.conn is not None:
-                with contextlib.suppress(Exception):
-                    self.conn.close()
+            self.session.close()
             self.rl.close()
         return self.result
 
@@ -461,146 +429,6 @@ class _Run:
 
     # ------------------------------------------------------------------ connections
 
-    def _connect_once(self, *, read_only: bool = False) -> psycopg.Connection[Any]:
-        assert self.dsn is not None
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": _APPLICATION_NAME}
-        if "connect_timeout" not in conninfo_to_dict(self.dsn):
-            kwargs["connect_timeout"] = _CONNECT_TIMEOUT
-        # Guard queries (catalog snapshots read expressions and so take ACCESS SHARE locks) must not hang
-        # behind another session's ACCESS EXCLUSIVE lock: they give up after lock_wait.  Migration
-        # statements override this with the plan's lock_timeout (SET LOCAL / SET, and RESET comes back here).
-        options = f"-c lock_timeout={max(int(self.guards.lock_wait * 1000), 1)}"
-        if read_only:
-            options += " -c default_transaction_read_only=on"
-        kwargs["options"] = options
-        conn = psycopg.connect(self.dsn, **kwargs)
-        conn.add_notice_handler(self._notice)
-        if conn.info.server_version >= 140000:
-            # If this process dies, the server notices within seconds and rolls back,
-            # instead of keeping the migration's locks until a statement finishes.
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("SET client_connection_check_interval = '2s'")
-        return conn
-
-    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
-        """Show and log what a migration raises (RAISE NOTICE/WARNING/INFO) as a ``notice`` event."""
-        if diag.severity_nonlocalized in ("NOTICE", "WARNING", "INFO") and self.runlog is not None:
-            self.rl.say(f"    {diag.severity}: {diag.message_primary}", event=False)
-            self.rl.event("notice", severity=diag.severity_nonlocalized, text=scrub(str(diag.message_primary)))
-
-    def _connect(self, *, read_only: bool = False, what: str = "connect") -> psycopg.Connection[Any]:
-        """Connect, retrying transient failures with exponential backoff (see :mod:`harness.connection`).
-
-        A refusal that is the settings' fault (password, role, database, an
-        option) raises :class:`ConnectionRefusedByConfig` at once; a transient
-        failure that outlasts the retries raises :class:`TargetUnreachable`.
-        """
-        assert self.dsn is not None
-        attempts = self.guards.max_retries + 1
-        attempt = 1
-        rechecked = False
-        while True:
-            try:
-                return self._connect_once(read_only=read_only)
-            except psycopg.Error as exc:
-                verdict = classify_connect_error(exc, self.dsn, connect_timeout=_CONNECT_TIMEOUT)
-            if not verdict.transient:
-                if verdict.from_ping and not rechecked:
-                    # Ping answered after the failure: the server may have just come up. One more try, now.
-                    rechecked = True
-                    continue
-                raise ConnectionRefusedByConfig(
-                    f"cannot connect to {self.where}: {verdict.reason}. Not retried: {verdict.advice}.",
-                    where=self.where, reason=verdict.reason, attempts=attempt,
-                )
-            if attempt == attempts:
-                raise TargetUnreachable(
-                    f"cannot connect to {self.where} after {attempts} tries: {verdict.reason}. The server did not "
-                    "answer, or is starting up, shutting down or out of connection slots: check that it is running "
-                    "and reachable from here, then run apply again (guards.max_retries and retry_delay set how long "
-                    "apply keeps trying).",
-                    where=self.where, reason=verdict.reason, attempts=attempts,
-                )
-            delay = self._delay(attempt)
-            self.rl.warning(
-                f"cannot connect to {self.where} ({verdict.reason}); try {attempt + 1} of {attempts} in {delay:.1f}s"
-            )
-            self.rl.event("retry", what=what, attempt=attempt, reason=verdict.reason, delay=delay)
-            time.sleep(delay)
-            attempt += 1
-
-    def _live(self) -> psycopg.Connection[Any]:
-        if self.conn is None or self.conn.closed or self.conn.broken:
-            if self.conn is not None:
-                with contextlib.suppress(Exception):
-                    self.conn.close()
-                self.rl.say(f"  reconnecting to {self.where}")
-            self.conn = self._connect(what="reconnect")
-            self._fence(self.conn)
-        return self.conn
-
-    def _delay(self, attempt: int) -> float:
-        """Seconds before retry number *attempt* (1-based): retry_delay * retry_factor ** (attempt - 1)."""
-        return min(self.guards.retry_delay * self.guards.retry_factor ** (attempt - 1), _MAX_DELAY)
-
-    @staticmethod
-    def _rollback_quietly(conn: psycopg.Connection[Any]) -> None:
-        if conn.closed or conn.broken:
-            return
-        with contextlib.suppress(psycopg.Error):
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.execute("ROLLBACK")
-
-    @staticmethod
-    def _retry_reason(exc: BaseException, conn: psycopg.Connection[Any]) -> str | None:
-        """Why *exc* (raised inside a migration) is worth another try, or ``None``: psycopg's classes decide."""
-        kind: type[BaseException] = type(exc)
-        if isinstance(exc, StatementFailed):
-            # A statement's failure keeps the SQLSTATE, not the exception: psycopg's class for that SQLSTATE.
-            with contextlib.suppress(KeyError):
-                kind = psycopg.errors.lookup(exc.sqlstate) if exc.sqlstate else psycopg.OperationalError
-        for cls, reason in RETRYABLE:
-            if issubclass(kind, cls):
-                return reason
-        if issubclass(kind, CONNECTION_LOST):
-            return "connection lost"
-        # A dropped socket: libpq reports it without a SQLSTATE, and the connection is broken.
-        if conn.closed or conn.broken or (isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None):
-            return "connection lost"
-        return None
-
-    def _retrying(self, what: str, attempt_fn: Callable[[psycopg.Connection[Any], int], T]) -> T:
-        """Run *attempt_fn(conn, attempt)*; retry retryable errors with backoff, reconnecting when needed."""
-        attempt = 0
-        while True:
-            conn = self._live()
-            try:
-                return attempt_fn(conn, attempt)
-            except (StatementFailed, psycopg.Error) as exc:
-                self._rollback_quietly(conn)
-                reason = self._retry_reason(exc, conn)
-                if reason is None:
-                    raise
-                attempt += 1
-                text = str(exc) if isinstance(exc, StatementFailed) else describe_pg_error(exc)
-                if attempt > self.guards.max_retries:
-                    advice = {
-                        "lock timeout": "another session holds a conflicting lock for longer than lock_timeout "
-                        f"({_seconds(self.guards.lock_timeout)}); find it in pg_stat_activity / pg_locks, or run "
-                        "at a quieter time",
-                        "connection lost": "the connection to the server keeps dropping; check the server",
-                    }.get(reason, "try again later")
-                    raise MigrationError(
-                        f"{what}: gave up after {attempt} tries ({reason}); it was rolled back each time. "
-                        f"Last error:\n{_indent(text)}\n{advice[0].upper() + advice[1:]}."
-                    ) from None
-                delay = self._delay(attempt)
-                self.rl.warning(
-                    f"{what}: {reason} ({_first_line(exc)}); retry {attempt} of {self.guards.max_retries} in {delay:.1f}s"
-                )
-                self.rl.event("retry", what=what, attempt=attempt, reason=reason, delay=delay, error=_first_line(exc))
-                time.sleep(delay)
-
     # ------------------------------------------------------------------ apply
 
     def _apply(self) -> None:
@@ -610,13 +438,13 @@ class _Run:
             with rl.phase("receipt"):
                 self._receipt_gate()
         with rl.phase("connect"):
-            self.conn = self._connect()
-            rl.say(f"  connected: PostgreSQL {self.conn.info.parameter_status('server_version') or '?'}")
+            conn = self.session.open()
+            rl.say(f"  connected: PostgreSQL {conn.info.parameter_status('server_version') or '?'}")
         if self.production and self.receipt is not None:
-            self._receipt_server_gate(self.conn)
+            self._receipt_server_gate(conn)
         assert self.dsn is not None
         with contextlib.ExitStack() as stack:
-            self._take_lock(stack)
+            self.session.take_lock(stack)
             with rl.phase("status"):
                 status = self._status()
                 self._stop_pending()
@@ -658,66 +486,6 @@ class _Run:
                         "stay pending")
 
     # -- the run lock and its fence (harness.history, docs/apply.md "Fencing")
-
-    def _take_lock(self, stack: contextlib.ExitStack) -> None:
-        """Take the run lock (held until *stack* closes) and its fence on the writing session."""
-        assert self.conn is not None and self.dsn is not None
-        with self.rl.phase("lock"):
-            # The writing session must not idle out while this run waits for the lock.
-            history.keep_alive(self.conn)
-            t0 = time.monotonic()
-            holder = stack.enter_context(history.run_lock(self.dsn, timeout=self.guards.lock_wait, on_wait=self._waiting))
-            lock = history.lock_session(holder)
-            self._fence(self.conn, lock, timeout=max(self.guards.lock_wait - (time.monotonic() - t0), 0.0))
-            self.lock = lock
-            stack.callback(self._unfence)
-        self.rl.say("  run lock taken")
-
-    def _waiting(self, text: str) -> None:
-        self.rl.say(f"  {text}")
-        self.rl.event("lock_wait", text=text)
-
-    def _fence(self, conn: psycopg.Connection[Any], lock: history.LockSession | None = None,
-               timeout: float | None = None) -> None:
-        """Make *conn* (a new writing session) hold the fence of the run lock; a no-op before the lock is taken."""
-        lock = lock or self.lock
-        if lock is None:
-            return
-        history.take_fence(conn, lock, timeout=self.guards.lock_wait if timeout is None else timeout,
-                           where=self.where, on_wait=self._waiting)
-
-    def _unfence(self) -> None:
-        if self.conn is not None and self.lock is not None:
-            history.release_fence(self.conn, self.lock)
-        self.lock = None
-
-    def _verify_lock(self, conn: psycopg.Connection[Any], *, rollback: bool = True) -> None:
-        """Prove that this run still holds the run lock (and *conn* its fence) before a statement or a commit.
-
-        When it does not, an open transaction is rolled back (*rollback*
-        ``False``: inside ``conn.transaction()``, which rolls back itself) and
-        the run stops (:class:`~harness.errors.RunLockLost`).
-        """
-        if self.lock is None:
-            return
-        try:
-            history.verify_lock(conn, self.lock, where=self.where)
-        except HarnessError as exc:
-            if rollback:
-                self._rollback_quietly(conn)
-            self.rl.event("lock_lost", text=str(exc))
-            raise
-
-    def _begin(self, conn: psycopg.Connection[Any]) -> None:
-        """``BEGIN``, the plan's ``SET LOCAL`` timeouts, and the proof that this run still holds the lock."""
-        conn.execute("BEGIN")
-        self._set_local(conn)
-        self._verify_lock(conn)
-
-    def _commit(self, conn: psycopg.Connection[Any]) -> None:
-        """``COMMIT``, after proving that this run still holds the lock (else roll back and stop)."""
-        self._verify_lock(conn)
-        conn.execute("COMMIT")
 
     # -- guards
 
@@ -766,7 +534,7 @@ class _Run:
             self.rl.warning(problem)
 
     def _status(self) -> history.Status[Migration]:
-        conn = self._live()
+        conn = self.session.live()
         status = history.compute_status(self.migrations, history.read_applied(conn))
         self.result.skipped = [m.id for _, m in status.applied if m is not None]
         problems: list[str] = []
@@ -878,13 +646,13 @@ class _Run:
 
         def attempt(conn: psycopg.Connection[Any], n: int) -> None:
             with conn.transaction():
-                self._verify_lock(conn, rollback=False)
+                self.session.verify_lock(conn, rollback=False)
                 recorded = {r.version for r in history.read_applied(conn)}
                 for migration in baselined:
                     if migration.version not in recorded:
                         self._record(conn, migration, execution_ms=0, mode="baseline")
 
-        self._retrying("recording the baseline", attempt)
+        self.session.retrying("recording the baseline", attempt)
         self.result.baselined = [m.id for m in baselined]
         self.rl.say(f"baseline: recorded {_plural(len(baselined), 'migration')} up to {baselined[-1].id} as applied "
                     "(mode baseline); they were not run")
@@ -892,7 +660,7 @@ class _Run:
 
     def _drift(self, status: history.Status[Migration]) -> None:
         rl = self.rl
-        conn = self._live()
+        conn = self.session.live()
         if not self.baselined and self._drift_within(conn):
             return
         sequence = None if self.baselined else _applied_first(self.migrations, status)
@@ -1105,7 +873,7 @@ class _Run:
 
     def _prepare_tables(self) -> None:
         """Create the harness's bookkeeping tables up front, so a backup already holds them."""
-        conn = self._live()
+        conn = self.session.live()
         history.ensure_table(conn)
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{history.SCHEMA}.{PROGRESS_TABLE}"]).fetchone()
         if not (exists and exists[0]):
@@ -1154,7 +922,7 @@ class _Run:
             dumps = sorted(directory.glob(f"{self.plan.name}-*.dump"), key=lambda p: p.stat().st_mtime)
             return f"{human_size(dumps[-1].stat().st_size)} written" if dumps else "starting"
 
-        conn = self._live()
+        conn = self.session.live()
         schema = self.snapshot.objects if self.snapshot is not None else None
         t0 = time.perf_counter()
         with rl.progress("backup", detail=written):
@@ -1213,10 +981,6 @@ class _Run:
             self.rl.say(f"[{number}/{total}] {migration.id} applied in {_seconds(time.perf_counter() - t0)}")
             self._run_hooks("post_migration", migration)
 
-    def _set_local(self, conn: psycopg.Connection[Any], scope: str = "LOCAL") -> None:
-        for statement in timeout_settings(self.guards, scope):
-            conn.execute(statement)
-
     def _record(self, conn: psycopg.Connection[Any], migration: Migration, *, execution_ms: int, mode: str) -> None:
         """Record *migration* as applied in our history and, with ``history.mirror``, the other tool's, in the
         caller's transaction."""
@@ -1265,14 +1029,14 @@ class _Run:
                 return timings
             timings.clear()
             t0 = time.perf_counter()
-            self._begin(conn)
+            self.session.begin(conn)
             run_statements(conn, migration.statements, migration.path, timings=timings)
             self._record(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
-            self._commit(conn)
+            self.session.commit(conn)
             return timings
 
         try:
-            return self._retrying(migration.id, attempt)
+            return self.session.retrying(migration.id, attempt)
         except (StatementFailed, psycopg.Error) as exc:
             raise self._migration_failed(migration, exc) from None
 
@@ -1286,18 +1050,18 @@ class _Run:
         def attempt(conn: psycopg.Connection[Any], n: int) -> None:
             if n > 0 and all(self._recorded(conn, m) for m in pending):
                 return
-            self._begin(conn)
+            self.session.begin(conn)
             for number, migration in enumerate(pending, 1):
                 current["m"] = migration
                 t0 = time.perf_counter()
                 run_statements(conn, migration.statements, migration.path)
                 self._record(conn, migration, execution_ms=int((time.perf_counter() - t0) * 1000), mode=self.mode)
                 self.rl.say(f"[{number}/{len(pending)}] {migration.id} ran ({_plural(len(migration.statements), 'statement')})")
-            self._commit(conn)
+            self.session.commit(conn)
 
         with self.rl.phase("migration:single", migrations=[m.id for m in pending]):
             try:
-                self._retrying("the single transaction", attempt)
+                self.session.retrying("the single transaction", attempt)
             except (StatementFailed, psycopg.Error) as exc:
                 failed = current.get("m", pending[0])
                 raise self._migration_failed(
@@ -1374,11 +1138,11 @@ class _Run:
         so a re-run resumes exactly where the last commit left off.
         """
         rl = self.rl
-        conn = self._live()
+        conn = self.session.live()
         done = self._progress(conn, migration)
         if self.completed_unrecorded and self.completed_unrecorded[0] == migration.version:
             done = max(done, self.completed_unrecorded[1])
-            self._retrying(f"recording progress of {migration.id}", lambda c, n: self._mark(c, migration, done))
+            self.session.retrying(f"recording progress of {migration.id}", lambda c, n: self._mark(c, migration, done))
         statements = migration.statements
         if done >= 0:
             rl.say(f"  resuming {migration.id}: statements 1-{done + 1} of {len(statements)} were completed by an earlier run")
@@ -1404,13 +1168,13 @@ class _Run:
             if n > 0 and self._recorded(c, migration):
                 return
             with c.transaction():
-                self._verify_lock(c, rollback=False)
+                self.session.verify_lock(c, rollback=False)
                 self._record(c, migration, execution_ms=int(sum(s for _, s in timings) * 1000), mode=self.mode)
                 c.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_PROGRESS), [migration.version])
                 if migration.batches:
                     c.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_BATCH_PROGRESS), [migration.version])
 
-        self._retrying(f"recording {migration.id}", finish)
+        self.session.retrying(f"recording {migration.id}", finish)
         return timings
 
     def _mark(self, c: psycopg.Connection[Any], migration: Migration, index: int) -> None:
@@ -1429,7 +1193,7 @@ class _Run:
         index_name = self._index_name(statement)
         existed = None
         if index_name:
-            existed = self._index_state(self._live(), index_name)
+            existed = self._index_state(self.session.live(), index_name)
             if existed is not None and not existed[1]:
                 raise GuardError(
                     f"{relpath(migration.path)}:{statement.line}: index {existed[0]} exists but is INVALID, left "
@@ -1445,15 +1209,15 @@ class _Run:
                     # Our own failed try left it: drop it so the retry builds it afresh.
                     rl.say(f"  dropping the invalid index {state[0]} left by the failed try")
                     c.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.SQL(state[0])))
-            self._set_local(c, "SESSION")
-            self._verify_lock(c)
+            self.session.set_timeouts(c, "SESSION")
+            self.session.verify_lock(c)
             run_statements(c, [statement], migration.path, timings=timings)
 
         what = f"{migration.id} statement {index + 1}/{len(statements)}"
         try:
-            self._retrying(what, attempt)
+            self.session.retrying(what, attempt)
         except (StatementFailed, psycopg.Error) as exc:
-            invalid = self._invalid_indexes(self._live())
+            invalid = self._invalid_indexes(self.session.live())
             partial = (
                 f" at statement {index + 1} of {len(statements)}; statements 1-{index} are done and recorded in "
                 f"{history.SCHEMA}.{PROGRESS_TABLE}, so a re-run resumes at statement {index + 1}"
@@ -1466,13 +1230,13 @@ class _Run:
                 error = MigrationError(f"{error}\nINVALID indexes were left behind; drop them before re-running:\n{drops}")
             raise error from None
         except MigrationError as exc:
-            invalid = self._invalid_indexes(self._live())
+            invalid = self._invalid_indexes(self.session.live())
             if invalid:
                 drops = "\n".join(f"    DROP INDEX CONCURRENTLY IF EXISTS {name};" for name in invalid)
                 raise MigrationError(f"{exc}\nINVALID indexes were left behind; drop them before re-running:\n{drops}") from None
             raise
 
-        self._retrying(f"recording progress of {what}", lambda c, n: self._mark(c, migration, index))
+        self.session.retrying(f"recording progress of {what}", lambda c, n: self._mark(c, migration, index))
         rl.say(f"  statement {index + 1}/{len(statements)} done (line {statement.line})")
 
     def _apply_group(self, migration: Migration, first: int, last: int, timings: list[tuple[Statement, float]]) -> None:
@@ -1483,14 +1247,14 @@ class _Run:
 
         def attempt(c: psycopg.Connection[Any], n: int) -> None:
             done: list[tuple[Statement, float]] = []
-            self._begin(c)
+            self.session.begin(c)
             run_statements(c, statements[first:last + 1], migration.path, timings=done)
             self._mark(c, migration, last)
-            self._commit(c)
+            self.session.commit(c)
             timings.extend(done)
 
         try:
-            self._retrying(what, attempt)
+            self.session.retrying(what, attempt)
         except (StatementFailed, psycopg.Error) as exc:
             partial = (f" in statements {first + 1}-{last + 1}, which ran in one transaction and were rolled back"
                        + (f"; statements 1-{first} are done and recorded in {history.SCHEMA}.{PROGRESS_TABLE}, so a "
@@ -1526,7 +1290,7 @@ class _Run:
         that hits a lock timeout is retried like a migration.
         """
         rl = self.rl
-        conn = self._live()
+        conn = self.session.live()
         target = resolve_target(conn, spec)
         assert target is not None
         state = self._batch_state(conn, migration, spec)
@@ -1541,7 +1305,7 @@ class _Run:
         started = state
 
         def attempt(c: psycopg.Connection[Any], n: int) -> tuple[BatchState, bool]:
-            self._begin(c)
+            self.session.begin(c)
             # After a lost connection the COMMIT may have happened: the progress row says.
             current = self._batch_state(c, migration, spec) if n > 0 else state
             upper, rows = next_batch(c, spec, target, current.last_key)
@@ -1559,12 +1323,12 @@ class _Run:
                 [migration.version, migration.checksum, spec.index, spec.statement_line, after.last_key, after.rows,
                  after.batches],
             )
-            self._commit(c)
+            self.session.commit(c)
             return after, False
 
         while True:
             try:
-                state, finished = self._retrying(f"{label} batch {state.batches + 1}", attempt)
+                state, finished = self.session.retrying(f"{label} batch {state.batches + 1}", attempt)
             except (StatementFailed, psycopg.Error) as exc:
                 partial = (
                     f" in batch {state.batches + 1} of the batched statement at line {spec.statement_line}, which was "
@@ -1586,7 +1350,7 @@ class _Run:
             if spec.pause:
                 time.sleep(spec.pause)
         seconds = time.perf_counter() - t0
-        self._retrying(f"recording progress of {label}", lambda c, n: self._finish_batched(c, migration, spec))
+        self.session.retrying(f"recording progress of {label}", lambda c, n: self._finish_batched(c, migration, spec))
         timings.append((migration.statements[spec.index], seconds))
         rl.say(f"  {label}: done: {_batches(state.batches)}, {state.rows} rows in {_seconds(seconds)}")
         rl.event("batched", migration=migration.id, line=spec.statement_line, batches=state.batches, rows=state.rows,
@@ -1594,7 +1358,7 @@ class _Run:
 
     def _finish_batched(self, c: psycopg.Connection[Any], migration: Migration, spec: BatchSpec) -> None:
         with c.transaction():
-            self._verify_lock(c, rollback=False)
+            self.session.verify_lock(c, rollback=False)
             self._mark(c, migration, spec.index)
             c.execute(sql.SQL("DELETE FROM {} WHERE version = %s AND statement_index = %s").format(_BATCH_PROGRESS),
                       [migration.version, spec.index])
@@ -1630,7 +1394,7 @@ class _Run:
         reached = self._reached()
         if reached is not None:
             return self._verify_at(reached)
-        actual = self._schema(self._live())
+        actual = self._schema(self.session.live())
         changes = diff_snapshots(self.receipt.final_snapshot, actual)
         self.rl.event("verification", outcome="failed" if changes else "passed",
                       changes=[c.describe() for c in changes[:200]])
@@ -1663,7 +1427,7 @@ class _Run:
             return "skipped (no matching receipt)"
         mid = self.migrations[index].id if index >= 0 else None
         at = f"after {mid}" if mid else "before the first migration"
-        actual = self._schema(self._live())
+        actual = self._schema(self.session.live())
         digest = self.receipt.digests.get(mid) if mid else None
         if digest is not None and digest == actual.digest:
             self.rl.event("verification", outcome="passed", at=mid, digest=digest)
@@ -1695,7 +1459,7 @@ class _Run:
         return "passed (" + ", ".join(done) + ")"
 
     def _run_check(self, check: Check) -> None:
-        conn = self._live()
+        conn = self.session.live()
         try:
             with conn.transaction(force_rollback=True):
                 conn.execute("SET TRANSACTION READ ONLY")
@@ -1734,7 +1498,7 @@ class _Run:
                 last = f"HTTP {status}"
             self.rl.event("health_url", url=shown, attempt=attempt, outcome="failed", answer=last)
             if attempt < attempts:
-                delay = self._delay(attempt)
+                delay = self.session.delay(attempt)
                 self.rl.say(f"  health url {shown}: {last}; try {attempt + 1} of {attempts} in {delay:.1f}s")
                 time.sleep(delay)
         raise _HealthFailed(f"{shown} did not answer 2xx in {attempts} tries (last answer: {last})")
@@ -1791,13 +1555,13 @@ class _Run:
                 if n > 0 and not any(r.version == migration.version for r in history.read_applied(conn)):
                     return
                 if transactional:
-                    self._begin(conn)
+                    self.session.begin(conn)
                     run_statements(conn, statements, path)
                     self._unrecord(conn, migration)
-                    self._commit(conn)
+                    self.session.commit(conn)
                 else:
-                    self._set_local(conn, "SESSION")
-                    self._verify_lock(conn)
+                    self.session.set_timeouts(conn, "SESSION")
+                    self.session.verify_lock(conn)
                     run_statements(conn, statements, path)
                     with conn.transaction():  # our row and the mirrored one go together
                         self._unrecord(conn, migration)
@@ -1805,7 +1569,7 @@ class _Run:
                     conn.execute("RESET statement_timeout")
 
             try:
-                self._retrying(f"down of {migration.id}", attempt)
+                self.session.retrying(f"down of {migration.id}", attempt)
             except (StatementFailed, psycopg.Error) as exc:
                 text = str(exc) if isinstance(exc, StatementFailed) else describe_pg_error(exc)
                 raise MigrationError(f"the down migration of {migration.id} failed:\n{_indent(text)}") from None
@@ -1853,7 +1617,7 @@ class _Run:
         conn: psycopg.Connection[Any] | None = None
         applied_rows: list[history.AppliedMigration] = []
         if self.dsn is not None:
-            self.conn = conn = self._connect(read_only=True)
+            conn = self.session.open(read_only=True)
             applied_rows = history.read_applied(conn)
         else:
             add("  the development database is not running: apply would start it (history assumed empty)")
@@ -2051,14 +1815,6 @@ class _Run:
                 add(f"  -- record statements up to {last + 1} in {history.SCHEMA}.{PROGRESS_TABLE} (same transaction)")
                 add("  COMMIT;")
         add(f"  {record}")
-
-def timeout_settings(guards: Any, scope: str = "LOCAL") -> list[sql.Composed]:
-    """The plan's ``SET LOCAL`` (or session ``SET``) of ``lock_timeout`` and ``statement_timeout``, decided here once."""
-    return [
-        sql.SQL("SET {} {} = {}").format(sql.SQL(scope), sql.Identifier(name), sql.Literal(_ms(value)))
-        for name, value in (("lock_timeout", guards.lock_timeout), ("statement_timeout", guards.statement_timeout))
-    ]
-
 
 def migration_index(migrations: Sequence[Migration], ref: str) -> int:
     """The position of the migration *ref* names (its version or its id); :class:`ConfigError` (exit 2) when none does."""

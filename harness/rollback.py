@@ -35,19 +35,13 @@ import psycopg
 from psycopg import sql
 
 from . import history
-from .apply import (
-    ApplyOptions,
-    ApplyResult,
-    _describe_url,
-    _first_line,
-    _HealthFailed,
-    _indent,
-    _plural,
-    _Run,
-    _seconds,
-    migration_index,
-    timeout_settings,
-)
+from ._apply_text import describe_url as _describe_url
+from ._apply_text import first_line as _first_line
+from ._apply_text import indent as _indent
+from ._apply_text import plural as _plural
+from ._apply_text import seconds as _seconds
+from .apply import ApplyOptions, ApplyResult, _HealthFailed, _Run, migration_index
+from .apply_session import timeout_settings
 from .backup import list_backups
 from .errors import CheckFailed, ConfigError, GuardError, HarnessError, MigrationError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
@@ -141,7 +135,7 @@ class _ProveLock:
     """The proof that the run still holds the run lock and this session its fence (else roll back and stop)."""
 
     def execute(self, run: _Rollback, conn: psycopg.Connection[Any]) -> None:
-        run._verify_lock(conn)
+        run.session.verify_lock(conn)
 
     def describe(self) -> list[str]:
         return ["-- prove that this run still holds the run lock, and this session its fence"]
@@ -242,7 +236,7 @@ class _BackupStep:
 
     def describe(self, run: _Rollback) -> list[str]:
         lines: list[str] = []
-        run._dry_backup(lines.append, run.conn)
+        run._dry_backup(lines.append, run.session.conn)
         return [line for line in lines if not line.startswith("retention:")]
 
     def execute(self, run: _Rollback) -> None:
@@ -294,7 +288,7 @@ class _DownStep:
                 action.execute(run, conn)
 
         try:
-            run._retrying(unit.what, attempt)
+            run.session.retrying(unit.what, attempt)
         except (StatementFailed, psycopg.Error) as exc:
             raise run._down_failed(migration, exc, number, len(self.units)) from None
 
@@ -565,14 +559,14 @@ class _Rollback(_Run):
         rl.event("rollback", to=self.migrations[self.to_index].version if self.to_index is not None else None,
                  steps=self.count)
         with rl.phase("connect"):
-            self.conn = self._connect()
-            rl.say(f"  connected: PostgreSQL {self.conn.info.parameter_status('server_version') or '?'}")
+            conn = self.session.open()
+            rl.say(f"  connected: PostgreSQL {conn.info.parameter_status('server_version') or '?'}")
         with contextlib.ExitStack() as stack:
-            self._take_lock(stack)
+            self.session.take_lock(stack)
             with rl.phase("status"):
                 status = self._status()
                 self._select(status)
-                problem = self._partly_applied_problem(self._live())
+                problem = self._partly_applied_problem(self.session.live())
                 if problem:
                     raise GuardError(problem)
             if not self.selected:
@@ -589,7 +583,7 @@ class _Rollback(_Run):
                 with rl.phase("receipt"):
                     self._receipt_gate()
                     if self.receipt is not None:
-                        self._receipt_server_gate(self._live())
+                        self._receipt_server_gate(self.session.live())
                     self._proof_gate()
                 with rl.phase("drift"):
                     self._drift(status)
@@ -652,7 +646,7 @@ class _Rollback(_Run):
         rows: list[history.AppliedMigration] = []
         conn = None
         if self.dsn is not None:
-            self.conn = conn = self._connect(read_only=True)
+            conn = self.session.open(read_only=True)
             rows = history.read_applied(conn)
         else:
             add("  the development database is not running: nothing is applied there")
