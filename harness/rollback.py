@@ -40,7 +40,9 @@ from ._apply_text import first_line as _first_line
 from ._apply_text import indent as _indent
 from ._apply_text import plural as _plural
 from ._apply_text import seconds as _seconds
-from .apply import ApplyOptions, ApplyResult, _HealthFailed, _Run, migration_index
+from .apply import _Run
+from .apply_context import ApplyOptions, ApplyResult, migration_index
+from .apply_finish import HealthFailed
 from .apply_session import timeout_settings
 from .backup import list_backups
 from .errors import CheckFailed, ConfigError, GuardError, HarnessError, MigrationError
@@ -169,7 +171,7 @@ class _Forget:
     mirror: str | None  # the mirrored tool's history table, when the plan keeps one in step
 
     def execute(self, run: _Rollback, conn: psycopg.Connection[Any]) -> None:
-        run._unrecord(conn, self.migration)
+        run.migrator.unrecord(conn, self.migration)
 
     def describe(self) -> list[str]:
         also = f" and from {self.mirror}'s history table" if self.mirror else ""
@@ -216,7 +218,7 @@ def _down_units(migration: Migration, guards: Any, mirror: str | None) -> list[_
 
 def _hook_lines(run: _Rollback, event: str, migration: Migration | None = None) -> list[str]:
     return [f"hook {event}: {describe_hook(hook)}" + (f" ({migration.id})" if migration else "")
-            for hook in run._hooks(event)]
+            for hook in run.hooks(event)]
 
 
 class _HooksStep:
@@ -228,7 +230,7 @@ class _HooksStep:
         return _hook_lines(run, self.event)
 
     def execute(self, run: _Rollback) -> None:
-        run._run_hooks(self.event)
+        run.run_hooks(self.event)
 
 
 class _BackupStep:
@@ -265,7 +267,7 @@ class _DownStep:
 
     def execute(self, run: _Rollback) -> None:
         migration = self.migration
-        run._run_hooks("pre_migration", migration)
+        run.run_hooks("pre_migration", migration)
         t0 = time.perf_counter()
         with run.rl.phase(f"rollback:{migration.id}", statements=len(migration.down_statements or ())):
             with run.rl.progress(f"down {migration.id}"):
@@ -275,7 +277,7 @@ class _DownStep:
         run.result.rolled_back.append(migration.id)
         run.rl.event("rolled_back", migration=migration.id, seconds=round(time.perf_counter() - t0, 4))
         run.rl.say(f"  {migration.id} rolled back in {_seconds(time.perf_counter() - t0)}; its history row is gone")
-        run._run_hooks("post_migration", migration)
+        run.run_hooks("post_migration", migration)
 
     def _run_unit(self, run: _Rollback, unit: _Unit, number: int) -> None:
         migration = self.migration
@@ -307,8 +309,8 @@ class _VerifyStep:
     def execute(self, run: _Rollback) -> None:
         with run.rl.phase("verify"):
             try:
-                run.result.verification = run._verify_at(run.target_index)
-            except _HealthFailed as exc:
+                run.result.verification = run.finish.verify_at(run.target_index)
+            except HealthFailed as exc:
                 run.result.verification = "failed"
                 run._check_failed(f"verification failed: {exc}")
         run.rl.say(f"verification: {run.result.verification}")
@@ -329,8 +331,8 @@ class _HealthStep:
     def execute(self, run: _Rollback) -> None:
         with run.rl.phase("health"):
             try:
-                run.result.health = run._health()
-            except _HealthFailed as exc:
+                run.result.health = run.finish.health()
+            except HealthFailed as exc:
                 run.result.health = "failed"
                 run._check_failed(f"health check failed: {exc}")
         run.rl.say(f"health: {run.result.health}")
@@ -343,7 +345,7 @@ class _RetentionStep:
         return [f"keep the newest {run.plan.backup.keep} backups of plan {run.plan.name}"]
 
     def execute(self, run: _Rollback) -> None:
-        run._retention()
+        run.finish.retention()
 
 
 # --------------------------------------------------------------------------
@@ -498,22 +500,22 @@ class _Rollback(_Run):
         if not self.production or self.options.yes:
             return
         what = self._describe_selection()
-        self._ask(f"{what[0].upper()}{what[1:]} on {self.where}? [y/N] ", "production rollback")
+        self.gates.ask(f"{what[0].upper()}{what[1:]} on {self.where}? [y/N] ", "production rollback")
 
     # ------------------------------------------------------------------ the steps
 
     def _steps(self) -> list[Step]:
         """What the rollback does after its guards, in order: the list both the run and the dry run walk."""
         steps: list[Step] = []
-        if self._hooks("pre_run"):
+        if self.hooks("pre_run"):
             steps.append(_HooksStep("pre_run"))
         if self.production:
             steps.append(_BackupStep())
         steps += [_DownStep(self, m) for _, m in self.selected if m is not None]
         steps += [_VerifyStep(), _HealthStep()]
-        if self._hooks("post_run"):
+        if self.hooks("post_run"):
             steps.append(_HooksStep("post_run"))
-        if self.production and self.plan.backup.mode != "none" and not self._hooks("backup"):
+        if self.production and self.plan.backup.mode != "none" and not self.hooks("backup"):
             steps.append(_RetentionStep())
         return steps
 
@@ -547,7 +549,7 @@ class _Rollback(_Run):
     def _check_failed(self, failure: str) -> None:
         done = ", ".join(m.id for m in self.rolled_back_now) or "nothing"
         raise CheckFailed(f"{failure}\nThe downs ran: {done} rolled back (the history no longer lists them). "
-                          f"{self._restore_advice()}")
+                          f"{self.finish.restore_advice()}")
 
     # ------------------------------------------------------------------ the run
 
@@ -564,7 +566,7 @@ class _Rollback(_Run):
         with contextlib.ExitStack() as stack:
             self.session.take_lock(stack)
             with rl.phase("status"):
-                status = self._status()
+                status = self.gates.status()
                 self._select(status)
                 problem = self._partly_applied_problem(self.session.live())
                 if problem:
@@ -581,12 +583,12 @@ class _Rollback(_Run):
             if self.production:
                 # After the selection, so that an irreversible migration is named first (it has no receipt anyway).
                 with rl.phase("receipt"):
-                    self._receipt_gate()
+                    self.gates.receipt_gate()
                     if self.receipt is not None:
-                        self._receipt_server_gate(self.session.live())
+                        self.gates.receipt_server_gate(self.session.live())
                     self._proof_gate()
                 with rl.phase("drift"):
-                    self._drift(status)
+                    self.gates.drift(status)
             self._confirm_rollback()
             steps = self._steps()
             for number, step in enumerate(steps, 1):
@@ -701,7 +703,7 @@ class _Rollback(_Run):
                 self.result.step_titles.append(step.title)
                 for line in step.describe(self):
                     add(f"  {line}")
-        for hook in self._hooks("on_failure"):
+        for hook in self.hooks("on_failure"):
             add(f"hook on_failure: {describe_hook(hook)} (only if the run fails)")
         if would_refuse:
             add(f"rollback would refuse: {', '.join(dict.fromkeys(would_refuse))}")
@@ -713,7 +715,7 @@ class _Rollback(_Run):
         digest = self.receipt.digests.get(last.id) if self.receipt is not None and last is not None else None
         if digest is None:
             add("drift: rollback would rehearse the plan up to the target's version and compare schemas")
-        elif digest == self._schema(conn).digest:
+        elif digest == self.schema(conn).digest:
             add(f"drift: none (schema digest matches the rehearsal after {last.id if last else '?'})")
         else:
             refuse("drift", f"the schema differs from the rehearsal after {last.id if last else '?'}")

@@ -1,0 +1,268 @@
+"""After the migrations: verification against the rehearsal, health checks, the rollback a failure triggers.
+
+Verification compares the target's schema with the receipt's (at the
+version reached, with ``--to``); health runs the plan's SQL checks and
+probes its URL.  When either fails, ``health.on_failure: rollback`` runs the
+downs of this run's migrations, newest first, else the run stops naming the
+backup.  Retention of backups closes a successful run.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from . import history
+from ._apply_text import describe_url as _describe_url
+from ._apply_text import indent as _indent
+from .apply_context import RunContext
+from .backup import prune_backups
+from .checks import check_problem
+from .errors import CheckFailed, HarnessError, MigrationError
+from .execute import StatementFailed, describe_pg_error, relpath, run_statements
+from .migrator import Migrator
+from .plan import Check
+from .redact import scrub
+from .snapshot import diff_snapshots, format_changes
+from .sources import Migration, Statement
+
+__all__ = ["Finish", "HealthFailed"]
+
+
+class HealthFailed(Exception):
+    """Verification or a health check failed, with the text to show."""
+
+
+class Finish:
+    """Verification, health and what follows a failure of either, for one run."""
+
+    def __init__(self, run: RunContext, migrator: Migrator) -> None:
+        self.run = run
+        self.migrator = migrator
+
+    def verify_and_health(self, *, nothing_applied: bool) -> None:
+        rl = self.run.rl
+        failure: str | None = None
+        with rl.phase("verify"):
+            try:
+                self.run.result.verification = self.verify()
+            except HealthFailed as exc:
+                self.run.result.verification = "failed"
+                failure = f"verification failed: {exc}"
+        rl.say(f"verification: {self.run.result.verification}")
+        if failure is None:
+            with rl.phase("health"):
+                try:
+                    self.run.result.health = self.health()
+                except HealthFailed as exc:
+                    self.run.result.health = "failed"
+                    failure = f"health check failed: {exc}"
+            rl.say(f"health: {self.run.result.health}")
+        if failure is not None:
+            self.after_check_failure(failure)
+
+    def verify(self) -> str:
+        if not self.run.production:
+            return "skipped (development mode)"
+        if self.run.receipt is None or not self.run.receipt_valid:
+            return "skipped (no matching receipt)"
+        reached = self.reached()
+        if reached is not None:
+            return self.verify_at(reached)
+        actual = self.run.schema(self.run.session.live())
+        changes = diff_snapshots(self.run.receipt.final_snapshot, actual)
+        self.run.rl.event("verification", outcome="failed" if changes else "passed",
+                      changes=[c.describe() for c in changes[:200]])
+        if changes:
+            raise HealthFailed(
+                f"the schema of {self.run.where} differs from the rehearsal's final schema (expected → actual):\n"
+                + _indent(format_changes(changes))
+            )
+        return "passed (schema equals the rehearsal's final schema)"
+
+    def reached(self) -> int | None:
+        """With ``--to``, the index of the newest migration the target has after this run, when it is not the
+        last file (verification compares there); ``None``: the receipt's final schema."""
+        if self.run.stop is None:
+            return None
+        done = {*self.run.result.skipped, *self.run.result.baselined, *(m.id for m in self.run.pending)}
+        reached = max((i for i, m in enumerate(self.run.migrations) if m.id in done), default=-1)
+        return reached if reached < len(self.run.migrations) - 1 else None
+
+    def verify_at(self, index: int) -> str:
+        """Verification against the rehearsal's schema after migration *index* (``-1``: before the first).
+
+        The receipt's digest after it decides; on a mismatch (or without a
+        digest: before the first migration) the plan is rehearsed up to there
+        on a throwaway server, which also shows the difference.
+        """
+        if not self.run.production:
+            return "skipped (development mode)"
+        if self.run.receipt is None or not self.run.receipt_valid:
+            return "skipped (no matching receipt)"
+        mid = self.run.migrations[index].id if index >= 0 else None
+        at = f"after {mid}" if mid else "before the first migration"
+        actual = self.run.schema(self.run.session.live())
+        digest = self.run.receipt.digests.get(mid) if mid else None
+        if digest is not None and digest == actual.digest:
+            self.run.rl.event("verification", outcome="passed", at=mid, digest=digest)
+            return f"passed (schema digest matches the rehearsal {at})"
+        self.run.rl.say(f"  verify: rehearsing the plan up to {mid or 'its start'} to compare the schema ...")
+        with self.run.rl.progress("verify rehearsal"):
+            expected = self.run.rehearsed_schema(index)
+        changes = diff_snapshots(expected, actual)
+        self.run.rl.event("verification", outcome="failed" if changes else "passed", at=mid, rehearsed=True,
+                      changes=[c.describe() for c in changes[:200]])
+        if changes:
+            raise HealthFailed(
+                f"the schema of {self.run.where} differs from the rehearsal's schema {at} (expected → actual):\n"
+                + _indent(format_changes(changes))
+            )
+        return f"passed (schema equals the rehearsal {at})"
+
+    def health(self) -> str:
+        health = self.run.plan.health
+        if not health.checks and not health.url:
+            return "skipped (no health checks in the plan)"
+        done: list[str] = []
+        for check in health.checks:
+            self.run_check(check)
+            done.append(f"check {check.name!r}")
+        if health.url:
+            self.probe(health.url)
+            done.append(f"url {_describe_url(health.url)}")
+        return "passed (" + ", ".join(done) + ")"
+
+    def run_check(self, check: Check) -> None:
+        conn = self.run.session.live()
+        try:
+            with conn.transaction(force_rollback=True):
+                conn.execute("SET TRANSACTION READ ONLY")
+                cur = conn.execute(check.sql)  # plan SQL is trusted
+                rows = cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            self.run.rl.event("health_check", name=check.name, outcome="error", error=describe_pg_error(exc))
+            raise HealthFailed(f"check {check.name!r} failed to run: {describe_pg_error(exc)}\n    {check.sql}") from None
+        problem = check_problem(check, rows)
+        self.run.rl.event("health_check", name=check.name, outcome="failed" if problem else "passed", problem=problem)
+        if problem:
+            raise HealthFailed(problem)
+        self.run.rl.say(f"  health check {check.name!r}: ok")
+
+    def probe(self, url: str) -> None:
+        health = self.run.plan.health
+        shown = _describe_url(url)
+        attempts = health.retries + 1
+        last = "?"
+        for attempt in range(1, attempts + 1):
+            request = urllib.request.Request(url, method="GET", headers={"User-Agent": "migration-harness"})
+            status: int | None = None
+            try:
+                with urllib.request.urlopen(request, timeout=health.timeout) as response:  # noqa: S310 - http(s) only, validated by the plan
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                last = scrub(str(reason))
+            if status is not None:
+                if 200 <= status < 300:
+                    self.run.rl.event("health_url", url=shown, attempt=attempt, status=status, outcome="passed")
+                    self.run.rl.say(f"  health url {shown}: HTTP {status}")
+                    return
+                last = f"HTTP {status}"
+            self.run.rl.event("health_url", url=shown, attempt=attempt, outcome="failed", answer=last)
+            if attempt < attempts:
+                delay = self.run.session.delay(attempt)
+                self.run.rl.say(f"  health url {shown}: {last}; try {attempt + 1} of {attempts} in {delay:.1f}s")
+                time.sleep(delay)
+        raise HealthFailed(f"{shown} did not answer 2xx in {attempts} tries (last answer: {last})")
+
+    def restore_advice(self) -> str:
+        if self.run.backup_path is not None:
+            return f"Restore the backup taken before this run if needed: harness restore {self.run.backup_path}"
+        if self.run.production:
+            return "No backup file was taken by the harness; fix forward with a new migration."
+        return "Development mode takes no backup; fix forward, or reset the development database."
+
+    def after_check_failure(self, failure: str) -> None:
+        rl = self.run.rl
+        text = [failure]
+        applied = list(self.run.applied_now)
+        if not applied:
+            text.append("No migration was applied by this run.")
+        elif self.run.plan.health.on_failure == "rollback":
+            lacking = [m.id for m in applied if not m.reversible]
+            if lacking:
+                text.append(
+                    f"Cannot roll back: no down migration for {', '.join(lacking)}; the migrations of this run "
+                    f"({', '.join(m.id for m in applied)}) stay applied. {self.restore_advice()}"
+                )
+            else:
+                try:
+                    with rl.phase("rollback"):
+                        self.rollback(applied)
+                    text.append(
+                        "Rolled back with their down migrations (newest first): "
+                        + ", ".join(m.id for m in reversed(applied))
+                        + "; the history no longer lists them."
+                    )
+                except HarnessError as exc:
+                    text.append(f"The rollback failed: {exc}\n{self.restore_advice()}")
+        else:
+            text.append(
+                f"health.on_failure is stop: the migrations of this run ({', '.join(m.id for m in applied)}) stay "
+                f"applied. {self.restore_advice()}"
+            )
+        raise CheckFailed("\n".join(text))
+
+    def rollback(self, applied: Sequence[Migration]) -> None:
+        for migration in reversed(applied):
+            statements = migration.down_statements or ()
+            path = migration.down_path or migration.path
+            self.run.rl.say(f"rolling back {migration.id} with {relpath(path)} ...")
+            # The layout may declare the down non-transactional (diesel, dbmate, goose, Flyway flags).
+            transactional = migration.down_transactional
+
+            def attempt(conn: psycopg.Connection[Any], n: int, migration: Migration = migration,
+                        statements: Sequence[Statement] = statements, path: Path = path,
+                        transactional: bool = transactional) -> None:
+                if n > 0 and not any(r.version == migration.version for r in history.read_applied(conn)):
+                    return
+                if transactional:
+                    self.run.session.begin(conn)
+                    run_statements(conn, statements, path)
+                    self.migrator.unrecord(conn, migration)
+                    self.run.session.commit(conn)
+                else:
+                    self.run.session.set_timeouts(conn, "SESSION")
+                    self.run.session.verify_lock(conn)
+                    run_statements(conn, statements, path)
+                    with conn.transaction():  # our row and the mirrored one go together
+                        self.migrator.unrecord(conn, migration)
+                    conn.execute("RESET lock_timeout")
+                    conn.execute("RESET statement_timeout")
+
+            try:
+                self.run.session.retrying(f"down of {migration.id}", attempt)
+            except (StatementFailed, psycopg.Error) as exc:
+                text = str(exc) if isinstance(exc, StatementFailed) else describe_pg_error(exc)
+                raise MigrationError(f"the down migration of {migration.id} failed:\n{_indent(text)}") from None
+            self.run.result.rolled_back.append(migration.id)
+            if migration.id in self.run.result.applied:
+                self.run.result.applied.remove(migration.id)
+            self.run.rl.event("rolled_back", migration=migration.id)
+
+    def retention(self) -> None:
+        if self.run.backup is None:
+            return
+        removed = prune_backups(self.run.plan.backup.dir, self.run.plan.name, self.run.plan.backup.keep)
+        if removed:
+            self.run.rl.say(f"retention: removed {len(removed)} old backup(s), keeping the newest {self.run.plan.backup.keep}")
+            self.run.rl.event("retention", removed=[str(p) for p in removed], keep=self.run.plan.backup.keep)
