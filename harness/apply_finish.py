@@ -13,12 +13,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import psycopg
 
-from . import history
 from ._apply_text import describe_url as _describe_url
 from ._apply_text import indent as _indent
 from .apply_context import RunContext
@@ -26,11 +23,11 @@ from .backup import prune_backups
 from .checks import check_problem
 from .errors import CheckFailed, HarnessError, MigrationError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
-from .migrator import Migrator
+from .migrator import Migrator, down_units
 from .plan import Check
 from .redact import scrub
 from .snapshot import diff_snapshots, format_changes
-from .sources import Migration, Statement
+from .sources import Migration
 
 __all__ = ["Finish", "HealthFailed"]
 
@@ -223,41 +220,23 @@ class Finish:
         raise CheckFailed("\n".join(text))
 
     def rollback(self, applied: Sequence[Migration]) -> None:
+        """Run the downs of *applied*, newest first: the units ``harness rollback`` runs (:func:`down_units`)."""
+        run = self.run
+        mirror = run.plan.history_mirror if run.mirror is not None else None
         for migration in reversed(applied):
-            statements = migration.down_statements or ()
             path = migration.down_path or migration.path
-            self.run.rl.say(f"rolling back {migration.id} with {relpath(path)} ...")
-            # The layout may declare the down non-transactional (diesel, dbmate, goose, Flyway flags).
-            transactional = migration.down_transactional
-
-            def attempt(conn: psycopg.Connection[Any], n: int, migration: Migration = migration,
-                        statements: Sequence[Statement] = statements, path: Path = path,
-                        transactional: bool = transactional) -> None:
-                if n > 0 and not any(r.version == migration.version for r in history.read_applied(conn)):
-                    return
-                if transactional:
-                    self.run.session.begin(conn)
-                    run_statements(conn, statements, path)
-                    self.migrator.unrecord(conn, migration)
-                    self.run.session.commit(conn)
-                else:
-                    self.run.session.set_timeouts(conn, "SESSION")
-                    self.run.session.verify_lock(conn)
-                    run_statements(conn, statements, path)
-                    with conn.transaction():  # our row and the mirrored one go together
-                        self.migrator.unrecord(conn, migration)
-                    conn.execute("RESET lock_timeout")
-                    conn.execute("RESET statement_timeout")
-
+            run.rl.say(f"rolling back {migration.id} with {relpath(path)} ...")
             try:
-                self.run.session.retrying(f"down of {migration.id}", attempt)
+                # The layout may declare the down non-transactional (diesel, dbmate, goose, Flyway flags).
+                for unit in down_units(migration, run.guards, mirror):
+                    self.migrator.run_unit(unit, migration)
             except (StatementFailed, psycopg.Error) as exc:
                 text = str(exc) if isinstance(exc, StatementFailed) else describe_pg_error(exc)
                 raise MigrationError(f"the down migration of {migration.id} failed:\n{_indent(text)}") from None
-            self.run.result.rolled_back.append(migration.id)
-            if migration.id in self.run.result.applied:
-                self.run.result.applied.remove(migration.id)
-            self.run.rl.event("rolled_back", migration=migration.id)
+            run.result.rolled_back.append(migration.id)
+            if migration.id in run.result.applied:
+                run.result.applied.remove(migration.id)
+            run.rl.event("rolled_back", migration=migration.id)
 
     def retention(self) -> None:
         if self.run.backup is None:

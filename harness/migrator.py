@@ -13,7 +13,9 @@ run still holds its lock (:meth:`harness.apply_session.Session.verify_lock`).
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -24,13 +26,14 @@ from ._apply_text import indent as _indent
 from ._apply_text import plural as _plural
 from ._apply_text import seconds as _seconds
 from .apply_context import RunContext
+from .apply_session import reset_timeouts, timeout_settings
 from .batch import BatchSpec, BatchState, next_batch, resolve_target
 from .errors import GuardError, MigrationError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
 from .history import BATCH_PROGRESS_TABLE, PROGRESS_TABLE
 from .sources import Migration, Statement
 
-__all__ = ["Migrator", "units", "BATCH_REPORT_EVERY"]
+__all__ = ["Migrator", "units", "down_units", "Unit", "Action", "BATCH_REPORT_EVERY"]
 
 #: A console progress line every this many batches (and for the first and the last).
 BATCH_REPORT_EVERY = 10
@@ -87,6 +90,117 @@ def units(migration: Migration) -> list[tuple[int, int, BatchSpec | None]]:
                 last += 1
         units.append((index, last, None))
         index = last + 1
+    return units
+
+
+# --------------------------------------------------------------------------
+# Units that execute or describe themselves (a down's, for rollback and the rollback after a failed health check)
+
+
+class Action(Protocol):
+    """One part of a unit of a down: a statement of the frame, a lock proof, the down's statements, the history row."""
+
+    def execute(self, migrator: Migrator, conn: psycopg.Connection[Any]) -> None:
+        """Run it on *conn*, inside the unit's retry."""
+
+    def describe(self) -> list[str]:
+        """What :meth:`execute` runs, as lines (SQL, or a comment for what is not plain SQL)."""
+
+
+@dataclass(frozen=True)
+class SqlAction:
+    """``BEGIN``, ``SET LOCAL ...``, ``COMMIT``, ``RESET ...``: fixed statements around the down's own."""
+
+    statement: sql.SQL | sql.Composed
+
+    def execute(self, migrator: Migrator, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(self.statement)
+
+    def describe(self) -> list[str]:
+        return [self.statement.as_string(None) + ";"]
+
+
+@dataclass(frozen=True)
+class ProveLock:
+    """The proof that the run still holds the run lock and this session its fence (else roll back and stop)."""
+
+    def execute(self, migrator: Migrator, conn: psycopg.Connection[Any]) -> None:
+        migrator.run.session.verify_lock(conn)
+
+    def describe(self) -> list[str]:
+        return ["-- prove that this run still holds the run lock, and this session its fence"]
+
+
+@dataclass(frozen=True)
+class Statements:
+    """Statements of a down file."""
+
+    statements: tuple[Statement, ...]
+    path: Path
+    first: int  # 0-based index of the first one in the down
+    total: int
+
+    def execute(self, migrator: Migrator, conn: psycopg.Connection[Any]) -> None:
+        run_statements(conn, self.statements, self.path)
+
+    def describe(self) -> list[str]:
+        lines = []
+        for number, statement in enumerate(self.statements, self.first + 1):
+            lines.append(f"-- statement {number}/{self.total}, {relpath(self.path)}:{statement.line}:{statement.column}")
+            lines.extend((statement.sql.strip() + ";").splitlines())
+        return lines
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Delete the migration's history row, and with ``history.mirror`` the other tool's (in the unit's transaction)."""
+
+    migration: Migration
+    mirror: str | None  # the mirrored tool's history table, when the plan keeps one in step
+
+    def execute(self, migrator: Migrator, conn: psycopg.Connection[Any]) -> None:
+        migrator.unrecord(conn, self.migration)
+
+    def describe(self) -> list[str]:
+        also = f" and from {self.mirror}'s history table" if self.mirror else ""
+        return [f"-- delete {self.migration.id} from {history.SCHEMA}.{history.TABLE}{also} (same transaction)"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Actions run as one retry unit: a lock timeout, deadlock or lost connection runs them again."""
+
+    what: str
+    actions: tuple[Action, ...]
+    forgets: bool  # the unit removes the history row: a retry after a lost COMMIT first checks it is still there
+
+
+def down_units(migration: Migration, guards: Any, mirror: str | None) -> list[Unit]:
+    """How the down of *migration* runs: one transaction, or statement by statement then the history row."""
+    assert migration.down_statements is not None and migration.down_path is not None
+    forget = Forget(migration, mirror)
+    statements = tuple(migration.down_statements)
+    path = migration.down_path
+    total = len(statements)
+    begin, commit = SqlAction(sql.SQL("BEGIN")), SqlAction(sql.SQL("COMMIT"))
+    if migration.down_transactional:
+        return [Unit(
+            f"down of {migration.id}",
+            (begin, *map(SqlAction, timeout_settings(guards, "LOCAL")), ProveLock(),
+             Statements(statements, path, 0, total), forget, ProveLock(), commit),
+            forgets=True,
+        )]
+    # Non-transactional (CREATE INDEX CONCURRENTLY..., or declared so by the layout): each statement commits on
+    # its own with session timeouts; the history row goes last, in a transaction of its own.
+    session = tuple(map(SqlAction, timeout_settings(guards, "SESSION")))
+    units = [
+        Unit(f"down of {migration.id} statement {index + 1}/{total}",
+              (*session, ProveLock(), Statements(statements[index:index + 1], path, index, total)), forgets=False)
+        for index in range(total)
+    ]
+    reset = tuple(map(SqlAction, reset_timeouts()))
+    units.append(Unit(f"removing {migration.id} from the history",
+                       (*reset, begin, ProveLock(), forget, ProveLock(), commit), forgets=True))
     return units
 
 
@@ -535,3 +649,20 @@ class Migrator:
             if not (exists and exists[0]):
                 with conn.transaction():
                     conn.execute(_CREATE_BATCH_PROGRESS)
+
+    def run_unit(self, unit: Unit, migration: Migration) -> None:
+        """Run *unit*'s actions as one retry unit: a lock timeout, deadlock or lost connection runs them again.
+
+        A retry of a unit that removes the history row first checks that the
+        row is still there (a lost ``COMMIT`` may have happened).
+        """
+        run = self.run
+
+        def attempt(conn: psycopg.Connection[Any], n: int) -> None:
+            if n > 0 and unit.forgets and not any(r.version == migration.version for r in history.read_applied(conn)):
+                run.rl.say(f"  {migration.id} was removed before the connection was lost")
+                return
+            for action in unit.actions:
+                action.execute(self, conn)
+
+        run.session.retrying(unit.what, attempt)

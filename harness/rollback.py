@@ -28,11 +28,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import psycopg
-from psycopg import sql
 
 from . import history
 from ._apply_text import describe_url as _describe_url
@@ -43,7 +41,7 @@ from ._apply_text import seconds as _seconds
 from .apply import _Run
 from .apply_context import ApplyOptions, ApplyResult, migration_index
 from .apply_finish import HealthFailed
-from .apply_session import timeout_settings
+from .migrator import Unit, down_units
 from .backup import list_backups
 from .errors import CheckFailed, ConfigError, GuardError, HarnessError, MigrationError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
@@ -51,7 +49,7 @@ from .hooks import describe_hook
 from .plan import Plan
 from .receipt import DOWN_PROOFS, verify_receipt
 from .redact import scrub
-from .sources import Migration, Statement
+from .sources import Migration
 
 __all__ = ["RollbackResult", "Step", "rollback_plan"]
 
@@ -111,111 +109,6 @@ class Step(Protocol):
         """Do it on the target."""
 
 
-class _Action(Protocol):
-    """One part of a unit of a down: a statement of the frame, a lock proof, the down's statements, the history row."""
-
-    def execute(self, run: _Rollback, conn: psycopg.Connection[Any]) -> None: ...
-
-    def describe(self) -> list[str]: ...
-
-
-@dataclass(frozen=True)
-class _Sql:
-    """``BEGIN``, ``SET LOCAL ...``, ``COMMIT``, ``RESET ...``: fixed statements around the down's own."""
-
-    statement: sql.SQL | sql.Composed
-
-    def execute(self, run: _Rollback, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(self.statement)
-
-    def describe(self) -> list[str]:
-        return [self.statement.as_string(None) + ";"]
-
-
-@dataclass(frozen=True)
-class _ProveLock:
-    """The proof that the run still holds the run lock and this session its fence (else roll back and stop)."""
-
-    def execute(self, run: _Rollback, conn: psycopg.Connection[Any]) -> None:
-        run.session.verify_lock(conn)
-
-    def describe(self) -> list[str]:
-        return ["-- prove that this run still holds the run lock, and this session its fence"]
-
-
-@dataclass(frozen=True)
-class _Statements:
-    """Statements of a down file."""
-
-    statements: tuple[Statement, ...]
-    path: Path
-    first: int  # 0-based index of the first one in the down
-    total: int
-
-    def execute(self, run: _Rollback, conn: psycopg.Connection[Any]) -> None:
-        run_statements(conn, self.statements, self.path)
-
-    def describe(self) -> list[str]:
-        lines = []
-        for number, statement in enumerate(self.statements, self.first + 1):
-            lines.append(f"-- statement {number}/{self.total}, {relpath(self.path)}:{statement.line}:{statement.column}")
-            lines.extend((statement.sql.strip() + ";").splitlines())
-        return lines
-
-
-@dataclass(frozen=True)
-class _Forget:
-    """Delete the migration's history row, and with ``history.mirror`` the other tool's (in the unit's transaction)."""
-
-    migration: Migration
-    mirror: str | None  # the mirrored tool's history table, when the plan keeps one in step
-
-    def execute(self, run: _Rollback, conn: psycopg.Connection[Any]) -> None:
-        run.migrator.unrecord(conn, self.migration)
-
-    def describe(self) -> list[str]:
-        also = f" and from {self.mirror}'s history table" if self.mirror else ""
-        return [f"-- delete {self.migration.id} from {history.SCHEMA}.{history.TABLE}{also} (same transaction)"]
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """Actions run as one retry unit: a lock timeout, deadlock or lost connection runs them again."""
-
-    what: str
-    actions: tuple[_Action, ...]
-    forgets: bool  # the unit removes the history row: a retry after a lost COMMIT first checks it is still there
-
-
-def _down_units(migration: Migration, guards: Any, mirror: str | None) -> list[_Unit]:
-    """How the down of *migration* runs: one transaction, or statement by statement then the history row."""
-    assert migration.down_statements is not None and migration.down_path is not None
-    forget = _Forget(migration, mirror)
-    statements = tuple(migration.down_statements)
-    path = migration.down_path
-    total = len(statements)
-    begin, commit = _Sql(sql.SQL("BEGIN")), _Sql(sql.SQL("COMMIT"))
-    if migration.down_transactional:
-        return [_Unit(
-            f"down of {migration.id}",
-            (begin, *map(_Sql, timeout_settings(guards, "LOCAL")), _ProveLock(),
-             _Statements(statements, path, 0, total), forget, _ProveLock(), commit),
-            forgets=True,
-        )]
-    # Non-transactional (CREATE INDEX CONCURRENTLY..., or declared so by the layout): each statement commits on
-    # its own with session timeouts; the history row goes last, in a transaction of its own.
-    session = tuple(map(_Sql, timeout_settings(guards, "SESSION")))
-    units = [
-        _Unit(f"down of {migration.id} statement {index + 1}/{total}",
-              (*session, _ProveLock(), _Statements(statements[index:index + 1], path, index, total)), forgets=False)
-        for index in range(total)
-    ]
-    reset = (_Sql(sql.SQL("RESET lock_timeout")), _Sql(sql.SQL("RESET statement_timeout")))
-    units.append(_Unit(f"removing {migration.id} from the history",
-                       (*reset, begin, _ProveLock(), forget, _ProveLock(), commit), forgets=True))
-    return units
-
-
 def _hook_lines(run: _Rollback, event: str, migration: Migration | None = None) -> list[str]:
     return [f"hook {event}: {describe_hook(hook)}" + (f" ({migration.id})" if migration else "")
             for hook in run.hooks(event)]
@@ -251,7 +144,7 @@ class _DownStep:
 
     def __init__(self, run: _Rollback, migration: Migration) -> None:
         self.migration = migration
-        self.units = _down_units(migration, run.guards, run._mirror_table())
+        self.units = down_units(migration, run.guards, run._mirror_table())
         assert migration.down_path is not None and migration.down_statements is not None
         kind = ("in one transaction" if migration.down_transactional
                 else "statement by statement (non-transactional)")
@@ -279,20 +172,11 @@ class _DownStep:
         run.rl.say(f"  {migration.id} rolled back in {_seconds(time.perf_counter() - t0)}; its history row is gone")
         run.run_hooks("post_migration", migration)
 
-    def _run_unit(self, run: _Rollback, unit: _Unit, number: int) -> None:
-        migration = self.migration
-
-        def attempt(conn: psycopg.Connection[Any], n: int) -> None:
-            if n > 0 and unit.forgets and not run._still_applied(conn, migration):
-                run.rl.say(f"  {migration.id} was removed before the connection was lost")
-                return
-            for action in unit.actions:
-                action.execute(run, conn)
-
+    def _run_unit(self, run: _Rollback, unit: Unit, number: int) -> None:
         try:
-            run.session.retrying(unit.what, attempt)
+            run.migrator.run_unit(unit, self.migration)
         except (StatementFailed, psycopg.Error) as exc:
-            raise run._down_failed(migration, exc, number, len(self.units)) from None
+            raise run._down_failed(self.migration, exc, number, len(self.units)) from None
 
 
 class _VerifyStep:
@@ -521,9 +405,6 @@ class _Rollback(_Run):
 
     def _mirror_table(self) -> str | None:
         return self.plan.history_mirror if self.mirror is not None else None
-
-    def _still_applied(self, conn: psycopg.Connection[Any], migration: Migration) -> bool:
-        return any(r.version == migration.version for r in history.read_applied(conn))
 
     def _down_failed(self, migration: Migration, exc: StatementFailed | psycopg.Error, unit: int,
                      units: int) -> MigrationError:
