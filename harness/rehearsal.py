@@ -197,6 +197,7 @@ class Rehearsal:
         # Most warm runs go on from the newest entry: its restore need not wait for the keys (see _resume).
         self._ahead: threading.Thread | None = None
         self._restored_ahead: Entry | None = None  # the entry whose archive the thread restored into dbname
+        self._ahead_error: Exception | None = None  # the server did not start in the thread: raised where first needed
         if ahead and cache is not None:
             self._ahead = threading.Thread(target=self._restore_ahead, args=(cache,), name="harness-restore-ahead")
             self._ahead.start()
@@ -265,6 +266,9 @@ class Rehearsal:
         if self._ahead is not None and self._ahead is not threading.current_thread():
             self._ahead.join()  # it may be starting the server
             self._ahead = None
+        if self._ahead_error is not None:
+            error, self._ahead_error = self._ahead_error, None
+            raise error
         if not isinstance(self._server, Server):
             self._server = self._server()
         return self._server
@@ -390,9 +394,15 @@ class Rehearsal:
         """In a thread: start the server and restore the newest entry's archive into the working database."""
         try:
             entry = cache.latest()
-            if entry is not None:
-                restore(self.server, self.dbname, entry)
-                self._restored_ahead = entry
+            if entry is None:
+                return
+            try:
+                server = self.server
+            except Exception as exc:  # noqa: BLE001 - not started twice: raised again where it is first needed
+                self._ahead_error = exc
+                return
+            restore(server, self.dbname, entry)
+            self._restored_ahead = entry
         except Exception as exc:  # noqa: BLE001 - a guess: _resume restores, and reports, what it finds
             log.debug("no restore ahead of the cache keys: %s", exc)
             if isinstance(self._server, Server):
