@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .errors import EXIT_FAILED, EXIT_OK, ConfigError, HarnessError
 from .redact import describe_dsn, register_dsn, scrub
@@ -86,17 +86,7 @@ def _apply(args: argparse.Namespace) -> int:
 
     plan = _load(args.plan)
     options = ApplyOptions(dry_run=args.dry_run, force=args.force, mode=args.mode, yes=args.yes, to=args.to)
-    out = sys.stderr if args.json else sys.stdout
-    try:
-        result = apply_plan(plan, options, out=out)
-    except HarnessError as exc:
-        partial = getattr(exc, "result", None)
-        if args.json and partial is not None:
-            _emit(partial.to_dict())
-        raise
-    if args.json:
-        _emit(result.to_dict())
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return _report(args, lambda out: apply_plan(plan, options, out=out))
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -105,9 +95,14 @@ def _rollback(args: argparse.Namespace) -> int:
 
     plan = _load(args.plan)
     options = ApplyOptions(dry_run=args.dry_run, force=args.force, mode=args.mode, yes=args.yes)
+    return _report(args, lambda out: rollback_plan(plan, options, to=args.to, steps=args.steps, out=out))
+
+
+def _report(args: argparse.Namespace, run: Callable[[TextIO], Any]) -> int:
+    """Run apply or rollback; with --json, print its result (also the partial one of a failed run)."""
     out = sys.stderr if args.json else sys.stdout
     try:
-        result = rollback_plan(plan, options, to=args.to, steps=args.steps, out=out)
+        result = run(out)
     except HarnessError as exc:
         partial = getattr(exc, "result", None)
         if args.json and partial is not None:
