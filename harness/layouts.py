@@ -90,7 +90,7 @@ def read_folder(
             findings += _common_findings(migration, resolved)
     findings.sort(key=lambda f: (str(f.path), f.line, f.column, f.rule))
     if not migrations:
-        raise SourceError(_nothing_found(folder, resolved))
+        raise SourceError(_nothing_found(folder, resolved, detected=layout == "auto"))
     # Each migration carries its own files' findings: the rehearsal reports them on its items.
     by_file: dict[Path, list[LayoutFinding]] = {}
     for finding in findings:
@@ -296,10 +296,16 @@ _LOOKED_FOR = {
 }
 
 
-def _nothing_found(folder: Path, layout: str) -> str:
-    """The message for a folder in which no migration was found: what was looked for, and what it looks like."""
+def _nothing_found(folder: Path, layout: str, *, detected: bool = False) -> str:
+    """The message for a folder in which no migration was found: what was looked for, and what it looks like.
+
+    With *detected* (``layout: auto``), it also names the layouts whose signs the folder lacked.
+    """
     looked = _LOOKED_FOR.get(layout, "migration files")
     message = f"no migration found in {folder}: the {layout} layout looks for {looked}"
+    if detected:
+        others = ", ".join(name for name in _LOOKED_FOR if name not in (layout, "supabase"))
+        message += f" (auto-detection found no sign of the other layouts it knows: {others})"
     foreign = _unsupported_layout(folder)
     if foreign is not None and foreign.startswith("an Alembic"):
         if layout != "alembic":

@@ -569,6 +569,11 @@ def test_a_folder_without_migrations_is_an_error(tmp_path: Path) -> None:
     assert info.value.exit_code == EXIT_USAGE
     assert f"no migration found in {tmp_path}" in str(info.value)
     assert "<version>_<name>.sql" in str(info.value) and "sub" in str(info.value)
+    # layout: auto names the layouts whose signs it looked for.
+    assert "auto-detection found no sign of" in str(info.value) and "prisma" in str(info.value)
+    with pytest.raises(SourceError) as named:
+        load_migrations(tmp_path, layout="native")
+    assert "auto-detection" not in str(named.value)
 
 
 @pytest.mark.parametrize(
