@@ -364,10 +364,14 @@ class _Run(RunContext):
             rl.say(f"applied {len(parts)} migration{'s' if len(parts) != 1 else ''}: " + ", ".join(parts))
         else:
             rl.say("applied nothing")
+        self._say_backup_and_log()
+
+    def _say_backup_and_log(self) -> None:
+        """The last lines of a run's summary: where its backup and its log are."""
         if self.result.backup:
-            rl.say(f"backup: {self.result.backup}")
-        if rl.path is not None:
-            rl.say(f"log: {relpath(rl.path)}")
+            self.rl.say(f"backup: {self.result.backup}")
+        if self.rl.path is not None:
+            self.rl.say(f"log: {relpath(self.rl.path)}")
 
     # ------------------------------------------------------------------ dry run
 

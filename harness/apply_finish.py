@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import psycopg
 
@@ -44,25 +44,24 @@ class Finish:
         self.migrator = migrator
 
     def verify_and_health(self, *, nothing_applied: bool) -> None:
-        rl = self.run.rl
-        failure: str | None = None
-        with rl.phase("verify"):
-            try:
-                self.run.result.verification = self.verify()
-            except HealthFailed as exc:
-                self.run.result.verification = "failed"
-                failure = f"verification failed: {exc}"
-        rl.say(f"verification: {self.run.result.verification}")
+        failure = self._check("verify", "verification", self.verify, "verification failed")
         if failure is None:
-            with rl.phase("health"):
-                try:
-                    self.run.result.health = self.health()
-                except HealthFailed as exc:
-                    self.run.result.health = "failed"
-                    failure = f"health check failed: {exc}"
-            rl.say(f"health: {self.run.result.health}")
+            failure = self._check("health", "health", self.health, "health check failed")
         if failure is not None:
             self.after_check_failure(failure)
+
+    def _check(self, phase: str, field: str, check: Callable[[], str], failed: str) -> str | None:
+        """Run one check in its log phase, record its outcome on the result; the failure's text, if it failed."""
+        rl = self.run.rl
+        failure: str | None = None
+        with rl.phase(phase):
+            try:
+                outcome = check()
+            except HealthFailed as exc:
+                outcome, failure = "failed", f"{failed}: {exc}"
+        setattr(self.run.result, field, outcome)
+        rl.say(f"{field}: {outcome}")
+        return failure
 
     def verify(self) -> str:
         if not self.run.production:

@@ -504,10 +504,7 @@ class _Rollback(_Run):
             parts = [f"{mid} ({_seconds(timings.get(f'rollback:{mid}', 0.0))})" for mid in self.result.rolled_back]
             rl.say(f"rolled back {_plural(len(parts), 'migration')}: {', '.join(parts)}; the target is at "
                    + (self.result.to or "no migration"))
-        if self.result.backup:
-            rl.say(f"backup: {self.result.backup}")
-        if rl.path is not None:
-            rl.say(f"log: {relpath(rl.path)}")
+        self._say_backup_and_log()
 
     # ------------------------------------------------------------------ dry run
 
