@@ -61,12 +61,12 @@ from ._apply_text import indent as _indent
 from ._apply_text import ms as _ms
 from ._apply_text import plural as _plural
 from ._apply_text import seconds as _seconds
-from .apply_context import ApplyOptions, ApplyResult, RunContext, migration_index
+from .apply_context import ApplyOptions, ApplyResult, RunContext, history_scope, migration_index
 from .apply_finish import Finish
 from .apply_guards import Gates
 from .apply_session import Session, timeout_settings
 from .backup import take_backup, touched_tables
-from .connection import RETRYABLE, check_conninfo
+from .connection import RETRYABLE, check_conninfo, tenant_dsn
 from .devdb import DevDB
 from .errors import BackupError, ConfigError, GuardError, HarnessError, MigrationError
 from .execute import describe_pg_error, relpath
@@ -112,7 +112,9 @@ def apply_plan(plan: Plan, options: ApplyOptions | None = None, *, out: TextIO |
     partial result as ``.result`` otherwise.  Human progress goes to *out*
     (``None``: silent); the JSON-lines log goes to ``<root>/logs/``.
     """
-    return _Run(plan, options or ApplyOptions(), out).run()
+    options = options or ApplyOptions()
+    with history_scope(options):
+        return _Run(plan, options, out).run()
 
 
 
@@ -137,12 +139,12 @@ class _Run(RunContext):
         self.dsn = self._resolve_target()
         if self.dsn is not None:
             register_dsn(self.dsn)
-            self.where = describe_dsn(self.dsn)
+            self.where = describe_dsn(self.dsn) + (f", schema {self.options.schema}" if self.options.schema else "")
         else:
             self.where = "the development database (not running yet)"
         self.result.database = self.where
         log_dir = None if self.options.dry_run else self.plan.root / "logs"
-        self.runlog = RunLog(self.plan.name, log_dir, out=self.out)
+        self.runlog = RunLog(self.stem, log_dir, out=self.out)
         self._session = Session(self.dsn, self.where, self.guards, self.runlog)
         self.result.log_path = self.rl.path
         self.ctx = HookContext(
@@ -202,6 +204,8 @@ class _Run(RunContext):
 
     def _resolve_target(self) -> str | None:
         dsn = self.options.target or self.plan.target_dsn
+        if dsn and self.options.schema:
+            dsn = tenant_dsn(dsn, self.options.schema)
         if dsn:
             # A malformed string is a configuration problem, said at once and without the string.
             check_conninfo(dsn, describe_dsn(dsn))
@@ -294,7 +298,7 @@ class _Run(RunContext):
         custom = self.hooks("backup")
         if custom:
             directory = ensure_private_dir(self.plan.backup.dir)
-            proposed = directory / f"{self.plan.name}-{utc_stamp()}.dump"
+            proposed = directory / f"{self.stem}-{utc_stamp()}.dump"
             assert self.dsn is not None
             run_hooks(
                 custom,
@@ -319,7 +323,7 @@ class _Run(RunContext):
         rl.say(f"  backup: pg_dump ({mode}) into {relpath(directory)} ...")
 
         def written() -> str:
-            dumps = sorted(directory.glob(f"{self.plan.name}-*.dump"), key=lambda p: p.stat().st_mtime)
+            dumps = sorted(directory.glob(f"{self.stem}-*.dump"), key=lambda p: p.stat().st_mtime)
             return f"{human_size(dumps[-1].stat().st_size)} written" if dumps else "starting"
 
         conn = self.session.live()
@@ -328,7 +332,7 @@ class _Run(RunContext):
         with rl.progress("backup", detail=written):
             try:
                 info = take_backup(
-                    plan_name=self.plan.name,
+                    plan_name=self.stem,
                     directory=directory,
                     dsn=self.dsn or "",
                     conn=conn,
@@ -337,6 +341,7 @@ class _Run(RunContext):
                     lock_wait=self.guards.lock_wait,
                     plan_path=self.plan.path,
                     schema=dict(schema) if schema is not None else None,
+                    schemas=(self.options.schema, history.history_schema()) if self.options.schema else (),
                 )
             except OSError as exc:
                 raise BackupError(f"cannot write the backup into {directory}: {exc}. Nothing was changed.") from None

@@ -10,6 +10,7 @@ hooks, and the target's and the rehearsal's schema.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, TextIO
 
 import psycopg
 
-from . import mirror
+from . import history, mirror
 from ._apply_text import ms
 from .apply_session import Session
 from .backup import BackupInfo
@@ -30,10 +31,13 @@ from .receipt import Receipt
 from .redact import scrub
 from .rehearsal import Rehearsal
 from .runlog import RunLog
-from .snapshot import Snapshot, take_snapshot
+from .snapshot import Snapshot, schema_view, take_snapshot
 from .sources import Migration, baseline_index, load_plan_migrations
 
-__all__ = ["ApplyOptions", "ApplyResult", "RunContext", "migration_index"]
+__all__ = ["ApplyOptions", "ApplyResult", "RunContext", "migration_index", "history_scope", "rehearse_schemas", "REHEARSAL_SCHEMA"]
+
+#: Where a rehearsal's migrations put their objects; a tenant schema is compared with this one.
+REHEARSAL_SCHEMA = "public"
 
 
 @dataclass
@@ -47,6 +51,15 @@ class ApplyOptions:
     hooks: Mapping[str, Sequence[PythonHook | Hook]] = field(default_factory=dict)  # extra hooks per event, after the plan's
     target: str | None = field(default=None, repr=False)  # override the plan's target DSN
     to: str | None = None  # stop after this migration (version or id): `harness apply --to VERSION`
+    # A fleet member (harness.fleet): its name in log and backup file names, its tenant schema (the target's
+    # sessions run with search_path set to it, its history is in its own schema, schemas are compared on it
+    # alone), the migrations the fleet loaded once, the rehearsed schemas the fleet shares, and the event that
+    # asks the run to stop after its current migration.
+    label: str | None = None
+    schema: str | None = None
+    migrations: Sequence[Migration] | None = field(default=None, repr=False)
+    reference: Any = field(default=None, repr=False)
+    stop: Any = field(default=None, repr=False)
 
 
 @dataclass
@@ -101,6 +114,11 @@ class ApplyResult:
         return cleaned
 
 
+def history_scope(options: ApplyOptions) -> contextlib.AbstractContextManager[None]:
+    """The history a run reads and writes: a tenant schema's own (``harness_<tenant>``), else ``harness``."""
+    return history.scoped(history.tenant_history_schema(options.schema)) if options.schema else contextlib.nullcontext()
+
+
 def migration_index(migrations: Sequence[Migration], ref: str) -> int:
     """The position of the migration *ref* names (its version or its id); :class:`ConfigError` (exit 2) when none does."""
     for index, migration in enumerate(migrations):
@@ -124,7 +142,7 @@ class RunContext:
         self.guards = plan.guards
         self.production = self.mode == "production"
         # The plan says how to read its folder: layout and substitutions (docs/layouts.md).
-        self.migrations = load_plan_migrations(plan)
+        self.migrations = list(options.migrations) if options.migrations is not None else load_plan_migrations(plan)
         # `history: {mirror: <tool>}`: the other tool's history rows, written with ours (harness.mirror).
         self.mirror = mirror.mirror_for(plan.history_mirror, self.migrations, plan.migrations_dir)
         plan.bind([(m.id, m.version) for m in self.migrations])
@@ -132,6 +150,8 @@ class RunContext:
         self.baseline_index = baseline_index(self.migrations, plan.baseline)
         # Baseline migrations this run records as applied without running them (see _baseline).
         self.baselined: list[Migration] = []
+        # File names of this run's log and backups: a fleet member's carry its name, and retention counts its own.
+        self.stem = f"{plan.name}.{options.label}" if options.label else plan.name
         self.result = ApplyResult(plan=plan.name, mode=self.mode, dry_run=options.dry_run, forced=options.force)
         self.runlog: RunLog | None = None
         self._session: Session | None = None
@@ -193,9 +213,20 @@ class RunContext:
 
     def schema(self, conn: psycopg.Connection[Any]) -> Snapshot:
         """The target's schema for comparing with the rehearsal's: without the mirrored tool's history table,
-        which no rehearsal creates."""
-        actual = take_snapshot(conn)
-        return self.mirror.without_table(conn, actual) if self.mirror is not None else actual
+        which no rehearsal creates; a tenant's schema alone, named as the rehearsal's (:meth:`expected`)."""
+        actual = take_snapshot(conn, exclude_schemas=(history.SCHEMA, history.history_schema()))
+        if self.mirror is not None:
+            actual = self.mirror.without_table(conn, actual)
+        return schema_view(actual, self.options.schema, REHEARSAL_SCHEMA) if self.options.schema else actual
+
+    def expected(self, rehearsed: Snapshot) -> Snapshot:
+        """A rehearsal's schema as :meth:`schema` shows the target's: for a tenant, the rehearsal's ``public`` alone.
+
+        The receipt's digests are of whole databases, so a tenant's view never
+        matches one: its checks compare with a rehearsal, which a fleet runs
+        once per version and shares (``ApplyOptions.reference``).
+        """
+        return schema_view(rehearsed, REHEARSAL_SCHEMA) if self.options.schema else rehearsed
 
     def rehearsed_schema(self, index: int) -> Snapshot:
         return self.rehearsed_schemas(index)[0]
@@ -207,13 +238,26 @@ class RunContext:
         """The rehearsal's schema after migration *index*; with *completed*, part-way through it (see
         :meth:`harness.rehearsal.Rehearsal.schemas_within`), one schema per statement count up to *upto*.
         *migrations* orders the history otherwise than the files (the order a target got them)."""
-        r = self.plan.rehearsal
-        server = start_server(r.provider, r.postgres, r.dsn, data_bytes=r.seed_bytes)
-        try:
-            ordered = list(migrations) if migrations is not None else self.migrations
-            with Rehearsal(self.plan, server, migrations=ordered, measure=False) as rehearsal:
-                if completed is None:
-                    return [rehearsal.schema_after(index)]
-                return rehearsal.schemas_within(index, completed, upto)
-        finally:
-            server.stop()
+        ordered = list(migrations) if migrations is not None else self.migrations
+        reference = self.options.reference
+        if reference is not None:
+            found = reference.schemas(self.plan, ordered, index, completed, upto)
+        else:
+            found = rehearse_schemas(self.plan, ordered, index, completed, upto)
+        return [self.expected(s) for s in found]
+
+
+def rehearse_schemas(
+    plan: Plan, migrations: Sequence[Migration], index: int, completed: int | None = None, upto: int | None = None,
+) -> list[Snapshot]:
+    """Rehearse *plan* on a throwaway server and return its schema after migration *index* (or part-way through
+    it: see :meth:`harness.rehearsal.Rehearsal.schemas_within`)."""
+    r = plan.rehearsal
+    server = start_server(r.provider, r.postgres, r.dsn, data_bytes=r.seed_bytes)
+    try:
+        with Rehearsal(plan, server, migrations=list(migrations), measure=False) as rehearsal:
+            if completed is None:
+                return [rehearsal.schema_after(index)]
+            return rehearsal.schemas_within(index, completed, upto)
+    finally:
+        server.stop()

@@ -72,7 +72,7 @@ class Finish:
         if reached is not None:
             return self.verify_at(reached)
         actual = self.run.schema(self.run.session.live())
-        changes = diff_snapshots(self.run.receipt.final_snapshot, actual)
+        changes = diff_snapshots(self.run.expected(self.run.receipt.final_snapshot), actual)
         self.run.rl.event("verification", outcome="failed" if changes else "passed",
                       changes=[c.describe() for c in changes[:200]])
         if changes:
@@ -240,7 +240,7 @@ class Finish:
     def retention(self) -> None:
         if self.run.backup is None:
             return
-        removed = prune_backups(self.run.plan.backup.dir, self.run.plan.name, self.run.plan.backup.keep)
+        removed = prune_backups(self.run.plan.backup.dir, self.run.stem, self.run.plan.backup.keep)
         if removed:
             self.run.rl.say(f"retention: removed {len(removed)} old backup(s), keeping the newest {self.run.plan.backup.keep}")
             self.run.rl.event("retention", removed=[str(p) for p in removed], keep=self.run.plan.backup.keep)

@@ -75,7 +75,9 @@ class Session:
         options = f"-c lock_timeout={max(int(self.guards.lock_wait * 1000), 1)}"
         if read_only:
             options += " -c default_transaction_read_only=on"
-        kwargs["options"] = options
+        # The target's own options (a search_path, a role's settings) come first; ours are added after them.
+        given = conninfo_to_dict(self.dsn).get("options")
+        kwargs["options"] = f"{given} {options}" if given else options
         conn = psycopg.connect(self.dsn, **kwargs)
         conn.add_notice_handler(self._notice)
         if conn.info.server_version >= 140000:

@@ -277,8 +277,11 @@ def take_backup(
     lock_wait: float = 60.0,
     plan_path: Path | None = None,
     schema: dict[str, Any] | None = None,
+    schemas: Sequence[str] = (),
 ) -> BackupInfo:
     """Dump the target into a new archive in *directory*, verify it, write its manifest.
+
+    *schemas* limits the dump to those schemas (a fleet's tenant schema and its history).
 
     Raises :class:`BackupError` (and removes the partial files) when
     ``pg_dump`` fails or the archive does not verify.
@@ -292,6 +295,8 @@ def take_backup(
         tables = _all_tables(conn)
     else:
         tables = touched_tables(conn, pending)
+    if schemas:
+        tables = [t for t in tables if t[0] in schemas]
     ensure_private_dir(directory)
     stem = f"{plan_name}-{utc_stamp()}"
     path = create_private_file(directory, stem, ".dump")
@@ -309,6 +314,8 @@ def take_backup(
         else:
             # Nothing that exists is touched: keep the schema, so the archive still says what was there.
             args.append("--schema-only")
+    elif schemas:
+        args.extend(f"--schema={_quote(name)}" for name in schemas)
     args.append(f"--dbname={conninfo}")
     log.debug("running %s", scrub(" ".join(args)))
     proc = subprocess.run(args, env=env, capture_output=True, text=True, errors="replace", umask=0o077,

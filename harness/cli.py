@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import cli_apply
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, HarnessError
 from .redact import ScrubFilter, describe_dsn, register_dsn, scrub
 
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dsn", help="database to inspect (default: the plan's target, else $DATABASE_URL)")
     p.add_argument("--migrations", metavar="DIR", help="migrations directory (default: the plan's, else migrations/)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    cli_apply.add_selection_arguments(p)
 
     p = sub.add_parser("rehearse", help="rehearse a plan on a throwaway PostgreSQL (same as pytest --migrate-plan)")
     p.add_argument("plan", help="plan name (plans/NAME.yaml) or path")
@@ -77,8 +79,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _handlers(sub: Any) -> dict[str, Any]:
-    from . import cli_apply
-
     return {"status": _status, "rehearse": _rehearse, "lint": _lint, "schema": _schema, **cli_apply.add_commands(sub),
             **_layout_handlers(), **_authoring_handlers()}
 
@@ -179,6 +179,12 @@ def _status(args: argparse.Namespace) -> int:
     from .runner import read_status  # the Python API's status: one code path
 
     plan = _load_plan(args.plan) if args.plan else None
+    if plan is not None and plan.fleet.configured:
+        from . import cli_fleet
+
+        return cli_fleet.status(args, plan)
+    if args.only or args.exclude or args.shard:
+        raise ConfigError("--only, --exclude and --shard select members of a fleet plan (targets: or fleet:)")
     dsn, note = _status_database(args, plan)
     migrations = _status_migrations(args, plan)
     where = describe_dsn(dsn)

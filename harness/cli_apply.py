@@ -19,7 +19,18 @@ from .errors import EXIT_FAILED, EXIT_OK, ConfigError, HarnessError
 from .redact import describe_dsn, register_dsn, scrub
 from .runlog import human_size
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "add_selection_arguments"]
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--only``, ``--exclude`` and ``--shard``: which members of a fleet plan a command takes (harness.cli_fleet)."""
+    group = parser.add_argument_group("fleet plans (targets: or fleet: in the plan)")
+    group.add_argument("--only", metavar="NAME", nargs="+", action="extend", default=[],
+                       help="only these members (names or shell patterns like 'eu-*')")
+    group.add_argument("--exclude", metavar="NAME", nargs="+", action="extend", default=[],
+                       help="leave these members out (names or shell patterns)")
+    group.add_argument("--shard", metavar="I/N",
+                       help="a stable slice of the fleet: shard I of N (by a hash of each member's name)")
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -32,6 +43,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (production)")
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout (progress goes to stderr)")
     p.add_argument("--to", metavar="VERSION", help="apply the pending migrations up to and including this version only")
+    add_selection_arguments(p)
 
     p = sub.add_parser("rollback", help="roll back the newest applied migrations with their downs, under apply's guards")
     p.add_argument("plan", help="plan name (plans/NAME.yaml) or path")
@@ -43,6 +55,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> di
     p.add_argument("--mode", choices=("development", "production"), help="override the plan's mode")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation (production)")
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout (progress goes to stderr)")
+    add_selection_arguments(p)
 
     p = sub.add_parser("dev-db", help="manage the local development database a plan without a target applies to")
     p.add_argument("action", choices=("start", "stop", "status", "url", "destroy"))
@@ -85,6 +98,11 @@ def _apply(args: argparse.Namespace) -> int:
     from .apply import ApplyOptions, apply_plan
 
     plan = _load(args.plan)
+    if plan.fleet.configured:
+        from . import cli_fleet
+
+        return cli_fleet.apply(args, plan)
+    _single_target(args, plan)
     options = ApplyOptions(dry_run=args.dry_run, force=args.force, mode=args.mode, yes=args.yes, to=args.to)
     return _report(args, lambda out: apply_plan(plan, options, out=out))
 
@@ -94,8 +112,20 @@ def _rollback(args: argparse.Namespace) -> int:
     from .rollback import rollback_plan
 
     plan = _load(args.plan)
+    if plan.fleet.configured:
+        from . import cli_fleet
+
+        return cli_fleet.rollback(args, plan)
+    _single_target(args, plan)
     options = ApplyOptions(dry_run=args.dry_run, force=args.force, mode=args.mode, yes=args.yes)
     return _report(args, lambda out: rollback_plan(plan, options, to=args.to, steps=args.steps, out=out))
+
+
+def _single_target(args: argparse.Namespace, plan: Any) -> None:
+    """A single-target plan given fleet flags: exit 2 rather than ignore them."""
+    if args.only or args.exclude or args.shard:
+        raise ConfigError(f"plan {plan.name} has one target; --only, --exclude and --shard select members of a fleet "
+                          "(targets: or fleet: in the plan)")
 
 
 def _report(args: argparse.Namespace, run: Callable[[TextIO], Any]) -> int:

@@ -38,7 +38,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .errors import ConnectionRefusedByConfig
 from .redact import scrub
 
-__all__ = ["RETRYABLE", "CONNECTION_LOST", "Verdict", "check_conninfo", "classify_connect_error"]
+__all__ = ["RETRYABLE", "CONNECTION_LOST", "Verdict", "check_conninfo", "classify_connect_error", "tenant_dsn"]
 
 #: Errors inside a migration worth another try, with the reason logged for them.
 RETRYABLE: tuple[tuple[type[psycopg.Error], str], ...] = (
@@ -118,6 +118,21 @@ def _mask(reason: str) -> str:
     """*reason* with quoted fragments that are not connection option names replaced: they may be a password."""
     known = _keywords() | {"="}
     return _QUOTED.sub(lambda m: m.group(0) if m.group(1) in known else '"…"', reason)
+
+
+def tenant_dsn(dsn: str, schema: str) -> str:
+    """*dsn* with ``search_path`` set to tenant *schema* (then ``public``, where shared extensions live) for every
+    session: migrations, hooks and health checks then find and create unqualified names in the tenant's schema.
+
+    The setting goes into libpq's ``options`` after the DSN's own, with
+    spaces and backslashes escaped as libpq wants them there.
+    """
+    quoted = '"' + schema.replace('"', '""') + '"'
+    escaped = quoted.replace("\\", "\\\\").replace(" ", "\\ ")
+    params = conninfo_to_dict(dsn)
+    setting = f"-c search_path={escaped},public"
+    params["options"] = f"{params['options']} {setting}" if params.get("options") else setting
+    return make_conninfo("", **params)
 
 
 def check_conninfo(dsn: str, where: str) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "BackupError",
     "CheckFailed",
     "RunLockLost",
+    "Stopped",
 ]
 
 EXIT_OK = 0
@@ -115,3 +116,7 @@ class CheckFailed(HarnessError):
 
 class RunLockLost(GuardError):
     """This run can no longer prove that it holds the migration run lock, so it stops before its next statement."""
+
+
+class Stopped(HarnessError):
+    """The run was asked to stop (Ctrl-C on a fleet) and did, after its current migration."""

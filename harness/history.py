@@ -36,6 +36,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -55,6 +56,12 @@ __all__ = [
     "MODES",
     "APPLICATION_NAME",
     "RUN_LOCK_KEY",
+    "history_schema",
+    "tenant_history_schema",
+    "scoped",
+    "qualified",
+    "Qualified",
+    "run_lock_key",
     "PROGRESS_TABLE",
     "BATCH_PROGRESS_TABLE",
     "MigrationLike",
@@ -109,9 +116,78 @@ _CREATE_LOCK_KEY = 5652701778334204274
 # Seconds to wait for the lock connection when the DSN does not say.
 _CONNECT_TIMEOUT = 10
 
-_QUALIFIED = sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(TABLE))
+# The history schema of the current thread: SCHEMA, or a tenant's own (see scoped()).
+_SCOPE: ContextVar[str] = ContextVar("harness_history_schema", default=SCHEMA)
 
-_CREATE_SCHEMA = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA))
+
+def history_schema() -> str:
+    """The schema holding the history this thread reads and writes: ``harness``, or a tenant's (:func:`scoped`)."""
+    return _SCOPE.get()
+
+
+def tenant_history_schema(tenant: str) -> str:
+    """Where the history of tenant schema *tenant* lives: ``harness_<tenant>``, shortened with a hash past 63 bytes."""
+    name = f"{SCHEMA}_{tenant}"
+    if len(name.encode()) <= 63:
+        return name
+    digest = hashlib.sha256(tenant.encode()).hexdigest()[:10]
+    return f"{SCHEMA}_{tenant.encode()[:40].decode(errors='ignore')}_{digest}"
+
+
+@contextmanager
+def scoped(schema: str) -> Iterator[None]:
+    """Read and write the history in *schema* for the ``with`` block, in this thread only.
+
+    A fleet of tenant schemas in one database keeps one history per tenant,
+    each with its own run lock; threads migrating different tenants each
+    enter their own scope.
+    """
+    token = _SCOPE.set(schema)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+class Qualified(sql.Composable):
+    """``<history schema>.<table>``, rendered in the scope current when the query runs (not when it is built)."""
+
+    def __init__(self, table: str = TABLE) -> None:
+        super().__init__(table)
+        self.table = table
+
+    def _now(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(history_schema()), sql.Identifier(self.table))
+
+    def as_bytes(self, context: Any = None) -> bytes:
+        return self._now().as_bytes(context)
+
+    def as_string(self, context: Any = None) -> str:
+        return self._now().as_string(context)
+
+    def regclass(self) -> str:
+        """The name as ``to_regclass`` reads it."""
+        return self.as_string(None)
+
+
+def qualified(table: str = TABLE) -> Qualified:
+    """``<history schema>.<table>`` as SQL, rendered in the scope current when it runs."""
+    return Qualified(table)
+
+
+def run_lock_key() -> int:
+    """The run lock of the current scope: RUN_LOCK_KEY for ``harness``; a tenant's derived from its history schema."""
+    schema = history_schema()
+    if schema == SCHEMA:
+        return RUN_LOCK_KEY
+    digest = hashlib.sha256(f"migration-harness:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _regclass(table: str = TABLE) -> str:
+    return Qualified(table).regclass()
+
+
 _CREATE_TABLE = sql.SQL(
     """CREATE TABLE IF NOT EXISTS {} (
     version      text PRIMARY KEY,
@@ -123,7 +199,7 @@ _CREATE_TABLE = sql.SQL(
     mode         text NOT NULL,
     success      boolean NOT NULL DEFAULT true
 )"""
-).format(_QUALIFIED)
+)
 
 _COLUMNS = ("version", "name", "checksum", "applied_at", "execution_ms", "applied_by", "mode", "success")
 
@@ -219,7 +295,7 @@ class Progress:
 
 
 def _table_exists(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{SCHEMA}.{TABLE}"]).fetchone()
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [_regclass()]).fetchone()
     return bool(row and row[0])
 
 
@@ -236,9 +312,9 @@ def ensure_table(conn: psycopg.Connection[Any]) -> None:
         if _table_exists(conn):
             return
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_CREATE_LOCK_KEY])
-        conn.execute(_CREATE_SCHEMA)
-        conn.execute(_CREATE_TABLE)
-    log.debug("history table %s.%s is in place", SCHEMA, TABLE)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(history_schema())))
+        conn.execute(_CREATE_TABLE.format(qualified()))
+    log.debug("history table %s.%s is in place", history_schema(), TABLE)
 
 
 def read_applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
@@ -248,7 +324,7 @@ def read_applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
     query = sql.SQL(
         "SELECT {} FROM {} "
         "ORDER BY CASE WHEN version ~ '^[0-9]+$' THEN version::numeric END NULLS LAST, version"
-    ).format(sql.SQL(", ").join(sql.Identifier(c) for c in _COLUMNS), _QUALIFIED)
+    ).format(sql.SQL(", ").join(sql.Identifier(c) for c in _COLUMNS), qualified())
     rows = conn.execute(query).fetchall()
     return [AppliedMigration(*row) for row in rows]
 
@@ -256,20 +332,20 @@ def read_applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
 def read_progress(conn: psycopg.Connection[Any]) -> dict[str, Progress]:
     """The progress of migrations an interrupted run left part-way, by version; empty without the tables."""
     found: dict[str, Progress] = {}
-    names = [f"{SCHEMA}.{PROGRESS_TABLE}", f"{SCHEMA}.{BATCH_PROGRESS_TABLE}"]
+    names = [_regclass(PROGRESS_TABLE), _regclass(BATCH_PROGRESS_TABLE)]
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL", names).fetchone()
     has_progress, has_batches = (bool(row[0]), bool(row[1])) if row else (False, False)
     if has_progress:
         query = sql.SQL(
-            "SELECT version, checksum, max(statement_index) + 1, max(completed_at) FROM {}.{} "
+            "SELECT version, checksum, max(statement_index) + 1, max(completed_at) FROM {} "
             "GROUP BY version, checksum ORDER BY max(completed_at)"
-        ).format(sql.Identifier(SCHEMA), sql.Identifier(PROGRESS_TABLE))
+        ).format(qualified(PROGRESS_TABLE))
         for version, checksum, done, at in conn.execute(query).fetchall():
             found[version] = Progress(version, checksum, int(done), updated_at=at)
     if has_batches:
         query = sql.SQL(
-            "SELECT version, checksum, line, rows, batches, updated_at FROM {}.{} ORDER BY updated_at"
-        ).format(sql.Identifier(SCHEMA), sql.Identifier(BATCH_PROGRESS_TABLE))
+            "SELECT version, checksum, line, rows, batches, updated_at FROM {} ORDER BY updated_at"
+        ).format(qualified(BATCH_PROGRESS_TABLE))
         for version, checksum, line, rows, batches, at in conn.execute(query).fetchall():
             before = found.get(version)
             found[version] = Progress(
@@ -317,7 +393,7 @@ ON CONFLICT (version) DO UPDATE SET
     applied_by = EXCLUDED.applied_by,
     mode = EXCLUDED.mode,
     success = EXCLUDED.success"""
-    ).format(table=_QUALIFIED)
+    ).format(table=qualified())
     params = {
         "version": migration.version,
         "name": migration.name,
@@ -331,7 +407,7 @@ ON CONFLICT (version) DO UPDATE SET
         conn.execute(query, params)
     except errors.UndefinedTable:
         raise HarnessError(
-            f"cannot record migration {migration.version}: the history table {SCHEMA}.{TABLE} does not exist "
+            f"cannot record migration {migration.version}: the history table {history_schema()}.{TABLE} does not exist "
             "on this database. Call harness.history.ensure_table() before recording."
         ) from None
     log.debug("recorded %s_%s (%s, success=%s, %d ms)", migration.version, migration.name, mode, success, execution_ms)
@@ -342,7 +418,7 @@ def remove_applied(conn: psycopg.Connection[Any], version: str) -> None:
     if not _table_exists(conn):
         log.debug("no history table; nothing to remove for %s", version)
         return
-    cur = conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(_QUALIFIED), [version])
+    cur = conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(qualified()), [version])
     if cur.rowcount == 0:
         log.debug("no history row for version %s to remove", version)
 
@@ -500,7 +576,7 @@ def run_lock(
     *,
     timeout: float = 60.0,
     poll: float = 0.2,
-    key: int = RUN_LOCK_KEY,
+    key: int | None = None,
     on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[psycopg.Connection[Any]]:
     """Hold the migration run lock on the database of *dsn* for the ``with`` block.
@@ -517,6 +593,7 @@ def run_lock(
     session fences it (:func:`take_fence`, :func:`verify_lock`).
     """
     where = describe_dsn(dsn)
+    key = run_lock_key() if key is None else key
     conn = _connect_lock(dsn, where)
     try:
         _acquire(conn, key, timeout, poll, where, on_wait)
@@ -571,8 +648,9 @@ class LockSession:
         return f"pid {self.pid}, connected since {_when(self.backend_start)}"
 
 
-def lock_session(conn: psycopg.Connection[Any], key: int = RUN_LOCK_KEY) -> LockSession:
-    """The identity of *conn*, the connection :func:`run_lock` yields."""
+def lock_session(conn: psycopg.Connection[Any], key: int | None = None) -> LockSession:
+    """The identity of *conn*, the connection :func:`run_lock` yields (*key*: the current scope's run lock)."""
+    key = run_lock_key() if key is None else key
     row = conn.execute(
         "SELECT pg_backend_pid(), (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())"
     ).fetchone()

@@ -28,7 +28,7 @@ from ._apply_text import seconds as _seconds
 from .apply_context import RunContext
 from .apply_session import reset_timeouts, timeout_settings
 from .batch import BatchSpec, BatchState, next_batch, resolve_target
-from .errors import GuardError, MigrationError
+from .errors import GuardError, MigrationError, Stopped
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
 from .history import BATCH_PROGRESS_TABLE, PROGRESS_TABLE
 from .sources import Migration, Statement
@@ -38,7 +38,7 @@ __all__ = ["Migrator", "units", "down_units", "Unit", "Action", "BATCH_REPORT_EV
 #: A console progress line every this many batches (and for the first and the last).
 BATCH_REPORT_EVERY = 10
 
-_PROGRESS = sql.SQL("{}.{}").format(sql.Identifier(history.SCHEMA), sql.Identifier(PROGRESS_TABLE))
+_PROGRESS = history.Qualified(PROGRESS_TABLE)
 _CREATE_PROGRESS = sql.SQL(
     """CREATE TABLE IF NOT EXISTS {} (
     version          text NOT NULL,
@@ -50,7 +50,7 @@ _CREATE_PROGRESS = sql.SQL(
 )"""
 ).format(_PROGRESS)
 
-_BATCH_PROGRESS = sql.SQL("{}.{}").format(sql.Identifier(history.SCHEMA), sql.Identifier(BATCH_PROGRESS_TABLE))
+_BATCH_PROGRESS = history.Qualified(BATCH_PROGRESS_TABLE)
 _CREATE_BATCH_PROGRESS = sql.SQL(
     """CREATE TABLE IF NOT EXISTS {} (
     version          text NOT NULL,
@@ -220,6 +220,7 @@ class Migrator:
             self.migrate_single()
             return
         for number, migration in enumerate(self.run.pending, 1):
+            self.stop_if_asked(migration)
             self.run.run_hooks("pre_migration", migration)
             kind = ("in one transaction" if migration.transactional
                     else "with batched statements" if migration.batches
@@ -240,6 +241,14 @@ class Migrator:
                 self.run.rl.event("statement", migration=migration.id, line=statement.line, seconds=round(seconds, 4))
             self.run.rl.say(f"[{number}/{total}] {migration.id} applied in {_seconds(time.perf_counter() - t0)}")
             self.run.run_hooks("post_migration", migration)
+
+    def stop_if_asked(self, migration: Migration) -> None:
+        """Stop before *migration* when the caller asked the run to stop (a fleet's Ctrl-C): the migration before
+        it is complete and recorded, so a later run resumes here."""
+        stop = self.run.options.stop
+        if stop is not None and stop.is_set():
+            raise Stopped(f"stopped before {migration.id} as asked; the migrations before it are applied and "
+                          "recorded, and apply resumes there when run again")
 
     def record(self, conn: psycopg.Connection[Any], migration: Migration, *, execution_ms: int, mode: str) -> None:
         """Record *migration* as applied in our history and, with ``history.mirror``, the other tool's, in the
@@ -638,13 +647,13 @@ class Migrator:
         """Create the harness's bookkeeping tables up front, so a backup already holds them."""
         conn = self.run.session.live()
         history.ensure_table(conn)
-        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{history.SCHEMA}.{PROGRESS_TABLE}"]).fetchone()
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [_PROGRESS.regclass()]).fetchone()
         if not (exists and exists[0]):
             with conn.transaction():
                 conn.execute(_CREATE_PROGRESS)
         if any(m.batches for m in self.run.pending):
             exists = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", [f"{history.SCHEMA}.{BATCH_PROGRESS_TABLE}"]
+                "SELECT to_regclass(%s) IS NOT NULL", [_BATCH_PROGRESS.regclass()]
             ).fetchone()
             if not (exists and exists[0]):
                 with conn.transaction():

@@ -52,6 +52,10 @@ __all__ = [
     "Health",
     "Backup",
     "Substitution",
+    "NamedTarget",
+    "Discovery",
+    "Wave",
+    "Fleet",
     "Plan",
     "LAYOUTS",
     "PLANNED_LAYOUTS",
@@ -259,6 +263,62 @@ class Substitution:
 
 
 @dataclass(frozen=True)
+class NamedTarget:
+    """One database of a fleet named in the plan (``targets:``)."""
+
+    name: str
+    dsn: str = field(repr=False)
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """A query that lists fleet members: ``SELECT name, dsn`` (databases) or ``SELECT nspname`` (tenant schemas)."""
+
+    dsn: str = field(repr=False)
+    sql: str
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Wave:
+    """One wave of a fleet apply: ``canary`` targets, a ``percent`` of the fleet, or the ``rest``."""
+
+    canary: int | None = None
+    percent: float | None = None
+    rest: bool = False
+
+    def describe(self) -> str:
+        if self.canary is not None:
+            return f"canary {self.canary}"
+        if self.percent is not None:
+            return f"{self.percent:g}%"
+        return "rest"
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The databases and tenant schemas a plan is applied to, and how: concurrency, waves, failure limit.
+
+    ``stop_after_failures`` is a count of failed targets per wave, or
+    (``stop_after_percent``) a percentage of the wave's targets; reaching it
+    stops the later waves.
+    """
+
+    targets: tuple[NamedTarget, ...] = ()
+    discover: Discovery | None = None
+    schemas: Discovery | None = None
+    concurrency: int = 4
+    waves: tuple[Wave, ...] = (Wave(rest=True),)
+    stop_after_failures: int | None = 1
+    stop_after_percent: float | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.targets or self.discover or self.schemas)
+
+
+@dataclass(frozen=True)
 class Plan:
     """A validated plan.  Paths are absolute; ``sha256`` is of the plan file's bytes."""
 
@@ -299,6 +359,8 @@ class Plan:
     require_lock_timeout: bool = False
     #: Apply also writes (and rollback deletes) this tool's history rows (``history.mirror``; harness.mirror).
     history_mirror: str | None = None
+    #: Many databases or tenant schemas instead of one ``target`` (``targets:`` / ``fleet:``; harness.fleet).
+    fleet: Fleet = field(default_factory=Fleet)
 
     def _matches(self, migration_id: str, version: str) -> list[StepConfig]:
         return [s for s in self.steps if s.migration in (migration_id, version)]
@@ -1324,6 +1386,68 @@ _PLAN = _Obj(
             "The database apply migrates; absent: a local development database managed by the harness.",
             required=("dsn",),
         ),
+        "targets": _List(
+            _Obj(
+                {
+                    "name": _Str(
+                        "The target's name in progress, logs, status and --only/--exclude.",
+                        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+                        pattern_hint="a name of letters, digits, '.', '_', ':' and '-'",
+                    ),
+                    "dsn": _Str("Connection string of this database.", dsn=True),
+                },
+                "One database of the fleet.",
+                required=("name", "dsn"),
+                nullable=False,
+            ),
+            "A fleet: the databases apply migrates, each with its own history (instead of target).",
+        ),
+        "fleet": _Obj(
+            {
+                "discover": _Obj(
+                    {
+                        "dsn": _Str("The catalog database the query runs on.", dsn=True),
+                        "sql": _Str("A query returning (name, dsn) rows: one target per row."),
+                    },
+                    "Targets discovered by a query at the start of each run.",
+                    required=("dsn", "sql"),
+                ),
+                "schemas": _Obj(
+                    {
+                        "dsn": _Str("The database holding the tenant schemas.", dsn=True),
+                        "sql": _Str("A query returning one schema name per row: one tenant per schema."),
+                    },
+                    "Schema per tenant: each schema gets the migrations with search_path set to it and its own "
+                    "history.",
+                    required=("dsn", "sql"),
+                ),
+                "concurrency": _Int("How many targets are migrated at once.", minimum=1),
+                "waves": _List(
+                    _Obj(
+                        {
+                            "canary": _Int("This many targets, first.", minimum=1),
+                            "percent": _Number("This percentage of the fleet (rounded up).", minimum=0),
+                            "rest": _Bool("Every target not in an earlier wave."),
+                        },
+                        "One wave.",
+                        rules=(_ExactlyOne("canary", "percent", "rest"),),
+                        nullable=False,
+                    ),
+                    "Waves run in order; a wave starts when the one before has finished within its failure limit. "
+                    "Default: one wave of every target.",
+                ),
+                "stop_after_failures": _Union(
+                    _Int(minimum=1),
+                    _Str(pattern=r"^[0-9]+(\.[0-9]+)?%$", pattern_hint="a count of failures, or a percentage like 10%"),
+                    description=(
+                        "Failed targets in one wave (a count, or a percentage of the wave like 10%) that stop the "
+                        "later waves. Default: 1."
+                    ),
+                    expected="a count or a percentage",
+                ),
+            },
+            "How a fleet is found and migrated.",
+        ),
         "mode": _Str("development or production.", enum=("development", "production")),
         "rehearsal": _Obj(
             {
@@ -1856,7 +1980,55 @@ def _build(doc: _Map, *, path: Path, display: str, cwd: Path, sha: str, ctx: _Ct
         lint_severity=dict(doc.get("lint", {}).get("severity", {})),
         require_lock_timeout=bool(doc.get("lint", {}).get("require_lock_timeout", False)),
         history_mirror=_history_mirror(doc, ctx),
+        fleet=_fleet(doc, ctx),
         display_path=display,
+    )
+
+
+def _fleet(doc: _Map, ctx: _Ctx) -> Fleet:
+    """``targets:`` and ``fleet:``; errors for a fleet without members, duplicate names, or ``target`` besides."""
+    listed: _Seq = doc.get("targets") or _Seq()
+    f: _Map = doc.get("fleet") or _Map()
+    targets = tuple(
+        NamedTarget(name=t["name"], dsn=t["dsn"], line=line) for t, line in zip(listed, listed.item_lines)
+    )
+    seen: dict[str, int] = {}
+    for t in targets:
+        if t.name in seen:
+            ctx.error(t.line, "targets", f"the name {t.name!r} is used twice (lines {seen[t.name]} and {t.line}); "
+                      "every target needs its own name")
+        seen[t.name] = t.line
+    if targets and doc.get("target"):
+        ctx.error(doc.key_lines.get("targets", 0), "targets",
+                  "a plan has either target (one database) or targets (a fleet), not both")
+
+    def query(key: str) -> Discovery | None:
+        q: _Map | None = f.get(key) or None
+        return Discovery(dsn=q["dsn"], sql=q["sql"], line=f.key_lines.get(key, 0)) if q else None
+
+    discover, schemas = query("discover"), query("schemas")
+    if f and not (targets or discover or schemas):
+        ctx.error(doc.key_lines.get("fleet", 0), "fleet",
+                  "a fleet needs members: a targets list, fleet.discover or fleet.schemas")
+    if (discover or schemas) and doc.get("target"):
+        ctx.error(doc.key_lines.get("fleet", 0), "fleet",
+                  "a plan has either target (one database) or a fleet (targets, fleet.discover, fleet.schemas)")
+    waves: _Seq = f.get("waves") or _Seq()
+    parsed = tuple(Wave(canary=w.get("canary"), percent=w.get("percent"), rest=bool(w.get("rest", False)))
+                   for w in waves)
+    for i, w in enumerate(parsed[:-1]):
+        if w.rest:
+            ctx.error(waves.item_lines[i], f"fleet.waves[{i}]", "rest: true takes every target left, so it must be "
+                      "the last wave")
+    limit = f.get("stop_after_failures", 1)
+    return Fleet(
+        targets=targets,
+        discover=discover,
+        schemas=schemas,
+        concurrency=f.get("concurrency", Fleet.concurrency),
+        waves=parsed or Fleet.waves,
+        stop_after_failures=limit if isinstance(limit, int) else None,
+        stop_after_percent=float(limit[:-1]) if isinstance(limit, str) else None,
     )
 
 

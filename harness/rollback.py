@@ -39,7 +39,7 @@ from ._apply_text import indent as _indent
 from ._apply_text import plural as _plural
 from ._apply_text import seconds as _seconds
 from .apply import _Run
-from .apply_context import ApplyOptions, ApplyResult, migration_index
+from .apply_context import ApplyOptions, ApplyResult, history_scope, migration_index
 from .apply_finish import HealthFailed
 from .migrator import Unit, down_units
 from .backup import list_backups
@@ -88,8 +88,10 @@ def rollback_plan(
     back is a success) or raises the :class:`~harness.errors.HarnessError`
     subclass of the failure with the partial result as ``exc.result``.
     """
-    run = _Rollback(plan, options or ApplyOptions(), out, to=to, steps=steps)
-    run.run()
+    options = options or ApplyOptions()
+    with history_scope(options):
+        run = _Rollback(plan, options, out, to=to, steps=steps)
+        run.run()
     return run.result
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import psycopg
 from pglast import parser as pg_parser
+from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 from psycopg import pq, sql
 from psycopg.rows import tuple_row
 
@@ -52,6 +53,8 @@ __all__ = [
     "diff_snapshots",
     "format_changes",
     "table_fingerprints",
+    "quote_ident",
+    "schema_view",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,8 @@ OBJECT_TYPES = (
     "rule",
     "policy",
 )
+# Keywords quote_ident quotes (all but the unreserved ones).
+_QUOTED_KEYWORDS = frozenset(RESERVED_KEYWORDS | TYPE_FUNC_NAME_KEYWORDS | COL_NAME_KEYWORDS)
 _TYPE_RANK = {name: rank for rank, name in enumerate(OBJECT_TYPES)}
 _KIND_RANK = {"removed": 0, "added": 1, "changed": 2}
 
@@ -766,6 +771,41 @@ def _pinned(conn: psycopg.Connection[Any], prepared: str = "") -> Iterator[tuple
         assert row is not None
         yield cur, bool(row[0])
         cur.execute(_RESTORE_SQL, row[1 : 1 + len(_PINNED_SETTINGS)], prepare=False)
+
+
+def quote_ident(name: str) -> str:
+    """*name* as PostgreSQL's ``quote_ident`` prints it: bare when it can be, else in double quotes."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) and name not in _QUOTED_KEYWORDS:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def schema_view(snapshot: Snapshot, schema: str, as_schema: str = "public") -> Snapshot:
+    """The objects of *schema* alone, named as if they were in *as_schema*.
+
+    A fleet of tenant schemas compares each tenant with a rehearsal that ran
+    the migrations in ``public``: both sides are reduced to their one schema
+    and named alike.  Qualified names in keys and in attribute texts
+    (definitions, defaults, types) are renamed; the schema entry itself (its
+    ACL and comment are the tenant's, not the migrations') is left out, as are
+    objects in other schemas and extensions.
+    """
+    prefix = quote_ident(schema) + "."
+    target = quote_ident(as_schema) + "."
+    # Renamed in the JSON text, where a quoted name's double quotes are escaped.
+    prefix_json, target_json = json.dumps(prefix)[1:-1], json.dumps(target)[1:-1]
+    boundary = "" if prefix.startswith('"') else r"(?<![A-Za-z0-9_$])"
+    pattern = re.compile(boundary + re.escape(prefix_json))
+    kept: dict[str, Any] = {}
+    for key, attrs in snapshot.objects.items():
+        object_type, name = _split_key(key)
+        if object_type == "schema" or not name.startswith(prefix):
+            continue
+        kept[f"{object_type} {target}{name[len(prefix):]}"] = attrs
+    if prefix == target:
+        return Snapshot(kept)
+    text = pattern.sub(lambda _: target_json, json.dumps(kept, sort_keys=True))
+    return Snapshot(json.loads(text))
 
 
 def take_snapshot(conn: psycopg.Connection[Any], *, exclude_schemas: Iterable[str] = ("harness",)) -> Snapshot:

@@ -680,7 +680,7 @@ def test_schema_is_draft_2020_12() -> None:
     assert set(schema["properties"]) == {
         "name", "root", "migrations", "layout", "substitutions", "baseline", "target", "mode", "rehearsal",
         "defaults", "steps", "guards", "health", "backup", "hooks", "schema", "schema_matches", "chain_rollback", "column_order", "require_down", "lint",
-        "history",
+        "history", "targets", "fleet",
     }
 
 
