@@ -49,15 +49,16 @@ import psycopg
 from . import history
 from ._apply_text import first_line, seconds
 from .apply import apply_plan
-from .apply_context import ApplyOptions, ApplyResult, history_scope, rehearse_schemas
+from .apply_context import REHEARSAL_SCHEMA, ApplyOptions, ApplyResult, history_scope, rehearse_schemas
 from .connection import classify_connect_error, tenant_dsn
 from .errors import ConfigError, HarnessError, Stopped, TargetUnreachable
 from .plan import Discovery, Fleet, Plan, Wave
-from .receipt import verify_receipt
+from .mirror import mirror_for
+from .receipt import Receipt, verify_receipt
 from .redact import describe_dsn, register_dsn, scrub
 from .rollback import rollback_plan
 from .runlog import RunLog
-from .snapshot import Snapshot
+from .snapshot import Snapshot, diff_snapshots, schema_view, take_snapshot
 from .sources import Migration, load_plan_migrations
 
 __all__ = [
@@ -582,6 +583,7 @@ class _FleetRun:
             self.done += 1
             failed = sum(1 for m in self.result.members if m.state == "failed")
             running = sum(1 for m in self.result.members if m.state == "running")
+            waiting = sum(1 for m in self.result.members if m.state == "not started")
         what = {
             "applied": f"applied {len(outcome.applied)} ({', '.join(outcome.applied[:3])}"
                        f"{' ...' if len(outcome.applied) > 3 else ''})",
@@ -591,7 +593,7 @@ class _FleetRun:
             "would roll back": "would roll back",
         }.get(outcome.state, f"{outcome.state.upper()}: {_line(outcome.error)}")
         self.say(f"[{self.done}/{self.total}] {outcome.name}: {what} in {seconds(outcome.seconds)} "
-                 f"(running {running}, failed {failed})")
+                 f"(wave {outcome.wave}; running {running}, failed {failed}, waiting {waiting})")
         self.rl_event("member_end", **outcome.to_dict())
 
     def _summary(self) -> None:
@@ -639,16 +641,46 @@ class MemberStatus:
                 "pending": self.pending, "detail": self.detail}
 
 
-def fleet_status(plan: Plan, selection: Selection | None = None, *, concurrency: int | None = None) -> list[MemberStatus]:
+def fleet_status(plan: Plan, selection: Selection | None = None, *, concurrency: int | None = None,
+                 drift: bool = True) -> list[MemberStatus]:
     """Every selected member's history against the files: the rows of ``harness status`` for a fleet.
 
     States: ``at head``, ``pending`` (some migrations not applied),
     ``partly applied`` (a run stopped inside a migration that commits part by
     part), ``failed`` (a failed history row), ``changed`` (an applied file
-    changed or is missing), ``unreachable``.
+    changed or is missing), ``drifted`` (the schema is not the rehearsal's at
+    the member's version), ``unreachable``.  Drift is checked when the plan's
+    receipt matches its migrations (and *drift*): a database against the
+    receipt's digest, a tenant schema against a rehearsal shared by the
+    members at its version.
     """
     targets = select_targets(fleet_targets(plan), selection or Selection())
     migrations = load_plan_migrations(plan)
+    receipt = _matching_receipt(plan, migrations) if drift else None
+    shared = SharedRehearsal()
+    keeper = mirror_for(plan.history_mirror, migrations, plan.migrations_dir)
+
+    def drifted(conn: psycopg.Connection[Any], target: Target, status: history.Status[Migration]) -> str | None:
+        """What differs from the rehearsal at the member's version, or ``None``."""
+        applied = [m for _, m in status.applied if m is not None]
+        if receipt is None or not applied or applied != migrations[: len(applied)]:
+            return None
+        index = len(applied) - 1
+        actual = take_snapshot(conn, exclude_schemas=(history.SCHEMA, history.history_schema()))
+        if keeper is not None:
+            actual = keeper.without_table(conn, actual)
+        if target.schema is None:
+            if receipt.digests.get(applied[-1].id) == actual.digest:
+                return None
+            expected = receipt.final_snapshot if index == len(migrations) - 1 else None
+        else:
+            actual = schema_view(actual, target.schema, REHEARSAL_SCHEMA)
+            expected = schema_view(shared.schemas(plan, migrations, index, None, None)[0], REHEARSAL_SCHEMA)
+        if expected is None:
+            return f"the schema is not the rehearsal's after {applied[-1].id} (apply --dry-run shows how)"
+        changes = diff_snapshots(expected, actual)
+        return (f"{len(changes)} difference{'s' if len(changes) != 1 else ''} from the rehearsal after "
+                f"{applied[-1].id}: {changes[0].describe()}") if changes else None
 
     def one(target: Target) -> MemberStatus:
         row = MemberStatus(target.name, target.where, "unreachable")
@@ -658,6 +690,7 @@ def fleet_status(plan: Plan, selection: Selection | None = None, *, concurrency:
                 with psycopg.connect(dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT,
                                      options="-c default_transaction_read_only=on") as conn:
                     status = history.compute_status(migrations, history.read_applied(conn), history.read_progress(conn))
+                    difference = drifted(conn, target, status) if not (status.failed or status.partial) else None
             except psycopg.Error as exc:
                 row.detail = scrub(first_line(exc))
                 return row
@@ -672,6 +705,8 @@ def fleet_status(plan: Plan, selection: Selection | None = None, *, concurrency:
             row.state = "changed"
             row.detail = ", ".join([f"{m.id} changed" for _, m in status.changed]
                                    + [f"{r.version}_{r.name} missing" for r in status.missing])
+        elif difference is not None:
+            row.state, row.detail = "drifted", difference
         elif status.pending:
             row.state = "pending"
             row.detail = ", ".join(row.pending[:3]) + (" ..." if len(row.pending) > 3 else "")
@@ -681,6 +716,14 @@ def fleet_status(plan: Plan, selection: Selection | None = None, *, concurrency:
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency or plan.fleet.concurrency)) as pool:
         return list(pool.map(one, targets))
+
+
+def _matching_receipt(plan: Plan, migrations: Sequence[Migration]) -> Receipt | None:
+    """The plan's receipt when it matches the migrations (drift is measured against it), else ``None``."""
+    try:
+        return verify_receipt(plan, list(migrations))
+    except HarnessError:
+        return None
 
 
 def format_fleet_status(rows: Iterable[MemberStatus]) -> str:

@@ -403,6 +403,12 @@ def test_production_tenants_share_one_rehearsal_and_drift_is_caught(
     assert result.rehearsals == 1  # every tenant before its first migration: one rehearsal for all
     assert tables(db_dsn, "tenant_a") == {"accounts"}
 
+    execute(db_dsn, "CREATE INDEX stray_index ON tenant_b.accounts (id)")
+    rows = {r.name: (r.state, r.detail) for r in fleet_status(load_plan(path))}
+    assert rows["tenant_a"] == ("at head", "") and rows["tenant_c"] == ("at head", "")
+    assert rows["tenant_b"][0] == "drifted" and "stray_index" in rows["tenant_b"][1]
+    assert rows["tenant_d"][0] == "pending"
+
 
 def test_tenant_schema_names_that_need_quoting(tmp_path: Path, pg_server: Server, db_dsn: str, db_name: str) -> None:
     for tenant in ("Tenant One", "tenant-two"):
@@ -538,3 +544,11 @@ def test_each_member_keeps_its_own_backups(
     dumps = sorted(p.name.split("-")[0] for p in (tmp_path / "backups").glob("*.dump"))
     # keep: 1 counts per member: m2's backup did not remove m1's.
     assert dumps == ["fleet.m1", "fleet.m2"]
+
+    # The status matrix compares each member's schema with the receipt's.
+    execute(pg_server.dsn(members[1]), "ALTER TABLE accounts ADD COLUMN nickname text")
+    code, out, err = cli(["status", str(path), "--json"], capsys)
+    assert code == 1
+    rows = {r["name"]: (r["state"], r["detail"]) for r in json.loads(out)["members"]}
+    assert rows["m1"] == ("at head", "")
+    assert rows["m2"][0] == "drifted" and "nickname" in rows["m2"][1]
