@@ -6,7 +6,7 @@ SQL instead of executing it, so the SQL rehearsed is the SQL Alembic would
 run.  :mod:`harness._alembic_render` does the rendering in a subprocess (the
 project's ``env.py`` and revisions never run in the harness's process); this
 module finds the environment, runs that subprocess, and turns each revision
-into a :class:`~harness.sources.Migration`:
+into a :class:`~harness.migration.Migration`:
 
 - ``version`` is the revision id, ``name`` the slug of its message (as
   Alembic slugs file names), ``order_parts`` its position in an upgrade
@@ -20,7 +20,7 @@ into a :class:`~harness.sources.Migration`:
 - what the harness does itself is left out of the SQL: the
   ``alembic_version`` statements (the harness keeps its own history) and the
   ``BEGIN``/``COMMIT`` Alembic wraps a revision in (kept when it is the one
-  wrapper of the file, which :func:`~harness.sources.make_migration`
+  wrapper of the file, which :func:`~harness.parsing.make_migration`
   accepts; an ``autocommit_block()`` leaves several, and the revision then
   runs outside a transaction, ``no_transaction``);
 - a revision Alembic cannot render offline keeps its place with
@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SourceError
-from .sources import Migration, Statement, _LineIndex, parse_sql
+from .migration import Migration, Statement
+from .parsing import _LineIndex, parse_sql
 
 __all__ = ["looks_like_alembic", "read_alembic", "LOOKED_FOR", "RENDER_URL"]
 
@@ -176,7 +177,7 @@ def read_alembic(
 ) -> list[Migration]:
     """The revisions of the Alembic environment at *folder* as migrations, in upgrade order.
 
-    *build* is the layout reader's :func:`~harness.sources.make_migration`
+    *build* is the layout reader's :func:`~harness.parsing.make_migration`
     (with the plan's target major and substitutions); *down_text* notes an
     empty downgrade (the revision is irreversible).
     """

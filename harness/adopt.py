@@ -31,8 +31,9 @@ from psycopg import sql
 
 from . import history
 from .errors import GuardError
+from .migration import Migration, Order
 from .redact import describe_dsn
-from .sources import Migration, Order, baseline_index
+from .sources import baseline_index
 
 __all__ = [
     "TOOLS",

@@ -36,11 +36,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import history
 from .errors import BackupError, ConfigError
+from .migration import Migration
 from .postgres import Binaries, embedded_binaries, local_binaries
 from .redact import describe_dsn, register_dsn, scrub
 from .runlog import create_private_file, ensure_private_dir, utc_stamp
 from .snapshot import Snapshot, diff_snapshots, take_snapshot
-from .sources import Migration
 
 __all__ = [
     "MODES",

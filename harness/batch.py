@@ -22,8 +22,9 @@ PostgreSQL does), ``size`` (rows per batch, default 1000) and ``pause``
 
 This module has two halves.  The source half (:func:`find_batches`) reads
 directives and rewrites statements on PostgreSQL's parse tree with pglast;
-it never opens a connection, and :mod:`harness.sources` calls it when a
-migration is loaded.  The running half (:func:`resolve_target`,
+it never opens a connection, and :mod:`harness.parsing` calls it when a
+migration is loaded.  :class:`BatchSpec` lives in :mod:`harness.migration`
+with the model that holds it.  The running half (:func:`resolve_target`,
 :func:`next_batch`, :func:`run_batched`) works on a connection the caller
 gives it: :mod:`harness.apply` runs each batch in its own transaction with
 the plan's timeouts and records progress; the rehearsal's ``batch`` item
@@ -46,7 +47,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from pglast import ast, enums, parser
@@ -55,9 +56,7 @@ from psycopg import sql
 
 from .errors import SourceError
 from .execute import Failure, StatementFailed, describe_pg_error, relpath, run_statements
-
-if TYPE_CHECKING:
-    from .sources import Migration, Statement
+from .migration import BatchSpec, Migration, Statement
 
 __all__ = [
     "BATCH_MARK",
@@ -92,42 +91,6 @@ _UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0}
 # Source half: directives and the rewrite (no connection)
 
 
-@dataclass(frozen=True)
-class BatchSpec:
-    """One statement marked ``-- harness:batch``, validated and rewritten for key ranges."""
-
-    index: int  # position of the statement in Migration.statements
-    path: Path
-    line: int  # the directive's line
-    statement_line: int
-    statement_column: int
-    statement_sql: str  # the statement as written
-    kind: str  # "UPDATE" or "DELETE"
-    key: str  # the key column's name, as PostgreSQL knows it
-    size: int
-    pause: float  # seconds between batches
-    schema: str | None  # the table's schema as written (None: found on the search_path)
-    table: str
-    only: bool  # UPDATE ONLY / DELETE FROM ONLY: inheritance children are not touched
-    first_sql: str  # the statement AND key <= $1
-    next_sql: str  # the statement AND key > $1 AND key <= $2
-
-    @property
-    def where(self) -> str:
-        """``file:line`` of the directive, for messages."""
-        return f"{self.path}:{self.line}"
-
-    @property
-    def table_name(self) -> str:
-        """The table as written in the statement (``schema.table`` or ``table``)."""
-        return f"{self.schema}.{self.table}" if self.schema else self.table
-
-    def describe(self) -> str:
-        """``UPDATE of public.accounts in batches of 5000 by id, 50 ms apart``."""
-        pause = f", {self.pause * 1000:g} ms apart" if self.pause else ""
-        return f"{self.kind} of {self.table_name} in batches of {self.size} by {self.key}{pause}"
-
-
 def find_batches(
     text: str,
     statements: Sequence[Statement],
@@ -138,7 +101,7 @@ def find_batches(
 ) -> tuple[BatchSpec, ...]:
     """The ``-- harness:batch`` directives of a migration file's *text*, each bound to the statement below it.
 
-    *statements* are the file's statements as :func:`harness.sources.parse_sql`
+    *statements* are the file's statements as :func:`harness.parsing.parse_sql`
     split them (any file-level ``BEGIN``/``COMMIT`` removed); *wrapped* says
     the file had that wrapper.  Raises :class:`~harness.errors.SourceError`
     naming ``file:line`` for a directive that is not on a line of its own

@@ -54,11 +54,11 @@ from psycopg import sql
 
 from .backup import choose_tools, connection_args
 from .errors import HarnessError
+from .migration import Migration
 from .plan import Plan, StepConfig
 from .postgres import Server
 from .redact import scrub
 from .snapshot import Snapshot
-from .sources import Migration
 
 __all__ = [
     "CacheError", "CachedItem", "ChainProof", "Entry", "PrefixCache", "prefix_keys", "harness_fingerprint", "restore",

@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 
 from .errors import MigrationError
+from .migration import Statement
 from .redact import scrub
-from .sources import Statement
 
 __all__ = ["StatementFailed", "run_statements", "describe_pg_error", "relpath"]
 

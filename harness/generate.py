@@ -35,17 +35,11 @@ check-schema``) starts one.  See docs/authoring.md.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 import re
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import psycopg
 
 from . import lint as lint_mod
 from ._schema_diff import (
@@ -64,14 +58,21 @@ from ._schema_diff import (
     render,
 )
 from .authoring import check_name, layout_for, plan_versions, write_new_files
-from .errors import EXIT_FAILED, EXIT_OK, ConfigError, HarnessError
-from .execute import StatementFailed, relpath, run_statements
+from .desired_schema import (
+    compare_snapshots,
+    desired_database,
+    desired_snapshot,
+    schema_display,
+    schema_files,
+    schema_matches,
+)
+from .errors import EXIT_FAILED, EXIT_OK, HarnessError
+from .execute import relpath
 from .plan import Plan
 from .postgres import Server
 from .redact import scrub
 from .rehearsal import FAILED, Rehearsal
-from .snapshot import Change, Snapshot, diff_snapshots, format_changes, take_snapshot
-from .sources import parse_sql
+from .snapshot import Change, Snapshot, format_changes, take_snapshot
 
 __all__ = [
     "Notice",
@@ -96,76 +97,9 @@ PROOF_ASSERTIONS = ("lint", "apply", "idempotent", "rollback")
 # Desired schema, comparison
 
 
-def schema_files(plan: Plan) -> list[Path]:
-    """The files of the plan's desired schema, in the order they are loaded (names, then sub-directories)."""
-    path: Path | None = getattr(plan, "schema", None)
-    where = plan.display_path or str(plan.path)
-    if path is None:
-        raise ConfigError(
-            f"{where}: the plan has no `schema:`; add `schema: schema.sql` (a SQL file, or a directory of .sql "
-            "files read in name order) that builds the schema the migrations should produce"
-        )
-    if path.is_dir():
-        files = sorted(
-            (p for p in path.rglob("*.sql") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)),
-            key=lambda p: p.relative_to(path).as_posix(),
-        )
-        if not files:
-            raise ConfigError(f"{where}: schema: {relpath(path)} holds no .sql files; put the desired schema there")
-        return files
-    if path.is_file():
-        return [path]
-    raise ConfigError(f"{where}: schema: {relpath(path)} does not exist; create it or fix the path")
-
-
-def _schema_display(plan: Plan) -> str:
-    path: Path | None = getattr(plan, "schema", None)
-    if path is None:
-        return "(none)"
-    shown = relpath(path)
-    return shown + "/" if path.is_dir() and not shown.endswith("/") else shown
-
-
-@contextlib.contextmanager
-def _desired_database(plan: Plan, server: Server) -> Iterator[psycopg.Connection[Any]]:
-    """A scratch database holding the plan's desired schema; dropped afterwards."""
-    files = schema_files(plan)
-    name = f"mh_desired_{uuid.uuid4().hex[:10]}"
-    server.create_database(name)
-    try:
-        with server.connect(name, autocommit=True) as conn:
-            conn.prepare_threshold = None
-            conn.execute("SET client_min_messages = warning")
-            for path in files:
-                try:
-                    text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise ConfigError(f"cannot read the desired schema file {relpath(path)}: {exc}") from None
-                statements = parse_sql(text, path, target_major=server.major)
-                try:
-                    run_statements(conn, statements, path)
-                except StatementFailed as exc:
-                    raise ConfigError(
-                        f"the desired schema does not load on an empty database: {exc}\n"
-                        f"Fix {relpath(path)}: the schema files must build the whole schema, in name order."
-                    ) from None
-            yield conn
-    finally:
-        try:
-            server.drop_database(name)
-        except Exception as exc:  # noqa: BLE001 - cleanup is best effort
-            log.warning("could not drop the desired-schema database %s: %s", name, exc)
-
-
 def _desired_catalog(plan: Plan, server: Server) -> Catalog:
-    with _desired_database(plan, server) as conn:
+    with desired_database(plan, server) as conn:
         return read_catalog(conn, take_snapshot(conn))
-
-
-def desired_snapshot(plan: Plan, server: Server) -> Snapshot:
-    """The snapshot of the plan's desired schema (loaded into a scratch database on *server*)."""
-    with _desired_database(plan, server) as conn:
-        return take_snapshot(conn)
 
 
 def _current_catalog(plan: Plan, server: Server) -> tuple[Catalog, int]:
@@ -173,22 +107,6 @@ def _current_catalog(plan: Plan, server: Server) -> tuple[Catalog, int]:
     with Rehearsal(plan, server, measure=False) as rehearsal:
         snapshot = rehearsal.schema_after(len(rehearsal.migrations) - 1)
         return read_catalog(rehearsal.conn, snapshot), len(rehearsal.migrations)
-
-
-def compare_snapshots(migrated: Snapshot, desired: Snapshot) -> tuple[list[Change], list[str]]:
-    """Differences from what the migrations produce to the desired schema, and notes.
-
-    Column order is not a difference (a migration can only append columns;
-    PostgreSQL cannot reorder them): it is returned as a note instead.
-    """
-    changes = diff_snapshots(migrated, desired)
-    notes = [
-        f"column order of {c.object} differs (migrations: {', '.join(c.before or [])}; desired: "
-        f"{', '.join(c.after or [])}): new columns are appended, PostgreSQL cannot reorder them"
-        for c in changes
-        if c.attribute == "column_order"
-    ]
-    return [c for c in changes if c.attribute != "column_order"], notes
 
 
 @dataclass(frozen=True)
@@ -227,32 +145,7 @@ def check_schema(plan: Plan, server: Server) -> SchemaComparison:
     desired = desired_snapshot(plan, server)
     current, count = _current_catalog(plan, server)
     changes, notes = compare_snapshots(current.snapshot, desired)
-    return SchemaComparison(tuple(changes), tuple(notes), _schema_display(plan), count)
-
-
-def schema_matches(plan: Plan, server: Server, final_snapshot: Snapshot) -> tuple[bool, str]:
-    """The plan-level ``schema_matches`` assertion: do the migrations produce the desired schema?
-
-    *final_snapshot* is the schema after the last migration (the rehearsal
-    has it); the desired schema is loaded into a scratch database on
-    *server*.  Returns ``(ok, message)``; a desired schema that does not
-    load is a failure with the error.
-    """
-    try:
-        desired = desired_snapshot(plan, server)
-    except HarnessError as exc:
-        return False, scrub(str(exc))
-    changes, notes = compare_snapshots(final_snapshot, desired)
-    schema = _schema_display(plan)
-    extra = "".join(f"\nnote: {n}" for n in notes)
-    if not changes:
-        return True, f"the migrations produce the desired schema {schema}: 0 differences{extra}"
-    count = len(changes)
-    return False, (
-        f"the migrations and the desired schema {schema} disagree: {count} difference{'s' if count != 1 else ''} "
-        "(+ only in the desired schema, - only in the migrations, ~ migrations -> desired):\n"
-        f"{format_changes(changes)}\nWrite a migration for them with `harness generate NAME`.{extra}"
-    )
+    return SchemaComparison(tuple(changes), tuple(notes), schema_display(plan), count)
 
 
 # --------------------------------------------------------------------------
@@ -403,7 +296,7 @@ def generate(
         up_name, down_name = layout.file_names(version, file_name)
         item = render(
             draft, phase, version, file_name, plan.migrations_dir / up_name, plan.migrations_dir / down_name,
-            command=f"harness generate {name}", schema=_schema_display(plan), created=moment, previous=previous,
+            command=f"harness generate {name}", schema=schema_display(plan), created=moment, previous=previous,
             phases=phases,
         )
         previous = item.migration.id

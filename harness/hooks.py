@@ -43,10 +43,10 @@ import psycopg
 
 from .errors import HarnessError
 from .execute import StatementFailed, run_statements
+from .parsing import parse_sql
 from .plan import Hook
 from .redact import scrub
 from .runlog import RunLog
-from .sources import parse_sql
 
 __all__ = ["EVENTS", "HookContext", "HookFailed", "PythonHook", "run_hooks", "describe_hook"]
 

@@ -1,6 +1,6 @@
 """Foreign migration layouts: one reader per tool, auto-detection, and the quirks each tool trips over.
 
-Every reader maps its tool's files to :class:`harness.sources.Migration`, so
+Every reader maps its tool's files to :class:`harness.migration.Migration`, so
 assertions, lint rules and apply guards work the same whatever wrote the
 folder.  The rule for a file a tool would not accept:
 
@@ -38,27 +38,22 @@ from pglast import parser
 
 from . import _alembic
 from .errors import SourceError
-from .sources import (
-    LAYOUTS,
-    LayoutFinding,
-    Migration,
-    Statement,
-    _LineIndex,
-    _listing,
-    _load_native,
-    _read,
-    _read_soft,
-    _sha256,
-    apply_substitutions,
-    make_migration,
-)
+from .migration import LayoutFinding, Migration, Statement
+from .native import load_native
+from .parsing import _LineIndex, _listing, _read, _read_soft, _sha256, apply_substitutions, make_migration
 
 __all__ = [
-    "LayoutFinding", "detect_layout", "read_folder", "layout_findings", "atlas_sum_text", "FOREIGN_LAYOUTS",
+    "LAYOUTS", "LayoutFinding", "detect_layout", "read_folder", "layout_findings", "atlas_sum_text", "FOREIGN_LAYOUTS",
     "supabase_folder",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Every layout :func:`harness.sources.load_migrations` reads; ``auto`` detects one of the others.
+LAYOUTS = (
+    "auto", "native", "supabase", "golang-migrate", "diesel", "dbmate", "goose", "flyway", "drizzle", "sqitch",
+    "prisma", "sqlx", "atlas", "node-pg-migrate", "alembic",
+)
 
 #: Layouts written by another tool (everything but native and auto).
 FOREIGN_LAYOUTS = tuple(name for name in LAYOUTS if name not in ("auto", "native", "supabase"))
@@ -402,7 +397,7 @@ def _sections(text: str, keep: set[int]) -> str:
 
 def _read_native(reading: _Reading) -> list[Migration]:
     # Supabase's CLI skips a file whose name does not fit, with a warning; so does the harness, with a finding.
-    return _load_native(
+    return load_native(
         reading.folder, target_major=reading.target_major, substitutions=reading.substitutions, layout=reading.layout,
         ignore=lambda path, why: _ignored(reading, path, why),
     )

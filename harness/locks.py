@@ -48,7 +48,7 @@ from psycopg.pq import TransactionStatus
 
 from .errors import HarnessError
 from .execute import run_statements
-from .sources import Statement
+from .migration import Statement
 
 if TYPE_CHECKING:
     from .plan import LockPolicy

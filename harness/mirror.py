@@ -31,9 +31,9 @@ from psycopg import sql
 
 from .adopt import flyway_checksum, sqlx_checksum
 from .errors import ConfigError, GuardError
+from .migration import Migration
 from .plan import MIRROR_TOOLS
 from .snapshot import Snapshot
-from .sources import Migration
 
 __all__ = ["TOOLS", "Mirror", "mirror_for", "table_sql"]
 

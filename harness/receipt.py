@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GuardError
+from .migration import Migration
 from .plan import Plan
 from .snapshot import Snapshot
-from .sources import Migration
 
 __all__ = [
     "Receipt",

@@ -37,17 +37,20 @@ from psycopg import generators, pq, sql
 from . import bases
 from . import lint as lint_mod
 from . import tracking
+from .batch import run_migration_batched
 from .cache import (
     REPLAY_LIMIT, CacheError, CachedItem, ChainProof, Entry, PrefixCache, prefix_keys, restore, restore_roles,
 )
 from .checks import check_problem, check_summary
 from .compat import breaking_changes, redefined_tables
+from .desired_schema import schema_matches
 from .errors import HarnessError
 from .execute import StatementFailed, describe_pg_error, relpath, run_statements
 from .layouts import supabase_folder
 from .locks import LockReport, judge, run_measured
 from .plan import Check, Plan
 from .postgres import Server
+from .receipt import write_receipt
 from .redact import scrub
 from .snapshot import (
     Change,
@@ -1409,8 +1412,6 @@ class Rehearsal:
         The working database then applies it unbatched, as one statement; the
         ``batch`` item compares the two.  Pauses are skipped.
         """
-        from .batch import run_migration_batched
-
         with self._scratch(False) as (conn, _start):
             try:
                 states = run_migration_batched(conn, migration)
@@ -1840,8 +1841,6 @@ class Rehearsal:
 
     def _schema_matches(self, item: Item) -> Outcome:
         """The migrations produce exactly the plan's desired schema (``schema:``)."""
-        from .generate import schema_matches
-
         final = self._steps[item.index].after
         assert final is not None  # _run applied the whole history first
         ok, message = schema_matches(self.plan, self.server, final)
@@ -2000,8 +1999,6 @@ class Rehearsal:
         final = self.final_snapshot()
         if final is None:
             return None
-        from .receipt import write_receipt
-
         # The digest after each migration, moved along by what each one changed.
         base = self.snapshot_at(-1)
         objects = dict(base.objects) if base is not None else {}

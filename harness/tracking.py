@@ -73,7 +73,7 @@ import psycopg
 from psycopg import sql
 
 from . import locks
-from .errors import ConfigError
+from .errors import ConfigError, HarnessError
 from .snapshot import (
     _PINNED_SETTINGS,
     TABLE_HASH_COLUMNS,
@@ -626,8 +626,6 @@ def advance(state: State, delta: Delta, *, check: bool = True) -> tuple[State, f
         expected = Snapshot(objects=delta.verify)
         changes = diff_snapshots(expected, new.snapshot)
         if changes:
-            from .errors import HarnessError
-
             raise HarnessError(
                 "the incremental snapshot differs from a full one (a bug in migration-harness; set "
                 "HARNESS_SNAPSHOTS=full to work around it). full → incremental:\n" + format_changes(changes)

@@ -22,25 +22,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from _apply_helpers import (
-    GUARDS,
-    apply,
-    cli,
-    execute,
-    harness_process,
-    history_versions,
-    holding,
-    load,
-    query,
-    rehearse,
-    sleeping_backend,
-    table_exists,
-    wait_until,
-    write_project,
-)
 from harness.apply import ApplyOptions, apply_plan
 from harness.errors import CheckFailed, ConfigError, GuardError, MigrationError, RunLockLost
 from harness.hooks import HookContext
+from tests.fix_db import execute, history_versions, holding, query, sleeping_backend, table_exists
+from tests.projects import GUARDS, apply, cli, harness_process, load, rehearse, wait_until, write_project
 
 SEED = """
 CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);

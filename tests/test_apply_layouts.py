@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from _apply_helpers import apply, cli, execute, history_versions, load, query, rehearse, table_exists, write_project
 from harness.errors import CheckFailed, GuardError
 from harness.postgres import Server
+from tests.fix_db import execute, history_versions, query, table_exists
+from tests.projects import apply, cli, load, rehearse, write_project
 
 THREE = {
     "1_users.sql": "CREATE TABLE IF NOT EXISTS users (id bigint PRIMARY KEY, email text NOT NULL);",

@@ -9,7 +9,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from _apply_helpers import apply, cli, execute, history_versions, holding, load, query, rehearse, write_project
 from harness.backup import (
     newest_tools,
     list_backups,
@@ -22,6 +21,8 @@ from harness.errors import BackupError
 from harness.postgres import Server
 from harness.snapshot import table_fingerprints
 from harness.sources import load_migrations
+from tests.fix_db import execute, history_versions, holding, query
+from tests.projects import apply, cli, load, rehearse, write_project
 
 SEED = """
 CREATE SCHEMA billing;

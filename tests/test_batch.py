@@ -18,13 +18,14 @@ import psycopg
 import pytest
 from pglast import ast, enums, parser
 
-from _apply_helpers import apply, execute, harness_process, history_versions, load, query, wait_until, write_project
 from harness.batch import DEFAULT_SIZE, BatchState, resolve_target, run_batched
 from harness.errors import ConfigError, SourceError
 from harness.postgres import Server
 from harness.rehearsal import Rehearsal
 from harness.snapshot import table_fingerprints
 from harness.sources import load_migrations
+from tests.fix_db import execute, history_versions, query
+from tests.projects import apply, harness_process, load, wait_until, write_project
 
 ROWS = 20_000
 

@@ -21,6 +21,7 @@ from harness.errors import PlanError
 from harness.plan import load_plan
 from harness.rehearsal import CACHED, PASSED
 from harness.runner import RehearsalResult, rehearse_plan
+from tests.projects import cli
 
 PLAN = """\
 migrations: migrations/
@@ -352,8 +353,6 @@ def test_a_bad_cache_setting_is_a_plan_error(tmp_path: Path) -> None:
 
 
 def test_harness_rehearse_shows_cached_items(tmp_path: Path, ran: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from _apply_helpers import cli
-
     plan_path = _project(tmp_path, ran, 2)
     code, out, err = cli(["rehearse", str(plan_path)], capsys)
     assert code == 0 and "CACHED" not in out, out + err

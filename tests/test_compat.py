@@ -7,35 +7,11 @@ before and after the migration, the way the rehearsal engine does it.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 
 from harness.compat import CODES, Breaking, breaking_changes
-from harness.postgres import Server
 from harness.snapshot import Change, Snapshot, diff_snapshots, take_snapshot
-
-
-@pytest.fixture(scope="module")
-def module_conn(pg_server: Server) -> Iterator[psycopg.Connection]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pg_server.create_database(name)
-    try:
-        with psycopg.connect(pg_server.dsn(name)) as conn:
-            yield conn
-    finally:
-        pg_server.drop_database(name)
-
-
-@pytest.fixture
-def conn(module_conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
-    """A connection in a transaction on an empty database, rolled back after the test."""
-    try:
-        yield module_conn
-    finally:
-        module_conn.rollback()
 
 
 def _classify(conn: psycopg.Connection, setup: str, migration: str) -> list[Breaking]:

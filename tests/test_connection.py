@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from _apply_helpers import cli, write_project
 from harness.errors import ConnectionRefusedByConfig, TargetUnreachable
 from harness.postgres import BinaryServer, Server, start_server
+from tests.projects import cli, write_project
 
 SECRET = "Sup3r-S3cret-pw"
 GUARDS = "guards: {retry_delay: 10ms, retry_factor: 1, max_retries: 2, lock_wait: 5s}\n"

@@ -35,13 +35,12 @@ from harness.history import (
     take_fence,
     verify_lock,
 )
+from tests._history_worker import FakeMigration
+from tests.projects import wait_until as _wait_until
 
+# Shared with the worker process (FakeMigration) and the apply tests (wait_until) rather than written again.
 WORKER = Path(__file__).with_name("_history_worker.py")
 WAIT = 10.0  # upper bound for every wait: a regression fails, it does not hang
-
-# Shared with the worker process and the apply tests rather than written again.
-from _apply_helpers import wait_until as _wait_until  # noqa: E402
-from _history_worker import FakeMigration  # noqa: E402
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:

@@ -13,12 +13,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from _apply_helpers import apply, load, write_project
 from harness import history
 from harness.authoring import DieselLayout, plan_versions
 from harness.cli import main
 from harness.errors import ConfigError, SourceError
 from harness.sources import Order, load_migrations
+from tests.projects import apply, load, write_project
 
 
 def write(root: Path, files: dict[str, str]) -> Path:

@@ -25,12 +25,13 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from _apply_helpers import apply, history_versions, load, query, rehearse, write_project
 from harness import adopt, history
 from harness.errors import CheckFailed, GuardError, MigrationError
 from harness.mirror import TOOLS, Mirror
 from harness.plan import MIRROR_TOOLS
 from harness.sources import load_migrations
+from tests.fix_db import history_versions, query
+from tests.projects import apply, load, rehearse, write_project
 
 DATA = Path(__file__).parent / "data" / "layouts"
 

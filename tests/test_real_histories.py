@@ -20,9 +20,8 @@ from harness.errors import EXIT_FAILED, EXIT_USAGE
 from harness.plan import load_plan
 from harness.postgres import Server
 from harness.rehearsal import FAILED, PASSED, SKIPPED, Rehearsal
-
-from _apply_helpers import apply, load, write_project
-from _apply_helpers import rehearse as rehearse_cli
+from tests.projects import apply, load, write_project
+from tests.projects import rehearse as rehearse_cli
 
 # Real histories are rarely re-runnable; the items under test here are apply, rollback, atomic and lint.
 DEFAULTS = "defaults: {idempotent: false, rollback: true, backward_compatible: true, lint: true}\n"

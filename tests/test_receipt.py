@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from _apply_helpers import cli, query, table_exists, write_project
 from harness.postgres import embedded_binaries
 from harness.receipt import Receipt, server_major
 from harness.snapshot import Snapshot
+from tests.fix_db import query, table_exists
+from tests.projects import cli, write_project
 
 
 @pytest.mark.parametrize("old_format", [1, 2, None])

@@ -15,19 +15,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from _apply_helpers import (
-    GUARDS,
-    apply,
-    cli,
-    execute,
-    history_versions,
-    load,
-    query,
-    rehearse,
-    table_exists,
-    wait_until,
-    write_project,
-)
 from harness import DevelopmentMigrationRunner, ProductionMigrationRunner
 from harness.apply import ApplyOptions
 from harness.errors import ConfigError, GuardError, LockTimeout, MigrationError
@@ -35,6 +22,8 @@ from harness.history import RUN_LOCK_KEY
 from harness.receipt import Receipt
 from harness.rollback import rollback_plan
 from harness.snapshot import take_snapshot
+from tests.fix_db import execute, history_versions, query, table_exists
+from tests.projects import GUARDS, apply, cli, load, rehearse, wait_until, write_project
 
 SEED = """
 CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);

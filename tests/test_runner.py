@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 import harness
-from _apply_helpers import cli, execute, history_versions, query, table_exists, write_project
 from harness import DevelopmentMigrationRunner, ProductionMigrationRunner, rehearse_plan
 from harness.apply import ApplyResult
 from harness.errors import ConfigError
 from harness.hooks import HookContext
 from harness.plan import load_plan
 from harness.runner import RehearsalResult
+from tests.fix_db import execute, history_versions, query, table_exists
+from tests.projects import cli, write_project
 
 SEED = """
 CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);

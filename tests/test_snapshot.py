@@ -1,7 +1,7 @@
 """Catalog snapshots, their diff, and table fingerprints on a real PostgreSQL.
 
 Most tests share one database per module and run inside a transaction that
-is rolled back afterwards (the ``conn`` fixture): every test still starts
+is rolled back afterwards (the ``conn`` fixture of ``tests/fix_db.py``): every test still starts
 from an empty database, without paying for a CREATE DATABASE each, and the
 snapshot is exercised the way the rehearsal engine uses it, inside an open
 transaction.  Tests that need autocommit or several sessions use ``db_dsn``.
@@ -9,13 +9,8 @@ transaction.  Tests that need autocommit or several sessions use ``db_dsn``.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import psycopg
 import pytest
-
-from harness.postgres import Server
 
 from harness.errors import ConfigError
 from harness.snapshot import (
@@ -69,32 +64,6 @@ CREATE RULE scratch_ignore AS ON INSERT TO scratch DO INSTEAD NOTHING;
 GRANT SELECT ON users TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION greet(integer, text) FROM PUBLIC;
 """
-
-
-@pytest.fixture(scope="module")
-def module_dsn(pg_server: Server) -> Iterator[str]:
-    """A database shared by the tests of this module (each test rolls back what it did)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pg_server.create_database(name)
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        pg_server.drop_database(name)
-
-
-@pytest.fixture(scope="module")
-def module_conn(module_dsn: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(module_dsn) as conn:
-        yield conn
-
-
-@pytest.fixture
-def conn(module_conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
-    """A connection in a transaction on an empty database, rolled back after the test."""
-    try:
-        yield module_conn
-    finally:
-        module_conn.rollback()
 
 
 def _connect(dsn: str) -> psycopg.Connection:

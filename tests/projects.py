@@ -1,22 +1,26 @@
-"""Helpers shared by tests/test_apply.py and tests/test_backup.py: throwaway projects and small queries."""
+"""Throwaway projects for the tests: migrations and a plan in a temporary folder, and running the harness on them.
+
+Plain functions, imported by the tests that use them
+(``from tests.projects import write_project``); the database fixtures and
+the SQL helpers are in ``tests/fix_db.py``.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from harness.apply import ApplyOptions, ApplyResult, apply_plan
+from harness import cli as cli_module
 from harness.errors import HarnessError
 from harness.plan import Plan, load_plan
 
@@ -77,10 +81,8 @@ def apply(plan: Plan, **options: Any) -> tuple[ApplyResult | None, str, HarnessE
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run ``harness ARGV`` in this process; return (exit code, stdout, stderr)."""
-    from harness.cli import main
-
     capsys.readouterr()
-    code = main(argv)
+    code = cli_module.main(argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -95,29 +97,8 @@ def rehearse(plan_path: Path, dsn: str, capsys: pytest.CaptureFixture[str], monk
     return receipt
 
 
-def query(dsn: str, text: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(text, params)  # type: ignore[arg-type]
-        return cur.fetchall() if cur.description else []
-
-
-def execute(dsn: str, text: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(text)  # type: ignore[arg-type]
-
-
-def history_versions(dsn: str) -> list[str]:
-    """Versions in harness.schema_migrations ([] without the table)."""
-    if not query(dsn, "SELECT to_regclass('harness.schema_migrations') IS NOT NULL")[0][0]:
-        return []
-    return [r[0] for r in query(dsn, "SELECT version FROM harness.schema_migrations ORDER BY version::numeric")]
-
-
-def table_exists(dsn: str, name: str) -> bool:
-    return bool(query(dsn, "SELECT to_regclass(%s) IS NOT NULL", [name])[0][0])
-
-
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """The first true value *predicate* returns, polled every 20 ms; fails after *timeout* seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -139,26 +120,3 @@ def harness_process(args: list[str], dsn: str, cwd: Path) -> subprocess.Popen[st
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def sleeping_backend(dsn: str) -> int | None:
-    """The pid of a harness apply session that is running pg_sleep, if any."""
-    rows = query(
-        dsn,
-        "SELECT pid FROM pg_stat_activity WHERE application_name = 'migration-harness apply' "
-        "AND query ILIKE '%pg_sleep%' AND state = 'active' AND datname = current_database()",
-    )
-    return rows[0][0] if rows else None
-
-
-@contextlib.contextmanager
-def holding(dsn: str, text: str) -> Iterator[psycopg.Connection[Any]]:
-    """A session with an open transaction that ran *text* (and so holds its locks) for the block."""
-    conn = psycopg.connect(dsn)
-    try:
-        conn.execute(text)  # type: ignore[arg-type]
-        yield conn
-    finally:
-        with contextlib.suppress(Exception):
-            conn.rollback()
-        conn.close()
