@@ -203,4 +203,4 @@ class Rehearsal(Engine):
     @property
     def cached_migrations(self) -> int:
         """How many migrations were restored from the cache instead of being rehearsed again."""
-        return self.prefix.migrations
+        return self.prefix.restored_migrations

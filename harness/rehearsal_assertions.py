@@ -159,7 +159,9 @@ def idempotent(engine: Engine, item: Item) -> Outcome:
         failing = changes or data_changes(
             {t: v for t, v in (step.after_data or {}).items() if t in data}, data
         )
-        if failing and not engine.selfcheck.confirm(item.index, step.after_state, [as_script(migration.statements)], needs=()):
+        if failing and not engine.selfcheck.confirm(
+            item.index, step.after_state, [as_script(migration.statements)], needs=()
+        ):
             again, data = _apply_again(engine, item)  # the states were wrong or unverified: judged in full
             changes = diff_snapshots(step.after, again)
     else:

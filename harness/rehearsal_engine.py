@@ -110,11 +110,11 @@ class Engine:
     # ------------------------------------------------------------------ what the front end provides
 
     def items(self) -> list[Item]:
-        """Every item of the plan, in migration order then assertion order (see :class:`harness.rehearsal.Rehearsal`)."""
+        """Every item of the plan, in migration order then assertion order (listed by ``Rehearsal``)."""
         raise NotImplementedError
 
     def run(self, item: Item) -> Outcome:
-        """Run *item* and return its outcome (see :class:`harness.rehearsal.Rehearsal`)."""
+        """Run *item* and return its outcome (run by ``Rehearsal``)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ server and session
@@ -139,13 +139,13 @@ class Engine:
         self.started = True
         if self.prefix.cache is not None and self.prefix.resume():
             return
-        self.create()
+        self._create()
         # After the seed: a seed dumped from a managed database may create the harness schema itself.
         if self.track_mode != "full":
             self.tracking_on = tracking.install(self.conn)
         self.refresh_data()
 
-    def create(self) -> None:
+    def _create(self) -> None:
         """Create the working database and load the plan's base and seed into it."""
         self.server.create_database(self.dbname)
         self.connect()
@@ -515,7 +515,7 @@ class Engine:
         upto = self.position
         self.close()  # discards a message in flight, drops the working database
         self.started = True
-        self.create()
+        self._create()
         self.tracking_on, self.selfcheck.tracked, self.state = False, False, None
         self.pipeline.landed.clear()
         self.pipeline.followed = None

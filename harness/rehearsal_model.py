@@ -24,7 +24,8 @@ from .snapshot import Snapshot, table_fingerprints
 from .sources import Migration, Statement
 
 __all__ = [
-    "PASSED", "FAILED", "SKIPPED", "CACHED", "CHECKPOINT", "Item", "Outcome", "ItemFailed", "Mismatch", "Step", "BatchedRun",
+    "PASSED", "FAILED", "SKIPPED", "CACHED", "CHECKPOINT", "Item", "Outcome", "ItemFailed", "Mismatch", "Step",
+    "BatchedRun",
     "Changes", "object_changes", "apply_object_changes", "Counters", "counters", "touched_tables", "changed_data",
     "tool_refusal", "as_script", "trackable_statements", "touched_data", "data_changes",
 ]

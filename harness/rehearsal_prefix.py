@@ -22,7 +22,9 @@ import psycopg
 from psycopg import sql
 
 from . import rehearsal_model, tracking
-from .cache import REPLAY_LIMIT, CacheError, CachedItem, ChainProof, Entry, PrefixCache, prefix_keys, restore, restore_roles
+from .cache import (
+    REPLAY_LIMIT, CacheError, CachedItem, ChainProof, Entry, PrefixCache, prefix_keys, restore, restore_roles,
+)
 from .errors import HarnessError
 from .execute import StatementFailed, run_statements
 from .postgres import Server
@@ -64,7 +66,7 @@ class CachedPrefix:
         return list(self.cache.warnings) if self.cache is not None else []
 
     @property
-    def migrations(self) -> int:
+    def restored_migrations(self) -> int:
         """How many migrations were restored from the cache instead of being rehearsed again."""
         return self.engine.position + 1 if self.resumed is not None else 0
 

@@ -246,7 +246,8 @@ def chain_rollback(engine: Engine, item: Item) -> Outcome:
             _judge_chain_step(engine, index, changes, column_order_only)
     else:
         _chain_untracked(engine, run, transactional, column_order_only, data=proof is not None)
-    if proof is not None and engine.prefix.resumed is not None and engine.prefix.chain_data != engine.prefix.resumed.data:
+    resumed = engine.prefix.resumed
+    if proof is not None and resumed is not None and engine.prefix.chain_data != resumed.data:
         # The new downs left other data than the cached chain started from: its verdict says nothing here.
         engine.prefix.chain_fresh = True
         return chain_rollback(engine, item)
@@ -355,7 +356,8 @@ def _chain_tracked(engine: Engine, chain: list[int]) -> list[tuple[int, list[Cha
             found.append((index, diff_snapshots(expected, state.snapshot, keys)))
     failing = any(c.attribute != "column_order" for _, changes in found for c in changes)
     scripts = [as_script(engine.migrations[i].down_statements or ()) for i in chain]
-    if failing and not engine.selfcheck.confirm(chain[0], state_at_head, scripts, needs=range(chain[-1] - 1, chain[0] + 1)):
+    needs = range(chain[-1] - 1, chain[0] + 1)
+    if failing and not engine.selfcheck.confirm(chain[0], state_at_head, scripts, needs=needs):
         return None  # judged again untracked, with full snapshots
     engine.prefix.chain_data = dict(state.data)
     return found

@@ -199,7 +199,7 @@ class SelfCheck:
         return differ
 
     def rejudge(self, first: int, last: int) -> None:
-        """Judge again, on a rehearsal of its own with full snapshots, the reported items of migrations *first*..*last*."""
+        """Judge again, on a rehearsal of its own with full snapshots, the items reported of migrations *first*..*last*."""
         engine = self.engine
         reported = {item.id: item for item in engine.items() if first <= item.index <= last and not item.plan_level
                     and item.id in engine.results and item.assertion != "lint"}
