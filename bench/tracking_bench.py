@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rehearsal_bench import generate  # noqa: E402
 
-from harness import rehearsal as rehearsal_mod  # noqa: E402
+from harness import rehearsal_selfcheck  # noqa: E402
 from harness.plan import load_plan  # noqa: E402
 from harness.postgres import Server, start_server  # noqa: E402
 from harness.rehearsal import PASSED, Rehearsal  # noqa: E402
@@ -77,7 +77,7 @@ def rehearse(server: Server, plan_path: Path, mode: str) -> tuple[float, int]:
     t0 = time.perf_counter()
     with Rehearsal(plan, server) as rehearsal:
         results = rehearsal.run_all()
-        checks = len(rehearsal._exact) - 1 if mode != "full" else 0
+        checks = len(rehearsal.selfcheck.exact) - 1 if mode != "full" else 0
     seconds = time.perf_counter() - t0
     bad = [(item.id, outcome.message) for item, outcome in results if outcome.status != PASSED]
     if bad:
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--verify-every", type=int, default=None, help="override the checkpoint interval")
     args = parser.parse_args()
     if args.verify_every:
-        rehearsal_mod._VERIFY_EVERY = args.verify_every
+        rehearsal_selfcheck.VERIFY_EVERY = args.verify_every
     server = start_server("embedded")
     try:
         with tempfile.TemporaryDirectory() as tmp:

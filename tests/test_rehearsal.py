@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import rehearsal_model
 from harness.errors import HarnessError
 from harness.plan import load_plan
 from harness.postgres import Server
@@ -409,30 +410,30 @@ def test_the_next_follow_up_leaves_before_the_results_are_taken_in(
         migrations[f"{i}_t{i}.sql"] = f"CREATE TABLE IF NOT EXISTS t{i} (id int PRIMARY KEY);"
         migrations[f"{i}_t{i}.down.sql"] = f"DROP TABLE IF EXISTS t{i};"
     plan = load_plan(make_project(tmp_path, migrations, STREAM_PLAN))
-    events: list[tuple[str, frozenset[tuple[int, str]]]] = []
+    # Per message sent: its segments, and whether the second up of the migration before each one's was parsed then.
+    sent: list[tuple[frozenset[tuple[int, str]], dict[int, bool]]] = []
     with Rehearsal(plan, pg_server) as rehearsal:
-        send, take = rehearsal._send, rehearsal._take
+        send = rehearsal.pipeline.send
 
-        def sent(segments: list[tuple[int, str, str]]) -> None:
-            events.append(("send", frozenset((index, kind) for index, kind, _ in segments)))
+        def recorded(segments: list[tuple[int, str, str]]) -> None:
+            found = frozenset((index, kind) for index, kind, _ in segments)
+            parsed = {index: rehearsal.steps[index - 1].again is not None for index, kind in found
+                      if kind == "ahead" and index > 0}
+            sent.append((found, parsed))
             send(segments)
 
-        def taken(completed: dict[tuple[int, str], list[bytes]]) -> None:
-            events.append(("take", frozenset(completed)))
-            take(completed)
-
-        monkeypatch.setattr(rehearsal, "_send", sent)
-        monkeypatch.setattr(rehearsal, "_take", taken)
+        monkeypatch.setattr(rehearsal.pipeline, "send", recorded)
         results = rehearsal.run_all()
     assert [(i.id, o.message) for i, o in results if o.status != PASSED] == []
-    segments = [segment for kind, found in events if kind == "send" for segment in found]
+    segments = [segment for found, _ in sent for segment in found]
     assert sorted(segments) == sorted({*segments}) and {*segments} == {
         *((i, "ahead") for i in range(5)), *((i, "apply") for i in range(1, 5))
     }  # each once: applies 2-5 ride with the follow-up before them
-    for at, (kind, found) in enumerate(events):
-        for index, what in found:
-            if kind == "take" and what == "apply":  # the apply's own follow-up already left
-                assert events[at - 1] == ("send", frozenset({(index, "ahead"), (index + 1, "apply")} - {(5, "apply")}))
+    assert [found for found, _ in sent] == [
+        frozenset({(i, "ahead"), (i + 1, "apply")} - {(5, "apply")}) for i in range(5)
+    ]  # each follow-up carries the next apply
+    # Each migration applied by the message before sends its own follow-up before that message's results are parsed.
+    assert {index: parsed for _, found in sent for index, parsed in found.items()} == dict.fromkeys(range(1, 5), False)
 
 
 def test_a_check_sees_its_own_migration_even_when_applies_are_sent_ahead(
@@ -631,10 +632,8 @@ def test_snapshots_let_go_are_rebuilt_exactly(
     pg_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every migration's schema, kept as changes once let go, is rebuilt equal to the one taken at the time."""
-    import harness.rehearsal as rehearsal_mod
-
     monkeypatch.setenv("HARNESS_SNAPSHOTS", "verify")  # tracked and untracked ups both, whatever the suite's mode
-    monkeypatch.setattr(rehearsal_mod, "_CHECKPOINT", 3)  # several windows in a short history
+    monkeypatch.setattr(rehearsal_model, "CHECKPOINT", 3)  # several windows in a short history
     ups = [
         "CREATE TABLE IF NOT EXISTS a (id int PRIMARY KEY, v text);",
         "ALTER TABLE a ADD COLUMN IF NOT EXISTS w int;",
@@ -656,13 +655,13 @@ def test_snapshots_let_go_are_rebuilt_exactly(
 
         def record(index: int) -> None:
             if index >= 0:
-                taken[index] = rehearsal._steps[index].after
+                taken[index] = rehearsal.steps[index].after
             release(index)
 
         monkeypatch.setattr(rehearsal, "_release", record)
         results = rehearsal.run_all()
         assert [(i.id, o.message) for i, o in results if o.status != PASSED] == []
-        steps = rehearsal._steps
+        steps = rehearsal.steps
         assert [s.after is not None for s in steps] == [i % 3 == 0 or i >= 8 for i in range(10)]
         assert not steps[4].tracked and steps[5].tracked
         for index in range(10):
@@ -691,7 +690,7 @@ def test_a_long_history_keeps_only_snapshots_of_migrations_whose_items_ran(
         items = rehearsal.items()
         results = rehearsal.run_all(items)
         assert all(o.status == PASSED for _, o in results), [(i.id, o.message) for i, o in results]
-        steps = rehearsal._steps
+        steps = rehearsal.steps
         assert [s.after_state is None for s in steps] == [True, True, True, False, False]
         assert all(s.tracked for s in steps)
         # Snapshots stay (receipts, chain_rollback): whole at head and every 16th, else as changes.

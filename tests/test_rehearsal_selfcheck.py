@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import harness.rehearsal as rehearsal_mod
+import harness.rehearsal_selfcheck as selfcheck_mod
 from harness import tracking
 from harness.plan import load_plan
 from harness.postgres import Server
@@ -121,7 +121,7 @@ def test_a_wrong_tracked_failure_is_judged_again_in_full(
 ) -> None:
     """With a tracking that keeps dropped objects, every rollback would fail; the verdicts are full mode's."""
     monkeypatch.setenv("HARNESS_SNAPSHOTS", "incremental")
-    monkeypatch.setattr(rehearsal_mod, "_VERIFY_EVERY", every)
+    monkeypatch.setattr(selfcheck_mod, "VERIFY_EVERY", every)
     _keep_dropped(monkeypatch)
     with caplog.at_level("WARNING"):
         results = rehearse(pg_server, make_project(tmp_path, DROPPING_DOWNS))
@@ -144,7 +144,7 @@ def test_a_true_failure_stands_and_tracking_goes_on(
         plan = load_plan(make_project(tmp_path, migrations))
         with Rehearsal(plan, pg_server) as rehearsal:
             results = {item.id: outcome for item, outcome in rehearsal.run_all()}
-            tracking_on = rehearsal._tracking
+            tracking_on = rehearsal.tracking_on
     status, message = results["2_index::rollback"].status, results["2_index::rollback"].message
     assert status == FAILED and "index public.t_c" in message, message
     assert results["3_fn::rollback"].status == PASSED
@@ -157,7 +157,7 @@ def test_a_missed_change_is_caught_at_a_checkpoint_before_head(
 ) -> None:
     """A catalog write the tracking cannot see (in a DO block) is found at the next checkpoint, not only at head."""
     monkeypatch.setenv("HARNESS_SNAPSHOTS", "incremental")
-    monkeypatch.setattr(rehearsal_mod, "_VERIFY_EVERY", 2)
+    monkeypatch.setattr(selfcheck_mod, "VERIFY_EVERY", 2)
     update = "UPDATE pg_catalog.pg_class SET relrowsecurity = {} WHERE oid = 'public.t'::regclass"
     migrations = {
         "1_t.sql": "CREATE TABLE IF NOT EXISTS t (id int);",
@@ -171,7 +171,7 @@ def test_a_missed_change_is_caught_at_a_checkpoint_before_head(
         plan = load_plan(make_project(tmp_path, migrations))
         with Rehearsal(plan, pg_server) as rehearsal:
             results = {item.id: outcome.status for item, outcome in rehearsal.run_all()}
-            tracking_on = rehearsal._tracking
+            tracking_on = rehearsal.tracking_on
     assert set(results.values()) == {PASSED}, results
     warnings = warnings_of(caplog)
     assert len(warnings) == 1 and "after 2_hack (table public.t)" in warnings[0], warnings

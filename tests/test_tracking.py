@@ -1083,7 +1083,7 @@ def test_reset_all_inside_a_measurement_fails_loudly(conn: Conn) -> None:
 
 
 # Changes the record misses without noticing.  The rehearsal does not track
-# scripts that SET event_triggers (rehearsal._trackable_statements), and the
+# scripts that SET event_triggers (rehearsal_model.trackable_statements), and the
 # module documents that only catalog writes with no command at all fall back;
 # kept as strict xfails so that closing either gap shows up here.
 PARTIAL_RECORDS = {
