@@ -15,7 +15,7 @@ ratio of concurrency 8 to 1, and the peak RSS of each run.  Targets
 
     python bench/fleet_bench.py [--sizes 40,400] [--schemas 0] [--sleep 0.2] [--provider embedded]
 
-Measured here (2 cores, shared; embedded PostgreSQL 16), see docs/fleet.md.
+Measured numbers (2 shared cores, embedded PostgreSQL 18) are in docs/fleet.md, "Scale".
 """
 
 from __future__ import annotations
