@@ -64,14 +64,14 @@ from ._apply_text import seconds as _seconds
 from .apply_context import ApplyOptions, ApplyResult, RunContext, migration_index
 from .apply_finish import Finish
 from .apply_guards import Gates
-from .apply_session import Session, timeout_settings
+from .apply_session import Session
 from .backup import take_backup, touched_tables
 from .connection import RETRYABLE, check_conninfo
 from .devdb import DevDB
 from .errors import BackupError, ConfigError, GuardError, HarnessError, MigrationError
 from .execute import describe_pg_error, relpath
 from .hooks import HookContext, describe_hook, run_hooks
-from .migrator import Migrator, units
+from .migrator import Migrator, single_parts, strategy, up_units
 from .plan import Plan
 from .receipt import verify_receipt
 from .redact import describe_dsn, register_dsn, scrub
@@ -460,15 +460,8 @@ class _Run(RunContext):
             self._dry_hooks(add, "pre_run")
             if self.production:
                 self._dry_backup(add, conn)
-            if self.guards.transaction == "single":
-                add("BEGIN;  -- one transaction for all migrations")
-                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
-                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
-            total = len(self.pending)
-            for number, migration in enumerate(self.pending, 1):
-                self._dry_migration(add, number, total, migration)
-            if self.guards.transaction == "single":
-                add("COMMIT;")
+            done = progress.statements - 1 if progress is not None else -1
+            self._dry_migrations(add, partly, done)
         reached = self.finish.reached()
         if self.production and self.receipt_valid and reached is not None:
             at = f"after {self.migrations[reached].id}" if reached >= 0 else "before the first migration"
@@ -515,76 +508,46 @@ class _Run(RunContext):
             add(f"backup: pg_dump -Fc ({b.mode}) -> {target} (+ .json manifest), verified with pg_restore --list")
         add(f"retention: keep the newest {b.keep} backups of plan {self.plan.name}")
 
-    def _dry_migration(self, add: Callable[[str], None], number: int, total: int, migration: Migration) -> None:
-        g = self.guards
-        single = g.transaction == "single"
-        add(f"[{number}/{total}] {migration.id} ({relpath(migration.path)}, {_plural(len(migration.statements), 'statement')})")
+    def _dry_migrations(self, add: Callable[[str], None], partly: Migration | None, done: int) -> None:
+        """The pending migrations as the run executes them: the very units of :mod:`harness.migrator`."""
+        mirror = self.migrator.mirror
+        total = len(self.pending)
+        if self.guards.transaction == "single":
+            begin, parts, end = single_parts(self.pending, self.guards, mirror)
+            add("-- one transaction for all migrations")
+            for action in begin:
+                for line in action.describe():
+                    add(line)
+            for number, (migration, actions) in enumerate(parts, 1):
+                self._dry_header(add, number, total, migration)
+                for action in actions:
+                    for line in action.describe():
+                        add(f"  {line}")
+                self._dry_hooks(add, "post_migration", migration=migration)
+            for action in end:
+                for line in action.describe():
+                    add(line)
+            return
+        for number, migration in enumerate(self.pending, 1):
+            self._dry_header(add, number, total, migration)
+            if not migration.transactional:
+                add("  " + _ALONE[bool(migration.batches)])
+            for unit in up_units(migration, self.guards, mirror, done=done if migration is partly else -1):
+                for line in unit.describe():
+                    add(f"  {line}")
+            self._dry_hooks(add, "post_migration", migration=migration)
+
+    def _dry_header(self, add: Callable[[str], None], number: int, total: int, migration: Migration) -> None:
+        add(f"[{number}/{total}] {migration.id} ({relpath(migration.path)}, "
+            f"{_plural(len(migration.statements), 'statement')}, {strategy(migration)})")
         self._dry_hooks(add, "pre_migration", migration=migration)
-        record = f"-- record {migration.id} in {history.SCHEMA}.{history.TABLE}"
-        if self.mirror is not None:
-            record += f" and {self.mirror.tool}'s {self.mirror.spec.table} (history.mirror)"
-        if migration.transactional:
-            if not single:
-                add("  BEGIN;")
-                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
-                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
-            for statement in migration.statements:
-                add(f"  -- {relpath(migration.path)}:{statement.line}:{statement.column}")
-                add(_indent(statement.sql.strip() + ";", "  "))
-            add(f"  {record}" + ("" if single else " (same transaction)"))
-            if not single:
-                add("  COMMIT;")
-        elif migration.batches:
-            self._dry_batched(add, migration, record)
-        else:
-            add("  -- non-transactional: statement by statement, each committed on its own; progress is recorded in "
-                f"{history.SCHEMA}.{PROGRESS_TABLE} so a re-run resumes after the last completed statement")
-            add(f"  SET lock_timeout = '{_ms(g.lock_timeout)}';")
-            add(f"  SET statement_timeout = '{_ms(g.statement_timeout)}';")
-            for index, statement in enumerate(migration.statements, 1):
-                add(f"  -- statement {index}/{len(migration.statements)}, "
-                    f"{relpath(migration.path)}:{statement.line}:{statement.column}")
-                add(_indent(statement.sql.strip() + ";", "  "))
-            add(f"  {record}")
-            add("  RESET lock_timeout; RESET statement_timeout;")
-        self._dry_hooks(add, "post_migration", migration=migration)
 
 
-    def _dry_batched(self, add: Callable[[str], None], migration: Migration, record: str) -> None:
-        """Dry run of a migration with ``-- harness:batch`` statements: its units, and what each batch runs."""
-        g = self.guards
-        statements = migration.statements
-        add(f"  -- with batched statements: each unit below commits on its own; progress is recorded in "
-            f"{history.SCHEMA}.{PROGRESS_TABLE} and {history.SCHEMA}.{BATCH_PROGRESS_TABLE}, so a re-run resumes "
-            "after the last committed unit or batch")
-        for first, last, spec in units(migration):
-            if spec is not None:
-                add(f"  -- batched, {relpath(migration.path)}:{spec.statement_line}: {spec.describe()}")
-                add(f"  --   the next upper key: SELECT {spec.key} FROM {spec.table_name} WHERE {spec.key} > <last key> "
-                    f"ORDER BY {spec.key} OFFSET {spec.size - 1} LIMIT 1 (else the greatest key); then per batch:")
-                add("  BEGIN;")
-                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
-                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
-                add(_indent(spec.first_sql + ";  -- the first batch: $1 = its upper key", "  "))
-                add(_indent(spec.next_sql + ";  -- the others: $1 = the last key done, $2 = the upper key", "  "))
-                add(f"  -- record the last key done in {history.SCHEMA}.{BATCH_PROGRESS_TABLE} (same transaction)")
-                add("  COMMIT;" + (f"  -- then wait {_seconds(spec.pause)}" if spec.pause else ""))
-                continue
-            grouped = migration.batches and not migration.no_transaction
-            if grouped:
-                add("  BEGIN;")
-                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
-                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
-            else:
-                add(f"  SET lock_timeout = '{_ms(g.lock_timeout)}';")
-                add(f"  SET statement_timeout = '{_ms(g.statement_timeout)}';")
-            for index in range(first, last + 1):
-                statement = statements[index]
-                add(f"  -- statement {index + 1}/{len(statements)}, "
-                    f"{relpath(migration.path)}:{statement.line}:{statement.column}")
-                add(_indent(statement.sql.strip() + ";", "  "))
-            if grouped:
-                add(f"  -- record statements up to {last + 1} in {history.SCHEMA}.{PROGRESS_TABLE} (same transaction)")
-                add("  COMMIT;")
-        add(f"  {record}")
-
+#: What the dry run says about a migration that commits part by part, without and with batched statements.
+_ALONE = (
+    f"-- non-transactional: statement by statement, each committed on its own; progress is recorded in "
+    f"{history.SCHEMA}.{PROGRESS_TABLE} so a re-run resumes after the last completed statement",
+    f"-- with batched statements: each unit below commits on its own; progress is recorded in "
+    f"{history.SCHEMA}.{PROGRESS_TABLE} and {history.SCHEMA}.{BATCH_PROGRESS_TABLE}, so a re-run resumes "
+    "after the last committed unit or batch",
+)

@@ -19,8 +19,7 @@ from typing import Any, TextIO
 import psycopg
 
 from . import mirror
-from ._apply_text import ms
-from .apply_session import Session
+from .apply_session import Session, timeout_values
 from .backup import BackupInfo
 from .errors import ConfigError
 from .hooks import HookContext, PythonHook, run_hooks
@@ -175,7 +174,8 @@ class RunContext:
         )
 
     def hook_settings(self) -> dict[str, str]:
-        return {"lock_timeout": ms(self.guards.lock_timeout), "statement_timeout": ms(self.guards.statement_timeout)}
+        """The session settings hooks run under: the plan's timeouts, as migrations get them."""
+        return timeout_values(self.guards)
 
     def run_hooks(self, event: str, migration: Migration | None = None) -> None:
         hooks = self.hooks(event)

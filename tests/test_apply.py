@@ -571,6 +571,10 @@ def test_dry_run_changes_nothing(tmp_path: Path, seeded: str, capsys: pytest.Cap
         "backup: pg_dump -Fc of tables public.customers ->",
         "hook pre_run: run: echo hi",
         "hook post_migration: python: mod:fn",
+        # The non-transactional migration: each statement with session timeouts, its progress row after it.
+        "SET SESSION lock_timeout = '400ms';",
+        "RESET lock_timeout;",
+        "-- record 2_orders in harness.schema_migrations (same transaction)",
     ):
         assert expected in out, expected
     assert not table_exists(seeded, "harness.schema_migrations")
