@@ -93,6 +93,15 @@ BATCH_PROGRESS_TABLE = history.BATCH_PROGRESS_TABLE
 #: matched by psycopg's classes (harness.connection.RETRYABLE), listed here for reference.
 RETRYABLE_SQLSTATES = {cls.sqlstate: reason for cls, reason in RETRYABLE}
 
+#: What the dry run says about a migration that commits part by part, without and with batched statements.
+_ALONE = (
+    f"-- non-transactional: statement by statement, each committed on its own; progress is recorded in "
+    f"{history.SCHEMA}.{PROGRESS_TABLE} so a re-run resumes after the last completed statement",
+    f"-- with batched statements: each unit below commits on its own; progress is recorded in "
+    f"{history.SCHEMA}.{PROGRESS_TABLE} and {history.SCHEMA}.{BATCH_PROGRESS_TABLE}, so a re-run resumes "
+    "after the last committed unit or batch",
+)
+
 
 # --------------------------------------------------------------------------
 # Public objects
@@ -107,7 +116,6 @@ def apply_plan(plan: Plan, options: ApplyOptions | None = None, *, out: TextIO |
     (``None``: silent); the JSON-lines log goes to ``<root>/logs/``.
     """
     return _Run(plan, options or ApplyOptions(), out).run()
-
 
 
 # --------------------------------------------------------------------------
@@ -337,15 +345,6 @@ class _Run(RunContext):
             f"{_plural(len(migration.statements), 'statement')}, {strategy(migration)})")
         self._dry_hooks(add, "pre_migration", migration=migration)
 
-
-#: What the dry run says about a migration that commits part by part, without and with batched statements.
-_ALONE = (
-    f"-- non-transactional: statement by statement, each committed on its own; progress is recorded in "
-    f"{history.SCHEMA}.{PROGRESS_TABLE} so a re-run resumes after the last completed statement",
-    f"-- with batched statements: each unit below commits on its own; progress is recorded in "
-    f"{history.SCHEMA}.{PROGRESS_TABLE} and {history.SCHEMA}.{BATCH_PROGRESS_TABLE}, so a re-run resumes "
-    "after the last committed unit or batch",
-)
 
 
 # --------------------------------------------------------------------------
