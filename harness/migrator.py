@@ -1,4 +1,4 @@
-"""The migrator: run pending migrations on the target, in the frame the session gives each unit.
+"""The migrator: run pending migrations (and downs) on the target as units that execute or describe themselves.
 
 A migration runs in one transaction (its statements, its history row and
 the mirrored tool's row together), or, when it cannot, unit by unit
@@ -6,8 +6,17 @@ the mirrored tool's row together), or, when it cannot, unit by unit
 statements in one transaction around key-range batches
 (``-- harness:batch``), each unit committing its progress row
 (``harness.apply_progress``, ``harness.batch_progress``) so that a re-run
-resumes after the last commit.  Every transaction first proves that the
-run still holds its lock (:meth:`harness.apply_session.Session.verify_lock`).
+resumes after the last commit.  Every transaction proves that the run
+still holds its lock (:meth:`harness.apply_session.Session.verify_lock`)
+after ``BEGIN`` and before ``COMMIT``.
+
+How each migration runs is data: :func:`up_units`, :func:`single_parts`
+and :func:`down_units` build :class:`Unit` objects of actions (the frame's
+``BEGIN`` / ``SET LOCAL`` / ``COMMIT``, the lock proof, the statements,
+the history and progress rows).  :class:`Migrator` executes them, with
+retries; the dry runs of apply and rollback print their
+:meth:`Action.describe` lines, as alembic's offline mode renders the same
+migration code as SQL, so what is printed is what runs.
 """
 
 from __future__ import annotations
@@ -838,7 +847,8 @@ class Migrator:
                 run.rl.say(f"  {migration.id} was removed before the connection was lost")
                 return
             if n > 0 and unit.records and all(self.recorded(conn, m) for m in unit.records):
-                run.rl.say(f"  {', '.join(m.id for m in unit.records)} was committed before the connection was lost")
+                were = "was" if len(unit.records) == 1 else "were"
+                run.rl.say(f"  {', '.join(m.id for m in unit.records)} {were} committed before the connection was lost")
                 return
             if n > 0 and before_retry is not None:
                 before_retry(conn)
