@@ -252,6 +252,8 @@ ORDER BY n.nspname, c.relname"""
 
 
 def _tool_of(schema: str, table: str, columns: dict[str, str]) -> str | None:
+    if table == history.TABLE and {"checksum", "applied_by", "mode", "success"} <= set(columns):
+        return None  # ours: a fleet tenant's history (harness_<tenant>.schema_migrations), not dbmate's
     if table == "flyway_schema_history" and {"installed_rank", "version", "script", "success"} <= set(columns):
         return "flyway"
     if table == "__diesel_schema_migrations" and {"version", "run_on"} <= set(columns):

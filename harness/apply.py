@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -57,25 +56,20 @@ import psycopg
 from . import history
 from ._apply_text import describe_url as _describe_url
 from ._apply_text import first_line as _first_line
-from ._apply_text import indent as _indent
-from ._apply_text import ms as _ms
 from ._apply_text import plural as _plural
 from ._apply_text import seconds as _seconds
-from .apply_context import ApplyOptions, ApplyResult, RunContext, history_scope, migration_index
+from .apply_context import ApplyOptions, ApplyResult, RunContext, history_scope
 from .apply_finish import Finish
 from .apply_guards import Gates
-from .apply_session import Session, timeout_settings
 from .backup import take_backup, touched_tables
-from .connection import RETRYABLE, check_conninfo, tenant_dsn
-from .devdb import DevDB
-from .errors import BackupError, ConfigError, GuardError, HarnessError, MigrationError
-from .execute import describe_pg_error, relpath
-from .hooks import HookContext, describe_hook, run_hooks
-from .migrator import Migrator, units
+from .connection import RETRYABLE
+from .errors import BackupError, GuardError
+from .execute import relpath
+from .hooks import describe_hook, run_hooks
+from .migrator import Migrator, single_parts, strategy, up_units
 from .plan import Plan
 from .receipt import verify_receipt
-from .redact import describe_dsn, register_dsn, scrub
-from .runlog import RunLog, ensure_private_dir, human_size, utc_stamp
+from .runlog import ensure_private_dir, human_size, utc_stamp
 from .sources import Migration
 
 __all__ = [
@@ -99,6 +93,15 @@ BATCH_PROGRESS_TABLE = history.BATCH_PROGRESS_TABLE
 #: matched by psycopg's classes (harness.connection.RETRYABLE), listed here for reference.
 RETRYABLE_SQLSTATES = {cls.sqlstate: reason for cls, reason in RETRYABLE}
 
+#: What the dry run says about a migration that commits part by part, without and with batched statements.
+_ALONE = (
+    f"-- non-transactional: statement by statement, each committed on its own; progress is recorded in "
+    f"{history.SCHEMA}.{PROGRESS_TABLE} so a re-run resumes after the last completed statement",
+    f"-- with batched statements: each unit below commits on its own; progress is recorded in "
+    f"{history.SCHEMA}.{PROGRESS_TABLE} and {history.SCHEMA}.{BATCH_PROGRESS_TABLE}, so a re-run resumes "
+    "after the last committed unit or batch",
+)
+
 
 # --------------------------------------------------------------------------
 # Public objects
@@ -117,7 +120,6 @@ def apply_plan(plan: Plan, options: ApplyOptions | None = None, *, out: TextIO |
         return _Run(plan, options, out).run()
 
 
-
 # --------------------------------------------------------------------------
 # The run
 
@@ -132,116 +134,10 @@ class _Run(RunContext):
         self.migrator = Migrator(self)
         self.finish = Finish(self, self.migrator)
 
-    # ------------------------------------------------------------------ frame
-
     def run(self) -> ApplyResult:
-        t0 = time.perf_counter()
-        self.dsn = self._resolve_target()
-        if self.dsn is not None:
-            register_dsn(self.dsn)
-            self.where = describe_dsn(self.dsn) + (f", schema {self.options.schema}" if self.options.schema else "")
-        else:
-            self.where = "the development database (not running yet)"
-        self.result.database = self.where
-        log_dir = None if self.options.dry_run else self.plan.root / "logs"
-        self.runlog = RunLog(self.stem, log_dir, out=self.out)
-        self._session = Session(self.dsn, self.where, self.guards, self.runlog)
-        self.result.log_path = self.rl.path
-        self.ctx = HookContext(
-            plan=self.plan.name, phase="pre_run", mode=self.mode, database=self.where, root=str(self.plan.root)
-        )
-        self.rl.event(
-            "run_start",
-            plan=self.plan.name,
-            plan_path=str(self.plan.path),
-            mode=self.mode,
-            database=self.where,
-            dry_run=self.options.dry_run,
-            force=self.options.force,
-            pid=os.getpid(),
-            migrations=len(self.migrations),
-        )
-        interrupted = True
-        try:
-            try:
-                if self.options.dry_run:
-                    self._dry_run()
-                else:
-                    self._apply()
-            except psycopg.Error as exc:
-                # A database error outside a migration (a guard query, the bookkeeping tables...).
-                raise MigrationError(
-                    f"database error on {self.where}: {describe_pg_error(exc)}"
-                    + (" (a lock held by another session; try again when it is released)"
-                       if isinstance(exc, psycopg.errors.LockNotAvailable) else "")
-                ) from None
-            interrupted = False
-        except HarnessError as exc:
-            interrupted = False
-            self._failed(exc)
-            exc.result = self.result  # type: ignore[attr-defined]
-            raise
-        finally:
-            self.result.timings = {**self.rl.timings, "total": round(time.perf_counter() - t0, 4)}
-            self.result.warnings = list(self.rl.warnings)
-            if interrupted:
-                self.rl.event("interrupted", applied=self.result.applied)
-            self.rl.event(
-                "run_end",
-                ok=self.result.ok,
-                applied=self.result.applied,
-                rolled_back=self.result.rolled_back,
-                pending=self.result.pending,
-                backup=str(self.result.backup) if self.result.backup else None,
-                verification=self.result.verification,
-                health=self.result.health,
-                timings=self.result.timings,
-                error=self.result.error,
-            )
-            self.session.close()
-            self.rl.close()
+        """Run the apply (or its dry run) in the frame every run shares (:meth:`RunContext.conduct`)."""
+        self.conduct(self._dry_run if self.options.dry_run else self._apply)
         return self.result
-
-    def _resolve_target(self) -> str | None:
-        dsn = self.options.target or self.plan.target_dsn
-        if dsn and self.options.schema:
-            dsn = tenant_dsn(dsn, self.options.schema)
-        if dsn:
-            # A malformed string is a configuration problem, said at once and without the string.
-            check_conninfo(dsn, describe_dsn(dsn))
-            return dsn
-        if self.production:
-            raise ConfigError(
-                f"{self.plan.display_path or self.plan.path}: production mode needs a target "
-                "(target: {dsn: ...}); without one, apply runs in development mode on the local development database"
-            )
-
-        dev = DevDB(self.plan.root)
-        if self.options.dry_run:
-            status = dev.status()
-            return status.dsn if status.running else None
-        return dev.start().dsn
-
-    def _failed(self, exc: HarnessError) -> None:
-        self.result.ok = False
-        self.result.error = scrub(str(exc))
-        self.result.pending = [m.id for m in self.pending if m.id not in self.result.applied]
-        # The front end shows the error itself (harness.cli prints it); the log keeps it.
-        self.rl.event("error", error_type=type(exc).__name__, text=scrub(str(exc)))
-        if self.options.dry_run or isinstance(exc, ConfigError):
-            return
-        hooks = self.hooks("on_failure")
-        if hooks and self.dsn is not None:
-            ctx = self.hook_context("on_failure", error=_first_line(exc))
-            try:
-                run_hooks(hooks, ctx, dsn=self.dsn, runlog=self.rl, session_settings=self.hook_settings())
-            except HarnessError as hook_exc:
-                # Never hide the error that ended the run.
-                self.rl.warning(f"an on_failure hook failed too: {hook_exc}")
-
-    # ------------------------------------------------------------------ hooks
-
-    # ------------------------------------------------------------------ connections
 
     # ------------------------------------------------------------------ apply
 
@@ -277,7 +173,7 @@ class _Run(RunContext):
             self.migrator.prepare_tables()
             if self.production:
                 with rl.phase("backup"):
-                    self._backup()
+                    take_run_backup(self)
             with rl.phase("migrate"):
                 self.migrator.migrate()
             self.result.pending = [m.id for m in self.beyond]
@@ -286,78 +182,6 @@ class _Run(RunContext):
             self.finish.retention()
             self.result.ok = True
             self._summary()
-
-    # -- the run lock and its fence (harness.history, docs/apply.md "Fencing")
-
-    # -- guards
-
-    # -- backup
-
-    def _backup(self) -> None:
-        rl = self.rl
-        custom = self.hooks("backup")
-        if custom:
-            directory = ensure_private_dir(self.plan.backup.dir)
-            proposed = directory / f"{self.stem}-{utc_stamp()}.dump"
-            assert self.dsn is not None
-            run_hooks(
-                custom,
-                self.hook_context("backup", backup=str(proposed)),
-                dsn=self.dsn,
-                runlog=rl,
-                session_settings=self.hook_settings(),
-            )
-            if proposed.exists():
-                self.backup_path = self.result.backup = proposed
-                rl.say(f"  backup: written by the backup hook to {proposed}")
-            else:
-                rl.say("  backup: taken by the backup hook (no file at HARNESS_BACKUP)")
-            rl.event("backup", mode="hook", path=str(proposed) if proposed.exists() else None)
-            return
-        mode = self.plan.backup.mode
-        if mode == "none":
-            rl.warning("no backup is taken (backup.mode: none); a failure can only be fixed forward")
-            rl.event("backup", mode="none")
-            return
-        directory = self.plan.backup.dir
-        rl.say(f"  backup: pg_dump ({mode}) into {relpath(directory)} ...")
-
-        def written() -> str:
-            dumps = sorted(directory.glob(f"{self.stem}-*.dump"), key=lambda p: p.stat().st_mtime)
-            return f"{human_size(dumps[-1].stat().st_size)} written" if dumps else "starting"
-
-        conn = self.session.live()
-        schema = self.snapshot.objects if self.snapshot is not None else None
-        t0 = time.perf_counter()
-        with rl.progress("backup", detail=written):
-            try:
-                info = take_backup(
-                    plan_name=self.stem,
-                    directory=directory,
-                    dsn=self.dsn or "",
-                    conn=conn,
-                    pending=self.pending,
-                    mode=mode,
-                    lock_wait=self.guards.lock_wait,
-                    plan_path=self.plan.path,
-                    schema=dict(schema) if schema is not None else None,
-                    schemas=(self.options.schema, history.history_schema()) if self.options.schema else (),
-                )
-            except OSError as exc:
-                raise BackupError(f"cannot write the backup into {directory}: {exc}. Nothing was changed.") from None
-        self.backup = info
-        self.backup_path = self.result.backup = info.path
-        rl.say(
-            f"  backup: {relpath(info.path)} ({human_size(info.size)}, {len(info.tables)} tables, verified: "
-            f"{info.toc_entries} archive entries) in {_seconds(time.perf_counter() - t0)}"
-        )
-        rl.event("backup", **{k: v for k, v in info.to_dict().items()})
-
-    # -- migrations
-
-    # -- non-transactional migrations
-
-    # -- verification and health
 
     # -- the end
 
@@ -369,14 +193,7 @@ class _Run(RunContext):
             rl.say(f"applied {len(parts)} migration{'s' if len(parts) != 1 else ''}: " + ", ".join(parts))
         else:
             rl.say("applied nothing")
-        self._say_backup_and_log()
-
-    def _say_backup_and_log(self) -> None:
-        """The last lines of a run's summary: where its backup and its log are."""
-        if self.result.backup:
-            self.rl.say(f"backup: {self.result.backup}")
-        if self.rl.path is not None:
-            self.rl.say(f"log: {relpath(self.rl.path)}")
+        self.say_backup_and_log()
 
     # ------------------------------------------------------------------ dry run
 
@@ -464,16 +281,10 @@ class _Run(RunContext):
                 would_refuse.append("transaction scope")
             self._dry_hooks(add, "pre_run")
             if self.production:
-                self._dry_backup(add, conn)
-            if self.guards.transaction == "single":
-                add("BEGIN;  -- one transaction for all migrations")
-                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
-                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
-            total = len(self.pending)
-            for number, migration in enumerate(self.pending, 1):
-                self._dry_migration(add, number, total, migration)
-            if self.guards.transaction == "single":
-                add("COMMIT;")
+                for line in describe_run_backup(self, conn):
+                    add(line)
+            done = progress.statements - 1 if progress is not None else -1
+            self._dry_migrations(add, partly, done)
         reached = self.finish.reached()
         if self.production and self.receipt_valid and reached is not None:
             at = f"after {self.migrations[reached].id}" if reached >= 0 else "before the first migration"
@@ -502,94 +313,123 @@ class _Run(RunContext):
         for hook in self.hooks(event):
             add(f"{'  ' if migration else ''}hook {event}: {describe_hook(hook)}{note}")
 
-    def _dry_backup(self, add: Callable[[str], None], conn: psycopg.Connection[Any] | None) -> None:
-        b = self.plan.backup
-        if self.hooks("backup"):
-            add(f"backup: by the backup hook (HARNESS_BACKUP={relpath(b.dir)}/{self.plan.name}-<UTC time>.dump)")
-            self._dry_hooks(add, "backup")
+    def _dry_migrations(self, add: Callable[[str], None], partly: Migration | None, done: int) -> None:
+        """The pending migrations as the run executes them: the very units of :mod:`harness.migrator`."""
+        mirror = self.migrator.mirror
+        total = len(self.pending)
+        if self.guards.transaction == "single":
+            begin, parts, end = single_parts(self.pending, self.guards, mirror)
+            add("-- one transaction for all migrations")
+            for action in begin:
+                for line in action.describe():
+                    add(line)
+            for number, (migration, actions) in enumerate(parts, 1):
+                self._dry_header(add, number, total, migration)
+                for action in actions:
+                    for line in action.describe():
+                        add(f"  {line}")
+                self._dry_hooks(add, "post_migration", migration=migration)
+            for action in end:
+                for line in action.describe():
+                    add(line)
             return
-        if b.mode == "none":
-            add("backup: none (backup.mode: none)")
-            return
-        target = f"{relpath(b.dir)}/{self.plan.name}-<UTC time>.dump"
-        if b.mode == "touched" and conn is not None:
-            tables = [f"{s}.{n}" for s, n, _ in touched_tables(conn, self.pending)]
-            what = ("tables " + ", ".join(tables)) if tables else "schema only (no existing table is touched)"
-            add(f"backup: pg_dump -Fc of {what} -> {target} (+ .json manifest), verified with pg_restore --list")
-        else:
-            add(f"backup: pg_dump -Fc ({b.mode}) -> {target} (+ .json manifest), verified with pg_restore --list")
-        add(f"retention: keep the newest {b.keep} backups of plan {self.plan.name}")
+        for number, migration in enumerate(self.pending, 1):
+            self._dry_header(add, number, total, migration)
+            if not migration.transactional:
+                add("  " + _ALONE[bool(migration.batches)])
+            for unit in up_units(migration, self.guards, mirror, done=done if migration is partly else -1):
+                for line in unit.describe():
+                    add(f"  {line}")
+            self._dry_hooks(add, "post_migration", migration=migration)
 
-    def _dry_migration(self, add: Callable[[str], None], number: int, total: int, migration: Migration) -> None:
-        g = self.guards
-        single = g.transaction == "single"
-        add(f"[{number}/{total}] {migration.id} ({relpath(migration.path)}, {_plural(len(migration.statements), 'statement')})")
+    def _dry_header(self, add: Callable[[str], None], number: int, total: int, migration: Migration) -> None:
+        add(f"[{number}/{total}] {migration.id} ({relpath(migration.path)}, "
+            f"{_plural(len(migration.statements), 'statement')}, {strategy(migration)})")
         self._dry_hooks(add, "pre_migration", migration=migration)
-        record = f"-- record {migration.id} in {history.SCHEMA}.{history.TABLE}"
-        if self.mirror is not None:
-            record += f" and {self.mirror.tool}'s {self.mirror.spec.table} (history.mirror)"
-        if migration.transactional:
-            if not single:
-                add("  BEGIN;")
-                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
-                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
-            for statement in migration.statements:
-                add(f"  -- {relpath(migration.path)}:{statement.line}:{statement.column}")
-                add(_indent(statement.sql.strip() + ";", "  "))
-            add(f"  {record}" + ("" if single else " (same transaction)"))
-            if not single:
-                add("  COMMIT;")
-        elif migration.batches:
-            self._dry_batched(add, migration, record)
+
+
+
+# --------------------------------------------------------------------------
+# The backup before a run changes the target: apply's and rollback's
+
+
+def take_run_backup(run: RunContext) -> None:
+    """Take the run's backup: the plan's backup hook, else ``pg_dump`` (:func:`harness.backup.take_backup`), verified."""
+    rl = run.rl
+    plan = run.plan
+    custom = run.hooks("backup")
+    if custom:
+        directory = ensure_private_dir(plan.backup.dir)
+        proposed = directory / f"{run.stem}-{utc_stamp()}.dump"
+        assert run.dsn is not None
+        run_hooks(
+            custom,
+            run.hook_context("backup", backup=str(proposed)),
+            dsn=run.dsn,
+            runlog=rl,
+            session_settings=run.hook_settings(),
+        )
+        if proposed.exists():
+            run.backup_path = run.result.backup = proposed
+            rl.say(f"  backup: written by the backup hook to {proposed}")
         else:
-            add("  -- non-transactional: statement by statement, each committed on its own; progress is recorded in "
-                f"{history.SCHEMA}.{PROGRESS_TABLE} so a re-run resumes after the last completed statement")
-            add(f"  SET lock_timeout = '{_ms(g.lock_timeout)}';")
-            add(f"  SET statement_timeout = '{_ms(g.statement_timeout)}';")
-            for index, statement in enumerate(migration.statements, 1):
-                add(f"  -- statement {index}/{len(migration.statements)}, "
-                    f"{relpath(migration.path)}:{statement.line}:{statement.column}")
-                add(_indent(statement.sql.strip() + ";", "  "))
-            add(f"  {record}")
-            add("  RESET lock_timeout; RESET statement_timeout;")
-        self._dry_hooks(add, "post_migration", migration=migration)
+            rl.say("  backup: taken by the backup hook (no file at HARNESS_BACKUP)")
+        rl.event("backup", mode="hook", path=str(proposed) if proposed.exists() else None)
+        return
+    mode = plan.backup.mode
+    if mode == "none":
+        rl.warning("no backup is taken (backup.mode: none); a failure can only be fixed forward")
+        rl.event("backup", mode="none")
+        return
+    directory = plan.backup.dir
+    rl.say(f"  backup: pg_dump ({mode}) into {relpath(directory)} ...")
+
+    def written() -> str:
+        dumps = sorted(directory.glob(f"{run.stem}-*.dump"), key=lambda p: p.stat().st_mtime)
+        return f"{human_size(dumps[-1].stat().st_size)} written" if dumps else "starting"
+
+    conn = run.session.live()
+    schema = run.snapshot.objects if run.snapshot is not None else None
+    t0 = time.perf_counter()
+    with rl.progress("backup", detail=written):
+        try:
+            info = take_backup(
+                plan_name=run.stem,
+                directory=directory,
+                dsn=run.dsn or "",
+                conn=conn,
+                pending=run.pending,
+                mode=mode,
+                lock_wait=run.guards.lock_wait,
+                plan_path=plan.path,
+                schema=dict(schema) if schema is not None else None,
+                schemas=(run.options.schema, history.history_schema()) if run.options.schema else (),
+            )
+        except OSError as exc:
+            raise BackupError(f"cannot write the backup into {directory}: {exc}. Nothing was changed.") from None
+    run.backup = info
+    run.backup_path = run.result.backup = info.path
+    rl.say(
+        f"  backup: {relpath(info.path)} ({human_size(info.size)}, {len(info.tables)} tables, verified: "
+        f"{info.toc_entries} archive entries) in {_seconds(time.perf_counter() - t0)}"
+    )
+    rl.event("backup", **{k: v for k, v in info.to_dict().items()})
 
 
-    def _dry_batched(self, add: Callable[[str], None], migration: Migration, record: str) -> None:
-        """Dry run of a migration with ``-- harness:batch`` statements: its units, and what each batch runs."""
-        g = self.guards
-        statements = migration.statements
-        add(f"  -- with batched statements: each unit below commits on its own; progress is recorded in "
-            f"{history.SCHEMA}.{PROGRESS_TABLE} and {history.SCHEMA}.{BATCH_PROGRESS_TABLE}, so a re-run resumes "
-            "after the last committed unit or batch")
-        for first, last, spec in units(migration):
-            if spec is not None:
-                add(f"  -- batched, {relpath(migration.path)}:{spec.statement_line}: {spec.describe()}")
-                add(f"  --   the next upper key: SELECT {spec.key} FROM {spec.table_name} WHERE {spec.key} > <last key> "
-                    f"ORDER BY {spec.key} OFFSET {spec.size - 1} LIMIT 1 (else the greatest key); then per batch:")
-                add("  BEGIN;")
-                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
-                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
-                add(_indent(spec.first_sql + ";  -- the first batch: $1 = its upper key", "  "))
-                add(_indent(spec.next_sql + ";  -- the others: $1 = the last key done, $2 = the upper key", "  "))
-                add(f"  -- record the last key done in {history.SCHEMA}.{BATCH_PROGRESS_TABLE} (same transaction)")
-                add("  COMMIT;" + (f"  -- then wait {_seconds(spec.pause)}" if spec.pause else ""))
-                continue
-            grouped = migration.batches and not migration.no_transaction
-            if grouped:
-                add("  BEGIN;")
-                add(f"  SET LOCAL lock_timeout = '{_ms(g.lock_timeout)}';")
-                add(f"  SET LOCAL statement_timeout = '{_ms(g.statement_timeout)}';")
-            else:
-                add(f"  SET lock_timeout = '{_ms(g.lock_timeout)}';")
-                add(f"  SET statement_timeout = '{_ms(g.statement_timeout)}';")
-            for index in range(first, last + 1):
-                statement = statements[index]
-                add(f"  -- statement {index + 1}/{len(statements)}, "
-                    f"{relpath(migration.path)}:{statement.line}:{statement.column}")
-                add(_indent(statement.sql.strip() + ";", "  "))
-            if grouped:
-                add(f"  -- record statements up to {last + 1} in {history.SCHEMA}.{PROGRESS_TABLE} (same transaction)")
-                add("  COMMIT;")
-        add(f"  {record}")
-
+def describe_run_backup(run: RunContext, conn: psycopg.Connection[Any] | None) -> list[str]:
+    """What :func:`take_run_backup` would do, and the retention after the run, as dry-run lines."""
+    plan = run.plan
+    b = plan.backup
+    if run.hooks("backup"):
+        return [f"backup: by the backup hook (HARNESS_BACKUP={relpath(b.dir)}/{plan.name}-<UTC time>.dump)",
+                *(f"hook backup: {describe_hook(hook)}" for hook in run.hooks("backup"))]
+    if b.mode == "none":
+        return ["backup: none (backup.mode: none)"]
+    target = f"{relpath(b.dir)}/{plan.name}-<UTC time>.dump"
+    if b.mode == "touched" and conn is not None:
+        tables = [f"{s}.{n}" for s, n, _ in touched_tables(conn, run.pending)]
+        what = ("tables " + ", ".join(tables)) if tables else "schema only (no existing table is touched)"
+        line = f"backup: pg_dump -Fc of {what} -> {target} (+ .json manifest), verified with pg_restore --list"
+    else:
+        line = f"backup: pg_dump -Fc ({b.mode}) -> {target} (+ .json manifest), verified with pg_restore --list"
+    return [line, f"retention: keep the newest {b.keep} backups of plan {plan.name}"]

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,21 +22,24 @@ from typing import Any, TextIO
 import psycopg
 
 from . import history, mirror
-from ._apply_text import ms
-from .apply_session import Session
+from ._apply_text import first_line
+from .apply_session import Session, timeout_values
 from .backup import BackupInfo
-from .errors import ConfigError
+from .errors import ConfigError, HarnessError, MigrationError
+from .execute import describe_pg_error, relpath
 from .hooks import HookContext, PythonHook, run_hooks
 from .plan import Hook, Plan
-from .postgres import start_server
 from .receipt import Receipt
 from .redact import scrub
 from .rehearsal import Rehearsal
 from .runlog import RunLog
+from .connection import tenant_dsn
 from .snapshot import Snapshot, schema_view, take_snapshot
 from .sources import Migration, baseline_index, load_plan_migrations
+from .targets import find_target, rehearsal_server
 
-__all__ = ["ApplyOptions", "ApplyResult", "RunContext", "migration_index", "history_scope", "rehearse_schemas", "REHEARSAL_SCHEMA"]
+__all__ = ["ApplyOptions", "ApplyResult", "RunContext", "migration_index", "history_scope", "rehearse_schemas",
+           "REHEARSAL_SCHEMA"]
 
 #: Where a rehearsal's migrations put their objects; a tenant schema is compared with this one.
 REHEARSAL_SCHEMA = "public"
@@ -130,7 +135,11 @@ def migration_index(migrations: Sequence[Migration], ref: str) -> int:
 
 
 class RunContext:
-    """The state of one run, shared by its parts; :class:`harness.apply._Run` adds the order they run in."""
+    """The state of one run, shared by its parts, and the frame every run goes through (:meth:`conduct`).
+
+    :class:`harness.apply._Run` and :class:`harness.rollback._Rollback`
+    add the order their phases run in; both hand it to :meth:`conduct`.
+    """
 
     def __init__(self, plan: Plan, options: ApplyOptions, out: TextIO | None) -> None:
         self.plan = plan
@@ -172,6 +181,106 @@ class RunContext:
         self.stop = migration_index(self.migrations, options.to) if options.to is not None else None
         self.beyond: list[Migration] = []
 
+    # ------------------------------------------------------------------ the frame of a run
+
+    def conduct(self, work: Callable[[], None], *, command: str = "apply") -> None:
+        """Run *work* (the phases of an apply or rollback, or its dry run) in the frame every run shares.
+
+        The frame resolves the target (:func:`harness.targets.find_target`),
+        opens the run log and the session, logs ``run_start`` and
+        ``run_end``, turns a database error outside a migration into a
+        :class:`~harness.errors.MigrationError`, and on a
+        :class:`~harness.errors.HarnessError` records the failure on the
+        result (:meth:`failed`), attaches it to the error
+        (:attr:`harness.errors.HarnessError.result`) and re-raises it.
+        """
+        t0 = time.perf_counter()
+        target = find_target(self.plan, self.options.target, mode=self.mode,
+                             dev="if-running" if self.options.dry_run else "start", what="apply to")
+        self.dsn, self.where = target.dsn, target.where
+        if self.dsn is not None and self.options.schema:
+            self.dsn = tenant_dsn(self.dsn, self.options.schema)
+            self.where += f", schema {self.options.schema}"
+        self.result.database = self.where
+        log_dir = None if self.options.dry_run else self.plan.root / "logs"
+        self.runlog = RunLog(self.stem, log_dir, out=self.out)
+        self._session = Session(self.dsn, self.where, self.guards, self.runlog)
+        self.result.log_path = self.rl.path
+        self.ctx = HookContext(plan=self.plan.name, phase="pre_run", mode=self.mode, database=self.where,
+                               root=str(self.plan.root), command=command)
+        self.rl.event(
+            "run_start",
+            plan=self.plan.name,
+            plan_path=str(self.plan.path),
+            mode=self.mode,
+            database=self.where,
+            dry_run=self.options.dry_run,
+            force=self.options.force,
+            pid=os.getpid(),
+            migrations=len(self.migrations),
+        )
+        interrupted = True
+        try:
+            try:
+                work()
+            except psycopg.Error as exc:
+                # A database error outside a migration (a guard query, the bookkeeping tables...).
+                raise MigrationError(
+                    f"database error on {self.where}: {describe_pg_error(exc)}"
+                    + (" (a lock held by another session; try again when it is released)"
+                       if isinstance(exc, psycopg.errors.LockNotAvailable) else "")
+                ) from None
+            interrupted = False
+        except HarnessError as exc:
+            interrupted = False
+            self.failed(exc)
+            exc.result = self.result
+            raise
+        finally:
+            self.result.timings = {**self.rl.timings, "total": round(time.perf_counter() - t0, 4)}
+            self.result.warnings = list(self.rl.warnings)
+            if interrupted:
+                self.rl.event("interrupted", applied=self.result.applied)
+            self.rl.event(
+                "run_end",
+                ok=self.result.ok,
+                applied=self.result.applied,
+                rolled_back=self.result.rolled_back,
+                pending=self.result.pending,
+                backup=str(self.result.backup) if self.result.backup else None,
+                verification=self.result.verification,
+                health=self.result.health,
+                timings=self.result.timings,
+                error=self.result.error,
+            )
+            self.session.close()
+            self.rl.close()
+
+    def failed(self, exc: HarnessError) -> None:
+        """Record the failure that ends the run on the result and in the log; run the ``on_failure`` hooks."""
+        self.result.ok = False
+        self.result.error = scrub(str(exc))
+        self.result.pending = [m.id for m in self.pending if m.id not in self.result.applied]
+        # The front end shows the error itself (harness.cli prints it); the log keeps it.
+        self.rl.event("error", error_type=type(exc).__name__, text=scrub(str(exc)))
+        if self.options.dry_run or isinstance(exc, ConfigError):
+            return
+        hooks = self.hooks("on_failure")
+        if hooks and self.dsn is not None:
+            ctx = self.hook_context("on_failure", error=first_line(exc))
+            try:
+                run_hooks(hooks, ctx, dsn=self.dsn, runlog=self.rl, session_settings=self.hook_settings())
+            except HarnessError as hook_exc:
+                # Never hide the error that ended the run.
+                self.rl.warning(f"an on_failure hook failed too: {hook_exc}")
+
+    def say_backup_and_log(self) -> None:
+        """The last lines of a run's summary: where its backup and its log are."""
+        if self.result.backup:
+            self.rl.say(f"backup: {self.result.backup}")
+        if self.rl.path is not None:
+            self.rl.say(f"log: {relpath(self.rl.path)}")
+
     @property
     def rl(self) -> RunLog:
         assert self.runlog is not None
@@ -195,7 +304,8 @@ class RunContext:
         )
 
     def hook_settings(self) -> dict[str, str]:
-        return {"lock_timeout": ms(self.guards.lock_timeout), "statement_timeout": ms(self.guards.statement_timeout)}
+        """The session settings hooks run under: the plan's timeouts, as migrations get them."""
+        return timeout_values(self.guards)
 
     def run_hooks(self, event: str, migration: Migration | None = None) -> None:
         hooks = self.hooks(event)
@@ -252,8 +362,7 @@ def rehearse_schemas(
 ) -> list[Snapshot]:
     """Rehearse *plan* on a throwaway server and return its schema after migration *index* (or part-way through
     it: see :meth:`harness.rehearsal.Rehearsal.schemas_within`)."""
-    r = plan.rehearsal
-    server = start_server(r.provider, r.postgres, r.dsn, data_bytes=r.seed_bytes)
+    server = rehearsal_server(plan)
     try:
         with Rehearsal(plan, server, migrations=list(migrations), measure=False) as rehearsal:
             if completed is None:

@@ -12,7 +12,6 @@ for usage) before anything changes.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,9 +26,9 @@ from .errors import ConfigError, GuardError, SourceError
 from .execute import relpath
 from .migrator import Migrator, units
 from .receipt import read_receipt, receipt_path, server_version_problem, verify_receipt
-from .redact import scrub
 from .snapshot import diff_snapshots, format_changes
 from .sources import Migration
+from .targets import confirm
 
 __all__ = ["Gates"]
 
@@ -368,19 +367,12 @@ class Gates:
         self.ask(question, "production apply")
 
     def ask(self, question: str, what: str) -> None:
-        """Ask *question* on the terminal; refuse (exit 2) without one, or without a yes."""
-        stdin = sys.stdin
-        if stdin is None or not stdin.isatty():
-            raise ConfigError(
-                f"{what} to {self.run.where} needs confirmation and there is no terminal to ask; "
-                "pass --yes to confirm (or --dry-run to see what would run)"
-            )
-        if self.run.out is not None:
-            self.run.out.write(scrub(question))
-            self.run.out.flush()
-        answer = stdin.readline().strip().lower()
-        self.run.rl.event("confirmation", answer=answer in ("y", "yes"))
-        if answer not in ("y", "yes"):
+        """Ask *question* on the terminal (:func:`harness.targets.confirm`); refuse (exit 2) without one, or without a yes."""
+        refusal = (f"{what} to {self.run.where} needs confirmation and there is no terminal to ask; "
+                   "pass --yes to confirm (or --dry-run to see what would run)")
+        answer = confirm(question, refusal=refusal, out=self.run.out)
+        self.run.rl.event("confirmation", answer=answer)
+        if not answer:
             raise ConfigError("not confirmed; nothing was changed")
 
     def stop_pending(self) -> None:

@@ -3,9 +3,10 @@
 One :class:`Session` per run (apply or rollback).  It decides once how a
 session is opened (``application_name``, ``connect_timeout``, the guard
 queries' ``lock_timeout``), which failures are retried and with what
-backoff, and the frame of every transaction that changes the target:
-``BEGIN``, the plan's ``SET LOCAL`` timeouts (:func:`timeout_settings`),
-the proof that the run still holds its lock, ``COMMIT``.
+backoff, how the run lock and its fence are taken and proved, and the
+plan's timeouts (:func:`timeout_settings`), decided here once.  The frame
+of each transaction that changes the target is built from them in
+:mod:`harness.migrator`, which both runs and describes it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .plan import Guards
 from .redact import scrub
 from .runlog import RunLog
 
-__all__ = ["Session", "timeout_settings"]
+__all__ = ["Session", "TIMEOUTS", "timeout_values", "timeout_settings", "reset_timeouts"]
 
 T = TypeVar("T")
 
@@ -37,17 +38,37 @@ _CONNECT_TIMEOUT = 10
 _MAX_DELAY = 60.0
 
 
+#: The settings every change to the target runs under; the plan's guards of the same names set them.
+TIMEOUTS = ("lock_timeout", "statement_timeout")
+
+
+def timeout_values(guards: Any) -> dict[str, str]:
+    """The plan's ``lock_timeout`` and ``statement_timeout`` as PostgreSQL settings (``'400ms'``), decided here once.
+
+    Migrations set them with :func:`timeout_settings`; hooks get them as
+    session settings (:meth:`harness.apply_context.RunContext.hook_settings`).
+    """
+    return {name: ms(getattr(guards, name)) for name in TIMEOUTS}
+
+
 def timeout_settings(guards: Any, scope: str = "LOCAL") -> list[sql.Composed]:
-    """The plan's ``SET LOCAL`` (or session ``SET``) of ``lock_timeout`` and ``statement_timeout``, decided here once."""
+    """``SET LOCAL`` (or ``SET SESSION``) of the plan's :func:`timeout_values`: what migrations run under.
+
+    The names are the fixed ones of :data:`TIMEOUTS`, so they are written
+    bare (``SET LOCAL lock_timeout = '400ms'``, as a person types it); the
+    values are literals.
+    """
+    if scope not in ("LOCAL", "SESSION"):
+        raise ValueError(f"scope: expected LOCAL or SESSION, got {scope!r}")
     return [
-        sql.SQL("SET {} {} = {}").format(sql.SQL(scope), sql.Identifier(name), sql.Literal(ms(value)))
-        for name, value in (("lock_timeout", guards.lock_timeout), ("statement_timeout", guards.statement_timeout))
+        sql.SQL("SET {} {} = {}").format(sql.SQL(scope), sql.SQL(name), sql.Literal(value))
+        for name, value in timeout_values(guards).items()
     ]
 
 
-def reset_timeouts() -> list[sql.SQL]:
-    """Back to the session's own ``lock_timeout`` and ``statement_timeout`` after :func:`timeout_settings` (SESSION)."""
-    return [sql.SQL("RESET lock_timeout"), sql.SQL("RESET statement_timeout")]
+def reset_timeouts() -> list[sql.Composed]:
+    """Back to the session's own settings after :func:`timeout_settings` with ``SESSION``."""
+    return [sql.SQL("RESET {}").format(sql.SQL(name)) for name in TIMEOUTS]
 
 
 class Session:
@@ -271,26 +292,3 @@ class Session:
                 self.rollback_quietly(conn)
             self.rl.event("lock_lost", text=str(exc))
             raise
-
-    # -- the frame of a transaction that changes the target
-
-    def set_timeouts(self, conn: psycopg.Connection[Any], scope: str = "LOCAL") -> None:
-        """The plan's timeouts for the transaction (``LOCAL``) or the session (``SESSION``)."""
-        for statement in timeout_settings(self.guards, scope):
-            conn.execute(statement)
-
-    def reset_timeouts(self, conn: psycopg.Connection[Any]) -> None:
-        """Back to the session's own timeouts after :meth:`set_timeouts` with ``SESSION``."""
-        for statement in reset_timeouts():
-            conn.execute(statement)
-
-    def begin(self, conn: psycopg.Connection[Any]) -> None:
-        """``BEGIN``, the plan's ``SET LOCAL`` timeouts, and the proof that this run still holds the lock."""
-        conn.execute("BEGIN")
-        self.set_timeouts(conn)
-        self.verify_lock(conn)
-
-    def commit(self, conn: psycopg.Connection[Any]) -> None:
-        """``COMMIT``, after proving that this run still holds the lock (else roll back and stop)."""
-        self.verify_lock(conn)
-        conn.execute("COMMIT")

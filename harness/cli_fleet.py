@@ -8,17 +8,28 @@ a fleet plan here; this module turns the selection flags into a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from .apply_context import ApplyOptions
+from .cli import emit
 from .errors import EXIT_FAILED, EXIT_OK, ConfigError
 from .fleet import Selection, apply_fleet, fleet_status, format_fleet_status, parse_shard, rollback_fleet
 from .plan import Plan
 from .redact import scrub
 
-__all__ = ["selection", "apply", "rollback", "status"]
+__all__ = ["add_selection_arguments", "selection", "refuse_selection", "apply", "rollback", "status"]
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--only``, ``--exclude`` and ``--shard``: which members of a fleet plan a command takes."""
+    group = parser.add_argument_group("fleet plans (targets: or fleet: in the plan)")
+    group.add_argument("--only", metavar="NAME", nargs="+", action="extend", default=[],
+                       help="only these members (names or shell patterns like 'eu-*')")
+    group.add_argument("--exclude", metavar="NAME", nargs="+", action="extend", default=[],
+                       help="leave these members out (names or shell patterns)")
+    group.add_argument("--shard", metavar="I/N",
+                       help="a stable slice of the fleet: shard I of N (by a hash of each member's name)")
 
 
 def selection(args: argparse.Namespace) -> Selection:
@@ -28,6 +39,13 @@ def selection(args: argparse.Namespace) -> Selection:
         exclude=tuple(getattr(args, "exclude", None) or ()),
         shard=parse_shard(args.shard) if getattr(args, "shard", None) else None,
     )
+
+
+def refuse_selection(args: argparse.Namespace, what: str) -> None:
+    """Fleet flags given for a single database: exit 2 rather than ignore them."""
+    if args.only or args.exclude or args.shard:
+        raise ConfigError(f"{what} has one target; --only, --exclude and --shard select members of a fleet "
+                          "(targets: or fleet: in the plan)")
 
 
 def apply(args: argparse.Namespace, plan: Plan) -> int:
@@ -52,7 +70,7 @@ def status(args: argparse.Namespace, plan: Plan) -> int:
     rows = fleet_status(plan, selection(args))
     ok = all(r.state == "at head" for r in rows)
     if args.json:
-        _emit({"plan": plan.name, "ok": ok, "members": [r.to_dict() for r in rows]})
+        emit({"plan": plan.name, "ok": ok, "members": [r.to_dict() for r in rows]})
     else:
         print(scrub(format_fleet_status(rows)))
     return EXIT_OK if ok else EXIT_FAILED
@@ -60,9 +78,5 @@ def status(args: argparse.Namespace, plan: Plan) -> int:
 
 def _finish(args: argparse.Namespace, data: dict[str, Any], ok: bool) -> int:
     if args.json:
-        _emit(data)
+        emit(data)
     return EXIT_OK if ok else EXIT_FAILED
-
-
-def _emit(data: Any) -> None:
-    sys.stdout.write(scrub(json.dumps(data, indent=2, default=str)) + "\n")

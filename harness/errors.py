@@ -17,6 +17,8 @@ raw connection string.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "EXIT_OK",
     "EXIT_FAILED",
@@ -44,9 +46,18 @@ EXIT_USAGE = 2
 
 
 class HarnessError(Exception):
-    """Root of every error the harness raises on purpose."""
+    """Root of every error the harness raises on purpose.
+
+    An error that ends an apply or a rollback carries what the run did up
+    to then in :attr:`result`.
+    """
 
     exit_code = EXIT_FAILED
+
+    #: The partial result of the apply or rollback this error ended (a :class:`harness.apply.ApplyResult` or
+    #: :class:`harness.rollback.RollbackResult`), attached by the run as the error leaves it
+    #: (:meth:`harness.apply_context.RunContext.conduct`); ``None`` for an error raised outside a run.
+    result: Any = None
 
 
 class ConfigError(HarnessError):

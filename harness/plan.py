@@ -62,6 +62,7 @@ __all__ = [
     "MIRROR_TOOLS",
     "resolve_plan_path",
     "load_plan",
+    "with_settings",
     "plan_json_schema",
     "SCHEMA_PATH",
 ]
@@ -1660,6 +1661,45 @@ def load_plan(
     _raise_if(ctx)
     log.debug("loaded plan %s (%d steps) from %s", plan.name, len(plan.steps), display)
     return plan
+
+
+#: What :func:`with_settings` may change on a loaded plan, by section: how apply behaves, never what was
+#: rehearsed (a receipt written for the plan file still matches the plan with them).
+_SETTINGS = {
+    "guards": tuple(f.name for f in dataclasses.fields(Guards)),
+    "health": ("url", "timeout", "retries", "on_failure"),
+    "backup": ("mode", "keep"),
+}
+
+
+def with_settings(plan: Plan, settings: Mapping[str, Mapping[str, Any]], *, source: str = "settings") -> Plan:
+    """*plan* with apply settings replaced, each value validated as if the plan file held it.
+
+    *settings* maps a section (``guards``, ``health``, ``backup``) to keys
+    and values as a plan file writes them: ``{"guards": {"retry_delay":
+    "2s", "max_retries": 5}, "health": {"on_failure": "stop"}}``.  Every bad
+    value or unknown key is reported in one :class:`PlanError` (exit 2),
+    each line as ``<source>: guards.retry_delay: expected ...``.  The plan
+    is frozen: a new one is returned, with the same ``sha256``.
+    """
+    ctx = _Ctx(source, {})
+    changes: dict[str, Any] = {}
+    for section, values in settings.items():
+        allowed = _SETTINGS.get(section)
+        if allowed is None:
+            ctx.error(0, section, f"not a setting that can be changed here; only {', '.join(_SETTINGS)} can")
+            continue
+        unknown = [key for key in values if key not in allowed]
+        for key in unknown:
+            ctx.error(0, f"{section}.{key}", f"not a setting that can be changed here; {section} has {', '.join(allowed)}")
+        node = _PLAN.fields[section]
+        checked = node.check({k: v for k, v in values.items() if k not in unknown}, section, 0, ctx)
+        if checked is not _BAD and not unknown:
+            changes[section] = dataclasses.replace(getattr(plan, section), **checked)
+    if ctx.errors:
+        prefix = f"{source}:0: "
+        raise PlanError("\n".join(f"{source}: {text.removeprefix(prefix)}" for _, text in ctx.errors))
+    return dataclasses.replace(plan, **changes) if changes else plan
 
 
 def _raise_if(ctx: _Ctx) -> None:

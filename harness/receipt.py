@@ -35,6 +35,7 @@ __all__ = [
     "DOWN_PROOFS",
     "server_major",
     "server_version_problem",
+    "receipt_earned",
 ]
 
 _FORMAT = 4
@@ -196,3 +197,18 @@ def server_version_problem(receipt: Receipt, target_version: str) -> str | None:
         f"binaries (a local package such as Debian's postgresql-{target}, provider: docker, or a scratch server with "
         "provider: dsn; see docs/apply.md)"
     )
+
+
+def receipt_earned(expected: Sequence[str], statuses: Mapping[str, str], *, selected: bool = False) -> bool:
+    """Whether a rehearsal earns its plan a receipt: every item in *expected* ran and none failed.
+
+    *statuses* maps an item id to its outcome (``passed``, ``failed``,
+    ``skipped``, ``cached``).  A skipped item says what was not claimed (no
+    down migration, ``rollback: none``; the receipt records which downs were
+    proved), and a cached one was proved by an earlier rehearsal of the same
+    prefix; an item that did not run (``-x``, a deselection) or failed
+    withholds the receipt, and so does a *selected* subset (``-k``).  The
+    front ends (``harness rehearse``, the pytest plugin, the Python API) all
+    ask this.
+    """
+    return not selected and all(statuses.get(item) in ("passed", "skipped", "cached") for item in expected)

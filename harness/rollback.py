@@ -38,13 +38,14 @@ from ._apply_text import first_line as _first_line
 from ._apply_text import indent as _indent
 from ._apply_text import plural as _plural
 from ._apply_text import seconds as _seconds
-from .apply import _Run
-from .apply_context import ApplyOptions, ApplyResult, history_scope, migration_index
-from .apply_finish import HealthFailed
-from .migrator import Unit, down_units
+from .apply import describe_run_backup, take_run_backup
+from .apply_context import ApplyOptions, ApplyResult, RunContext, history_scope, migration_index
+from .apply_finish import Finish, HealthFailed
+from .apply_guards import Gates
+from .migrator import Migrator, Unit, down_units
 from .backup import list_backups
 from .errors import CheckFailed, ConfigError, GuardError, HarnessError, MigrationError
-from .execute import StatementFailed, describe_pg_error, relpath, run_statements
+from .execute import StatementFailed, describe_pg_error, relpath
 from .hooks import describe_hook
 from .plan import Plan
 from .receipt import DOWN_PROOFS, verify_receipt
@@ -132,13 +133,11 @@ class _BackupStep:
     title = "backup"
 
     def describe(self, run: _Rollback) -> list[str]:
-        lines: list[str] = []
-        run._dry_backup(lines.append, run.session.conn)
-        return [line for line in lines if not line.startswith("retention:")]
+        return [line for line in describe_run_backup(run, run.session.conn) if not line.startswith("retention:")]
 
     def execute(self, run: _Rollback) -> None:
         with run.rl.phase("backup"):
-            run._backup()
+            take_run_backup(run)
 
 
 class _DownStep:
@@ -238,14 +237,18 @@ class _RetentionStep:
 # The run
 
 
-class _Rollback(_Run):
-    """A rollback: apply's connection, lock, guards, backup, hooks and log, with its own steps."""
+class _Rollback(RunContext):
+    """A rollback: the frame, state and parts of a run (:class:`RunContext` with apply's :class:`Gates`,
+    :class:`Migrator` and :class:`Finish`), apply's backup, and its own selection and steps."""
 
     result: RollbackResult
 
     def __init__(self, plan: Plan, options: ApplyOptions, out: TextIO | None, *, to: str | None,
                  steps: int | None) -> None:
         super().__init__(plan, dataclasses.replace(options, to=None), out)
+        self.gates = Gates(self)
+        self.migrator = Migrator(self)
+        self.finish = Finish(self, self.migrator)
         if to is not None and steps is not None:
             raise ConfigError("give either --to VERSION or --steps N, not both")
         if to is None and steps is None:
@@ -438,8 +441,6 @@ class _Rollback(_Run):
 
     def _apply(self) -> None:
         rl = self.rl
-        assert self.ctx is not None
-        self.ctx = dataclasses.replace(self.ctx, command="rollback")
         rl.say(f"harness rollback {self.plan.name}: {self.mode} run on {self.where}")
         rl.event("rollback", to=self.migrations[self.to_index].version if self.to_index is not None else None,
                  steps=self.count)
@@ -494,8 +495,12 @@ class _Rollback(_Run):
             applied = {m.id for _, m in self.status.applied if m is not None and m.id not in gone}
             self.result.pending = [m.id for m in self.migrations if m.id not in applied]
 
-    def _failed(self, exc: HarnessError) -> None:
-        super()._failed(exc)
+    def run(self) -> None:
+        """Run the rollback (or its dry run) in the frame every run shares (:meth:`RunContext.conduct`)."""
+        self.conduct(self._dry_run if self.options.dry_run else self._apply, command="rollback")
+
+    def failed(self, exc: HarnessError) -> None:
+        super().failed(exc)
         self._pending_after()
 
     def _summary(self) -> None:
@@ -506,7 +511,7 @@ class _Rollback(_Run):
             parts = [f"{mid} ({_seconds(timings.get(f'rollback:{mid}', 0.0))})" for mid in self.result.rolled_back]
             rl.say(f"rolled back {_plural(len(parts), 'migration')}: {', '.join(parts)}; the target is at "
                    + (self.result.to or "no migration"))
-        self._say_backup_and_log()
+        self.say_backup_and_log()
 
     # ------------------------------------------------------------------ dry run
 

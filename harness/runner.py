@@ -13,25 +13,26 @@ runner.status()        # history.Status: applied, pending, changed, missing, fai
 
 A runner is a plan plus a few keyword overrides of its apply settings
 (backup, rollback on failure, retries, health URL) and Python hooks.  The
-overrides are applied with :func:`dataclasses.replace` on the frozen plan
-objects; they change how apply behaves, never what was rehearsed, so a
-receipt written for the plan file still matches.
+overrides are validated and applied by the plan layer
+(:func:`harness.plan.with_settings`) as if the plan file held them; they
+change how apply behaves, never what was rehearsed, so a receipt written
+for the plan file still matches.
 
 The command line is a thin wrapper over the same functions:
 ``harness apply`` calls :func:`harness.apply.apply_plan`, ``harness
 rollback`` calls :func:`harness.rollback.rollback_plan`, ``harness
 rehearse`` calls :func:`rehearse_plan` and ``harness status`` calls
-:func:`status_target` and :func:`read_status`, so the API and the CLI cannot
-drift apart.  Nothing here starts a server itself: rehearsals get theirs from
-:func:`harness.postgres.start_server`, the development database from
-:mod:`harness.devdb`.
+:func:`read_status`, so the API and the CLI cannot drift apart.  The rules
+every front end shares are decided below them: the database to work on and
+the rehearsal server in :mod:`harness.targets`, when a rehearsal earns a
+receipt in :func:`harness.receipt.receipt_earned`, and the overrides are
+validated by the plan format (:func:`harness.plan.with_settings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,16 +45,17 @@ import psycopg
 from . import history
 from .apply import ApplyOptions, ApplyResult, apply_plan
 from .connection import check_conninfo, classify_connect_error
-from .devdb import DevDB
 from .errors import ConfigError, ConnectionRefusedByConfig, TargetUnreachable
 from .hooks import EVENTS, PythonHook
-from .plan import Hook, Plan, load_plan
-from .postgres import Server, start_server
-from .redact import describe_dsn, register_dsn
 from .cache import PrefixCache
+from .plan import Hook, Plan, load_plan, with_settings
+from .postgres import Server
+from .receipt import receipt_earned
+from .redact import describe_dsn, register_dsn
 from .rehearsal import CACHED, FAILED, PASSED, SKIPPED, Item, Outcome, Rehearsal
 from .rollback import RollbackResult, rollback_plan
 from .sources import Migration, load_plan_migrations
+from .targets import find_target, rehearsal_server
 
 __all__ = [
     "MigrationRunner",
@@ -178,12 +180,10 @@ def rehearse_plan(
     a green rehearsal is cached in turn.  The server is started on first use
     and always stopped.
     """
-    chosen = provider or plan.rehearsal.provider
-    server_dsn = dsn or plan.rehearsal.dsn
     servers: list[Server] = []
 
     def factory() -> Server:
-        servers.append(start_server(chosen, plan.rehearsal.postgres, server_dsn, data_bytes=plan.rehearsal.seed_bytes))
+        servers.append(rehearsal_server(plan, provider, dsn))
         return servers[0]
 
     t0 = time.perf_counter()
@@ -202,10 +202,8 @@ def rehearse_plan(
                     on_item(item, outcome)
                 if exitfirst and outcome.status == FAILED:
                     break
-            # Every item ran and none failed. A skip then says what was not claimed (no down migration,
-            # rollback: none), never a failure: the receipt records which downs were proved.
-            complete = not select and result.failed == 0 and len(result.items) == len(items)
-            if complete:
+            statuses = {r.item.id: r.status for r in result.items}
+            if receipt_earned([i.id for i in items], statuses, selected=bool(select)):
                 result.receipt = rehearsal.write_receipt()
                 if result.receipt is not None:
                     rehearsal.save_cache(result.receipt)
@@ -237,20 +235,11 @@ def status_target(plan: Plan, dsn: str | None = None) -> tuple[str, str | None]:
     *dsn* wins, then the plan's target; a plan without a target means its
     running development database (apply's database for such a plan).  Raises
     :class:`~harness.errors.ConfigError` when that is not running: status
-    never starts it.
+    never starts it.  The rule is :func:`harness.targets.find_target`'s.
     """
-    if dsn:
-        return dsn, None
-    if plan.target_dsn:
-        return plan.target_dsn, None
-
-    dev = DevDB(plan.root).status()
-    if not dev.running:
-        raise ConfigError(
-            f"no target and no dev-db running: harness dev-db start (plan {plan.name} has no target, so its "
-            f"database is the development database of {plan.root}; or give --dsn)"
-        )
-    return dev.dsn, f"the plan has no target: this is the development database of {plan.root}"
+    target = find_target(plan, dsn, dev="running", what="inspect")
+    assert target.dsn is not None
+    return target.dsn, target.note
 
 
 def read_status(dsn: str, migrations: Sequence[Migration]) -> history.Status[Migration]:
@@ -325,7 +314,7 @@ class MigrationRunner:
         backup_enabled: bool | None = None,
         rollback_on_failure: bool | None = None,
         max_retries: int | None = None,
-        retry_delay: float | None = None,
+        retry_delay: float | str | None = None,
         health_check_url: str | None = None,
         hooks: Mapping[str, Sequence[PythonHook | Hook] | PythonHook] | None = None,
         target: str | None = None,
@@ -404,13 +393,9 @@ class MigrationRunner:
 
     def status(self) -> history.Status[Migration]:
         """Applied, pending, changed, missing and failed migrations of the target (``harness status``)."""
-        if self.mode == "production" and not (self.target or self.plan.target_dsn):
-            raise ConfigError(
-                f"{self.plan.display_path or self.plan.path}: production mode needs a target "
-                "(target: {dsn: ...} in the plan, or target= here)"
-            )
-        dsn, _note = status_target(self.plan, self.target)
-        return read_status(dsn, load_plan_migrations(self.plan))
+        target = find_target(self.plan, self.target, mode=self.mode, dev="running", what="inspect")
+        assert target.dsn is not None
+        return read_status(target.dsn, load_plan_migrations(self.plan))
 
 
 class ProductionMigrationRunner(MigrationRunner):
@@ -435,44 +420,35 @@ def _override(
     backup_enabled: bool | None,
     rollback_on_failure: bool | None,
     max_retries: int | None,
-    retry_delay: float | None,
+    retry_delay: float | str | None,
     health_check_url: str | None,
 ) -> Plan:
-    """*plan* with the runner's keyword overrides applied (validated like the plan's own values)."""
-    changes: dict[str, Any] = {}
+    """*plan* with the runner's keyword overrides, validated by the plan format (:func:`harness.plan.with_settings`).
+
+    The two switches are the runner's own words for plan values, translated here: ``backup_enabled``
+    (``backup.mode``: ``none``, or the plan's mode and ``full`` when it says ``none``) and
+    ``rollback_on_failure`` (``health.on_failure``: ``rollback`` or ``stop``).
+    """
+    settings: dict[str, dict[str, Any]] = {}
     if backup_enabled is not None:
-        _want(isinstance(backup_enabled, bool), "backup_enabled", "True or False", backup_enabled)
-        if not backup_enabled:
-            changes["backup"] = dataclasses.replace(plan.backup, mode="none")
-        elif plan.backup.mode == "none":
-            changes["backup"] = dataclasses.replace(plan.backup, mode="full")
-    guards: dict[str, Any] = {}
+        _want_bool("backup_enabled", backup_enabled)
+        mode = "none" if not backup_enabled else ("full" if plan.backup.mode == "none" else plan.backup.mode)
+        settings.setdefault("backup", {})["mode"] = mode
     if max_retries is not None:
-        _want(isinstance(max_retries, int) and not isinstance(max_retries, bool) and max_retries >= 0,
-              "max_retries", "a whole number >= 0", max_retries)
-        guards["max_retries"] = max_retries
+        settings.setdefault("guards", {})["max_retries"] = max_retries
     if retry_delay is not None:
-        _want(isinstance(retry_delay, (int, float)) and not isinstance(retry_delay, bool)
-              and math.isfinite(retry_delay) and retry_delay >= 0, "retry_delay", "seconds >= 0", retry_delay)
-        guards["retry_delay"] = float(retry_delay)
-    if guards:
-        changes["guards"] = dataclasses.replace(plan.guards, **guards)
-    health: dict[str, Any] = {}
+        settings.setdefault("guards", {})["retry_delay"] = retry_delay
     if rollback_on_failure is not None:
-        _want(isinstance(rollback_on_failure, bool), "rollback_on_failure", "True or False", rollback_on_failure)
-        health["on_failure"] = "rollback" if rollback_on_failure else "stop"
+        _want_bool("rollback_on_failure", rollback_on_failure)
+        settings.setdefault("health", {})["on_failure"] = "rollback" if rollback_on_failure else "stop"
     if health_check_url is not None:
-        ok = isinstance(health_check_url, str) and health_check_url.lower().startswith(("http://", "https://"))
-        _want(ok, "health_check_url", "an http:// or https:// URL", "a value that is not one")
-        health["url"] = health_check_url
-    if health:
-        changes["health"] = dataclasses.replace(plan.health, **health)
-    return dataclasses.replace(plan, **changes) if changes else plan
+        settings.setdefault("health", {})["url"] = health_check_url
+    return with_settings(plan, settings, source="runner keyword arguments") if settings else plan
 
 
-def _want(ok: bool, name: str, expected: str, got: object) -> None:
-    if not ok:
-        raise ConfigError(f"{name}: expected {expected}, got {got!r}")
+def _want_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected True or False, got {value!r}")
 
 
 def _check_hooks(

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from harness import migrator
 from harness.apply import ApplyOptions, apply_plan
 from harness.errors import CheckFailed, ConfigError, GuardError, MigrationError, RunLockLost
 from harness.hooks import HookContext
@@ -557,12 +558,46 @@ def test_dry_run_changes_nothing(tmp_path: Path, seeded: str, capsys: pytest.Cap
         "backup: pg_dump -Fc of tables public.customers ->",
         "hook pre_run: run: echo hi",
         "hook post_migration: python: mod:fn",
+        # The non-transactional migration: each statement with session timeouts, its progress row after it.
+        "SET SESSION lock_timeout = '400ms';",
+        "RESET lock_timeout;",
+        "-- record 2_orders in harness.schema_migrations (same transaction)",
     ):
         assert expected in out, expected
     assert not table_exists(seeded, "harness.schema_migrations")
     assert query(seeded, "SELECT count(*) FROM pg_namespace WHERE nspname = 'harness'") == [(0,)]
     assert query(seeded, "SELECT count(*) FROM pg_class") == before
     assert not (tmp_path / "backups").exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("transaction", ["per-migration", "single"])
+def test_the_dry_run_prints_what_the_run_executes(tmp_path: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch,
+                                                  transaction: str) -> None:
+    """One path for doing and describing: each action the run executes is the line the dry run printed for it."""
+    migrations = {"1_a.sql": "CREATE TABLE a (id int);\nINSERT INTO a VALUES (1);\n",
+                  "2_b.sql": "ALTER TABLE a ADD COLUMN b int;\n"}
+    if transaction == "per-migration":  # a migration that commits statement by statement, session timeouts
+        migrations["3_idx.sql"] = ("CREATE INDEX CONCURRENTLY a_idx ON a (id);\n"
+                                   "CREATE INDEX CONCURRENTLY a_b_idx ON a (b);\n")
+    guards = GUARDS.replace("lock_wait: 20s}", f"lock_wait: 20s, transaction: {transaction}}}")
+    plan_path = write_project(tmp_path, migrations, guards=guards)
+    dry, _, error = apply(load(plan_path, db_dsn), dry_run=True)
+    assert error is None and dry is not None
+    # The migrations' part of the dry run: its SQL and comments, without the headers, hooks and explanations.
+    printed = [line.strip() for line in dry.dry_run_plan
+               if line.startswith(("  ", "BEGIN", "SET", "COMMIT", "-- prove")) and not line.startswith("  -- non-")]
+    executed: list[str] = []
+    for cls in (migrator.SqlAction, migrator.ProveLock, migrator.Statements, migrator.Record, migrator.MarkDone,
+                migrator.ClearProgress):
+        def execute(self: Any, m: Any, conn: Any, original: Any = cls.execute) -> None:
+            executed.extend(self.describe())
+            original(self, m, conn)
+
+        monkeypatch.setattr(cls, "execute", execute)
+    result, out, error = apply(load(plan_path, db_dsn))
+    assert error is None and result is not None and len(result.applied) == len(migrations), out
+    assert [line.strip() for line in executed] == printed
+    assert any("SET LOCAL lock_timeout = '400ms';" in line for line in executed)
 
 
 def test_failing_pre_run_hook_stops_before_any_change(tmp_path: Path, db_dsn: str) -> None:

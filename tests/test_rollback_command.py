@@ -293,10 +293,10 @@ def test_dry_run_lists_exactly_the_steps_the_run_executes(
     assert dry["dry_run"] and dry["ok"]
     text = "\n".join(dry["steps"])
     # Exactly what runs: the transactional down between BEGIN and COMMIT with SET LOCAL timeouts ...
-    assert ("BEGIN;\n  SET LOCAL \"lock_timeout\" = '400ms';\n  SET LOCAL \"statement_timeout\" = '30000ms';\n"
+    assert ("BEGIN;\n  SET LOCAL lock_timeout = '400ms';\n  SET LOCAL statement_timeout = '30000ms';\n"
             in text)
     # ... the non-transactional one statement by statement with session timeouts.
-    assert "SET SESSION \"lock_timeout\" = '400ms';" in text and "RESET lock_timeout;" in text
+    assert "SET SESSION lock_timeout = '400ms';" in text and "RESET lock_timeout;" in text
     assert "ALTER TABLE customers DROP COLUMN vip;" in text and "DROP INDEX CONCURRENTLY users_email_idx;" in text
     assert "delete 2_orders from harness.schema_migrations (same transaction)" in text
     assert "rollback would refuse" not in text

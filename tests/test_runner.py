@@ -148,6 +148,8 @@ def test_dry_run_and_force(tmp_path: Path, target: str) -> None:
         ({"rollback_on_failure": False}, lambda p: p.health.on_failure == "stop"),
         ({"rollback_on_failure": True}, lambda p: p.health.on_failure == "rollback"),
         ({"max_retries": 0, "retry_delay": 1.5}, lambda p: (p.guards.max_retries, p.guards.retry_delay) == (0, 1.5)),
+        # Durations as a plan file writes them, read by the plan format.
+        ({"retry_delay": "250ms"}, lambda p: p.guards.retry_delay == 0.25),
         ({"health_check_url": "https://example.com/api/health"},
          lambda p: p.health.url == "https://example.com/api/health"),
         ({}, lambda p: p.backup.mode == "touched" and p.health.on_failure == "rollback"),
@@ -165,10 +167,12 @@ def test_overrides_replace_the_frozen_plan_settings(tmp_path: Path, overrides: d
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        ({"max_retries": -1}, "max_retries: expected a whole number >= 0"),
-        ({"max_retries": True}, "max_retries: expected a whole number >= 0"),
-        ({"retry_delay": "3s"}, "retry_delay: expected seconds >= 0"),
-        ({"health_check_url": "ftp://example.com"}, "health_check_url: expected an http:// or https:// URL"),
+        # The plan format validates the values, as if the plan file held them.
+        ({"max_retries": -1}, "guards.max_retries: expected a whole number >= 0"),
+        ({"max_retries": True}, "guards.max_retries: expected a whole number >= 0"),
+        ({"retry_delay": "soon"}, "guards.retry_delay: expected a duration"),
+        ({"retry_delay": -1}, "guards.retry_delay: expected a duration"),
+        ({"health_check_url": "ftp://example.com"}, "health.url: expected an http(s) URL"),
         ({"backup_enabled": "yes"}, "backup_enabled: expected True or False"),
         ({"hooks": {"pre_deploy": [print]}}, "unknown event 'pre_deploy'"),
         ({"hooks": {"pre_run": ["echo hi"]}}, "is not callable"),
