@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.adopt import read_foreign_histories
 from harness.apply import ApplyOptions, apply_plan
 from harness.cli import main
 from harness.errors import ConfigError, PlanError, Stopped
@@ -371,6 +372,8 @@ def test_tenant_schemas_each_get_the_migrations_and_their_own_history(
     assert versions(db_dsn, "harness_tenant_a") == ["0001", "0002"]
     assert versions(db_dsn, "harness_tenant_b") == []
     assert versions(db_dsn, "harness") == []
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        assert read_foreign_histories(conn) == []  # a tenant's history is ours, not another tool's
 
     code, out, err = cli(["status", str(path), "--json"], capsys)
     assert code == 1
