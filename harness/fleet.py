@@ -36,7 +36,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -60,6 +59,7 @@ from .rollback import rollback_plan
 from .runlog import RunLog
 from .snapshot import Snapshot, diff_snapshots, schema_view, take_snapshot
 from .sources import Migration, load_plan_migrations
+from .targets import confirm
 
 __all__ = [
     "Target",
@@ -438,14 +438,12 @@ class _FleetRun:
         return self.result
 
     def _confirm(self, count: int) -> None:
-        stdin = sys.stdin
-        if stdin is None or not stdin.isatty():
-            raise ConfigError(f"production {self.command} on a fleet of {count} needs confirmation and there is no "
-                              "terminal to ask; pass --yes to confirm (or --dry-run to see what would run)")
-        if self.out is not None:
-            self.out.write(f"{self.command.capitalize()} plan {self.plan.name} on {count} fleet members? [y/N] ")
-            self.out.flush()
-        if stdin.readline().strip().lower() not in ("y", "yes"):
+        refusal = (f"production {self.command} on a fleet of {count} needs confirmation and there is no terminal to "
+                   "ask; pass --yes to confirm (or --dry-run to see what would run)")
+        answer = confirm(f"{self.command.capitalize()} plan {self.plan.name} on {count} fleet members? [y/N] ",
+                         refusal=refusal, out=self.out)
+        self.rl_event("confirmation", answer=answer)
+        if not answer:
             raise ConfigError("not confirmed; nothing was changed")
 
     def _wave(self, number: int, count: int, members: list[Target], outcomes: dict[str, MemberOutcome],

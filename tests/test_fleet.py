@@ -542,6 +542,9 @@ def test_each_member_keeps_its_own_backups(
     text = path.read_text().replace("backup: {mode: none}", "backup: {mode: full, keep: 1}")
     path.write_text(text)
     assert cli(["rehearse", str(path)], capsys)[0] == 0
+    code, out, err = cli(["apply", str(path)], capsys)  # production, no --yes, no terminal to ask
+    assert code == 2 and "needs confirmation" in err
+    assert versions(pg_server.dsn(members[0])) == []
     assert cli(["apply", str(path), "--yes", "--only", "m1"], capsys)[0] == 0
     assert cli(["apply", str(path), "--yes"], capsys)[0] == 0
     dumps = sorted(p.name.split("-")[0] for p in (tmp_path / "backups").glob("*.dump"))
