@@ -167,7 +167,7 @@ class Gates:
             ids = ", ".join(m.id for m in adoption.to_record[:5]) + (", ..." if len(adoption.to_record) > 5 else "")
             problems.append(
                 f"{h.table} ({h.tool}) says {len(adoption.to_record)} migrations are applied that "
-                f"{history.SCHEMA}.{history.TABLE} does not list ({ids}); run `harness adopt {self.run.plan.name}` "
+                f"{history.history_schema()}.{history.TABLE} does not list ({ids}); run `harness adopt {self.run.plan.name}` "
                 "first, so that apply does not run them a second time"
             )
         return problems

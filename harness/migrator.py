@@ -181,7 +181,7 @@ class Record:
 
     def describe(self) -> list[str]:
         also = f" and {self.mirror} (history.mirror)" if self.mirror else ""
-        return [f"-- record {self.migration.id} in {history.SCHEMA}.{history.TABLE}{also} (same transaction)"]
+        return [f"-- record {self.migration.id} in {history.history_schema()}.{history.TABLE}{also} (same transaction)"]
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class MarkDone:
 
     def describe(self) -> list[str]:
         done = f"statements 1-{self.index + 1}" if self.index else "statement 1"
-        return [f"-- record {done} of {self.migration.id} as completed in {history.SCHEMA}.{PROGRESS_TABLE}"
+        return [f"-- record {done} of {self.migration.id} as completed in {history.history_schema()}.{PROGRESS_TABLE}"
                 + (" (same transaction)" if self.in_transaction else "")]
 
 
@@ -220,9 +220,9 @@ class ClearProgress:
 
     def describe(self) -> list[str]:
         if self.index is not None:
-            return [f"-- delete its row from {history.SCHEMA}.{BATCH_PROGRESS_TABLE} (same transaction)"]
-        tables = f"{history.SCHEMA}.{PROGRESS_TABLE}" + (
-            f" and {history.SCHEMA}.{BATCH_PROGRESS_TABLE}" if self.migration.batches else "")
+            return [f"-- delete its row from {history.history_schema()}.{BATCH_PROGRESS_TABLE} (same transaction)"]
+        tables = f"{history.history_schema()}.{PROGRESS_TABLE}" + (
+            f" and {history.history_schema()}.{BATCH_PROGRESS_TABLE}" if self.migration.batches else "")
         return [f"-- delete {self.migration.id}'s rows from {tables} (same transaction)"]
 
 
@@ -248,7 +248,7 @@ class Batches:
         lines += [line for action in self.opening for line in action.describe()]
         lines += (spec.first_sql + ";  -- the first batch: $1 = its upper key").splitlines()
         lines += (spec.next_sql + ";  -- the others: $1 = the last key done, $2 = the upper key").splitlines()
-        lines.append(f"-- record the last key done in {history.SCHEMA}.{BATCH_PROGRESS_TABLE} (same transaction)")
+        lines.append(f"-- record the last key done in {history.history_schema()}.{BATCH_PROGRESS_TABLE} (same transaction)")
         lines += [line for action in self.closing for line in action.describe()]
         if spec.pause:
             lines.append(f"-- then wait {_seconds(spec.pause)} before the next batch")
@@ -267,7 +267,7 @@ class Forget:
 
     def describe(self) -> list[str]:
         also = f" and from {self.mirror}'s history table" if self.mirror else ""
-        return [f"-- delete {self.migration.id} from {history.SCHEMA}.{history.TABLE}{also} (same transaction)"]
+        return [f"-- delete {self.migration.id} from {history.history_schema()}.{history.TABLE}{also} (same transaction)"]
 
 
 @dataclass(frozen=True)
@@ -563,7 +563,7 @@ class Migrator:
             raise GuardError(
                 f"{migration.id} was partly applied by an earlier run from a different version of "
                 f"{relpath(migration.path)} (checksums differ). Restore the file as it was, or finish the migration "
-                f"by hand and then delete its rows: DELETE FROM {history.SCHEMA}.{PROGRESS_TABLE} WHERE version = "
+                f"by hand and then delete its rows: DELETE FROM {history.history_schema()}.{PROGRESS_TABLE} WHERE version = "
                 f"'{migration.version}';"
             )
         return int(rows[0][1])
@@ -676,7 +676,7 @@ class Migrator:
             invalid = self.invalid_indexes(self.run.session.live())
             partial = (
                 f" at statement {index + 1} of {len(statements)}; statements 1-{index} are done and recorded in "
-                f"{history.SCHEMA}.{PROGRESS_TABLE}, so a re-run resumes at statement {index + 1}"
+                f"{history.history_schema()}.{PROGRESS_TABLE}, so a re-run resumes at statement {index + 1}"
                 if index
                 else " at its first statement (it runs statement by statement, so nothing was rolled back, but nothing had run)"
             )
@@ -700,7 +700,7 @@ class Migrator:
             self.run_unit(unit, migration)
         except (StatementFailed, psycopg.Error) as exc:
             partial = (f" in statements {first + 1}-{last + 1}, which ran in one transaction and were rolled back"
-                       + (f"; statements 1-{first} are done and recorded in {history.SCHEMA}.{PROGRESS_TABLE}, so a "
+                       + (f"; statements 1-{first} are done and recorded in {history.history_schema()}.{PROGRESS_TABLE}, so a "
                           f"re-run resumes at statement {first + 1}" if first else "; nothing of it remains"))
             raise self.migration_failed(migration, exc, partial=partial) from None
         self.run.rl.say(f"  {unit.what.split(' ', 1)[1]} done in one transaction (lines {statements[first].line}-"
@@ -719,7 +719,7 @@ class Migrator:
             raise GuardError(
                 f"{migration.id} was partly applied in batches by an earlier run from a different version of "
                 f"{relpath(migration.path)} (checksums differ). Restore the file as it was, or finish the statement "
-                f"by hand and then delete its row: DELETE FROM {history.SCHEMA}.{BATCH_PROGRESS_TABLE} WHERE version = "
+                f"by hand and then delete its row: DELETE FROM {history.history_schema()}.{BATCH_PROGRESS_TABLE} WHERE version = "
                 f"'{migration.version}';"
             )
         return BatchState(row[1], int(row[2]), int(row[3]))
@@ -781,7 +781,7 @@ class Migrator:
                     f" in batch {state.batches + 1} of the batched statement at line {spec.statement_line}, which was "
                     "rolled back; "
                     + (f"{_batches(state.batches)} ({state.rows} rows, {spec.key} <= {state.last_key}) are "
-                       f"committed and recorded in {history.SCHEMA}.{BATCH_PROGRESS_TABLE}, so a re-run resumes "
+                       f"committed and recorded in {history.history_schema()}.{BATCH_PROGRESS_TABLE}, so a re-run resumes "
                        "after them" if state.batches else "no batch of it was committed")
                 )
                 raise self.migration_failed(migration, exc, partial=partial) from None
