@@ -33,12 +33,13 @@ fleet needs:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
@@ -379,6 +380,7 @@ class _FleetRun:
         self.shared = SharedRehearsal()
         self.result = FleetResult(plan=plan.name, command=command, mode=self.mode, dry_run=options.dry_run)
         self.rl: RunLog | None = None
+        self.migrations: list[Migration] = []  # loaded once per run, shared by every member
         self.done = 0
         self.total = 0
         self._lock = threading.Lock()
@@ -392,7 +394,7 @@ class _FleetRun:
         if self.mode not in ("development", "production"):
             raise ConfigError(f"unknown mode {self.mode!r}; use development or production")
         targets = select_targets(fleet_targets(self.plan), self.selection)
-        migrations = load_plan_migrations(self.plan)
+        migrations = self.migrations = load_plan_migrations(self.plan)
         if self.mode == "production" and not self.options.force and self.plan.guards.require_receipt:
             verify_receipt(self.plan, migrations)  # once, before any member is touched
         log_dir = None if self.options.dry_run else self.plan.root / "logs"
@@ -557,23 +559,18 @@ class _FleetRun:
             self.rl_event("migration", member=outcome.name, migration=mid, action="rolled back")
 
     def _at_head(self, target: Target) -> bool:
-        """Whether *target* has every migration and nothing failed or part-way (one read-only history read)."""
-        migrations = self.options.migrations
-        with history_scope(replace(self.options, schema=target.schema)):
-            dsn = tenant_dsn(target.dsn, target.schema) if target.schema else target.dsn
-            try:
-                with psycopg.connect(dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT) as conn:
-                    status = history.compute_status(
-                        list(migrations) if migrations is not None else load_plan_migrations(self.plan),
-                        history.read_applied(conn), history.read_progress(conn),
-                    )
-            except psycopg.Error:
-                return False  # the member's own run connects with retries and says what is wrong
+        """Whether *target* has every migration (up to ``--to``) and nothing failed, part-way or changed."""
+        try:
+            with _member_history(target, self.migrations) as (_, status):
+                pass
+        except psycopg.Error:
+            return False  # the member's own run connects with retries and says what is wrong
         wanted = status.pending
         if self.options.to is not None:
-            ids = [m.id for m in status.files]
-            stop = next((i for i, m in enumerate(status.files) if self.options.to in (m.version, m.id)), len(ids) - 1)
-            wanted = [m for m in status.pending if status.files.index(m) <= stop]
+            position = {m.id: i for i, m in enumerate(status.files)}
+            stop = next((i for i, m in enumerate(status.files) if self.options.to in (m.version, m.id)),
+                        len(status.files) - 1)
+            wanted = [m for m in status.pending if position[m.id] <= stop]
         return not wanted and not status.failed and not status.partial and not status.changed and not status.missing
 
     def _report(self, outcome: MemberOutcome) -> None:
@@ -682,16 +679,12 @@ def fleet_status(plan: Plan, selection: Selection | None = None, *, concurrency:
 
     def one(target: Target) -> MemberStatus:
         row = MemberStatus(target.name, target.where, "unreachable")
-        with history_scope(ApplyOptions(schema=target.schema)):
-            dsn = tenant_dsn(target.dsn, target.schema) if target.schema else target.dsn
-            try:
-                with psycopg.connect(dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT,
-                                     options="-c default_transaction_read_only=on") as conn:
-                    status = history.compute_status(migrations, history.read_applied(conn), history.read_progress(conn))
-                    difference = drifted(conn, target, status) if not (status.failed or status.partial) else None
-            except psycopg.Error as exc:
-                row.detail = scrub(first_line(exc))
-                return row
+        try:
+            with _member_history(target, migrations) as (conn, status):
+                difference = drifted(conn, target, status) if not (status.failed or status.partial) else None
+        except psycopg.Error as exc:
+            row.detail = scrub(first_line(exc))
+            return row
         row.applied = len(status.applied)
         row.pending = [m.id for m in status.pending]
         if status.failed:
@@ -714,6 +707,19 @@ def fleet_status(plan: Plan, selection: Selection | None = None, *, concurrency:
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency or plan.fleet.concurrency)) as pool:
         return list(pool.map(one, targets))
+
+
+@contextlib.contextmanager
+def _member_history(
+    target: Target, migrations: Sequence[Migration],
+) -> Iterator[tuple[psycopg.Connection[Any], history.Status[Migration]]]:
+    """A read-only session on *target*, in its history's scope, and its history against *migrations*."""
+    with history_scope(ApplyOptions(schema=target.schema)):
+        dsn = tenant_dsn(target.dsn, target.schema) if target.schema else target.dsn
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT,
+                             options="-c default_transaction_read_only=on") as conn:
+            yield conn, history.compute_status(list(migrations), history.read_applied(conn),
+                                               history.read_progress(conn))
 
 
 def _matching_receipt(plan: Plan, migrations: Sequence[Migration]) -> Receipt | None:
